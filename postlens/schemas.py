@@ -1,0 +1,210 @@
+"""The messages that cross PostLens' boundaries (BRIEF §2–4), as pydantic models.
+
+Producers, the stream worker, the trainer and the Triton entry model all speak these shapes; nothing else is
+shared between them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
+# Datasets spell the fourth class differently; everything inside PostLens says MISC.
+TYPE_ALIASES: dict[str, str] = {"OTHER": "MISC"}
+MAX_MODEL_IMAGES = 4
+
+
+def canonical_type(name: str) -> str:
+    upper = name.strip().upper()
+    return TYPE_ALIASES.get(upper, upper)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Input: posts (topic postlens.posts)
+# --------------------------------------------------------------------------------------------------------
+
+
+class Post(BaseModel):
+    """A social-media post. ``id`` and ``text`` are required; unknown fields are kept in ``meta``."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=False)
+
+    id: str = Field(min_length=1, max_length=256)
+    text: str
+    images: list[str] = Field(default_factory=list)
+    created_at: datetime | None = None
+    author: str | None = None
+    lang: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_string(cls, value: Any) -> Any:
+        # Numeric ids are common in tweet dumps; they name the same post as their string form.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @model_validator(mode="after")
+    def _unknown_fields_into_meta(self) -> Post:
+        extra = dict(self.__pydantic_extra__ or {})
+        if extra:
+            self.meta = {**extra, **self.meta}
+            self.__pydantic_extra__.clear()
+        return self
+
+    @property
+    def model_images(self) -> list[str]:
+        """The images fed to the model (the first four); the rest are recorded only."""
+        return self.images[:MAX_MODEL_IMAGES]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Labels (topic postlens.labels, synthetic data, JSONL training files)
+# --------------------------------------------------------------------------------------------------------
+
+
+class EntitySpan(BaseModel):
+    """A gold entity: characters ``text[start:end]`` have type ``type``."""
+
+    start: int = Field(ge=0)
+    end: int = Field(gt=0)
+    type: str
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        canonical = canonical_type(value)
+        if canonical not in ENTITY_TYPES:
+            raise ValueError(f"unknown entity type {value!r}; expected one of {', '.join(ENTITY_TYPES)}")
+        return canonical
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EntitySpan:
+        if self.end <= self.start:
+            raise ValueError(f"entity end {self.end} must be greater than start {self.start}")
+        return self
+
+
+class Box(BaseModel):
+    """A gold region: entity ``entity`` (index into ``entities``) is shown in image ``image_index`` at ``box``."""
+
+    entity: int = Field(ge=0)
+    image_index: int = Field(ge=0)
+    box: tuple[float, float, float, float]
+
+
+class Label(BaseModel):
+    """An annotated post: character spans on the raw text, or token/tag lists (either form)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1)
+    text: str | None = None
+    images: list[str] = Field(default_factory=list)
+    entities: list[EntitySpan] | None = None
+    tokens: list[str] | None = None
+    tags: list[str] | None = None
+    boxes: list[Box] = Field(default_factory=list)
+    subsets: list[str] = Field(default_factory=list)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_string(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_consistent_form(self) -> Label:
+        if self.entities is not None:
+            if self.text is None:
+                raise ValueError("a label with 'entities' needs 'text'")
+            spans = sorted(self.entities, key=lambda e: e.start)
+            for span in spans:
+                if span.end > len(self.text):
+                    raise ValueError(f"entity [{span.start}, {span.end}) is past the end of the text ({len(self.text)})")
+                if not self.text[span.start : span.end].strip():
+                    raise ValueError(f"entity [{span.start}, {span.end}) covers only white space")
+            for left, right in zip(spans, spans[1:]):
+                if right.start < left.end:
+                    raise ValueError(f"entities [{left.start}, {left.end}) and [{right.start}, {right.end}) overlap")
+        elif self.tokens is not None and self.tags is not None:
+            if len(self.tokens) != len(self.tags):
+                raise ValueError(f"{len(self.tokens)} tokens but {len(self.tags)} tags")
+        else:
+            raise ValueError("a label needs 'entities' (with 'text') or 'tokens' and 'tags'")
+        for box in self.boxes:
+            if self.entities is not None and box.entity >= len(self.entities):
+                raise ValueError(f"box names entity {box.entity}, but there are {len(self.entities)}")
+            x0, y0, x1, y1 = box.box
+            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise ValueError(f"box {box.box} is not [x0, y0, x1, y1] normalized with x0<x1, y0<y1")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------------
+# Output: what the model says about one post (Triton entry model, trainer.predict)
+# --------------------------------------------------------------------------------------------------------
+
+
+class Region(BaseModel):
+    """Where in which image an entity is shown; ``box`` is [x0, y0, x1, y1] normalized to the image."""
+
+    image_index: int = Field(ge=0)
+    box: tuple[float, float, float, float]
+    score: float = Field(ge=0, le=1)
+    image_url: str | None = None  # filled in by the stream worker, which knows the URLs
+
+
+class PredictedEntity(BaseModel):
+    text: str
+    type: str
+    start: int = Field(ge=0)
+    end: int = Field(gt=0)
+    confidence: float = Field(ge=0, le=1, description="CRF marginal probability of exactly this span and type")
+    regions: list[Region] = Field(default_factory=list)
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class PostPrediction(BaseModel):
+    """One JSON document per post, as returned by the Triton entry model ``postlens``."""
+
+    id: str | None = None
+    entities: list[PredictedEntity] = Field(default_factory=list)
+    image_relevance: float = Field(0.0, ge=0, le=1, description="how much the post's images bear on its text")
+    model: ModelRef
+    error: str | None = None  # set, with no entities, when the model refused this one input
+
+
+# --------------------------------------------------------------------------------------------------------
+# Dead letters (topic postlens.posts.dlq)
+# --------------------------------------------------------------------------------------------------------
+
+Stage = Literal["ingest", "fetch", "infer", "index"]
+
+
+class ErrorInfo(BaseModel):
+    stage: Stage
+    kind: str  # short machine-readable reason, e.g. "invalid_json", "schema", "oversize", "mapping"
+    message: str
+
+
+class DeadLetter(BaseModel):
+    """A message PostLens could not process: the original bytes (text or base64), the reason and the time."""
+
+    original: str | None = None  # the message value, when it is valid UTF-8
+    original_b64: str | None = None  # otherwise, base64 of the raw bytes
+    key: str | None = None
+    source_topic: str
+    source_partition: int | None = None
+    source_offset: int | None = None
+    error: ErrorInfo
+    failed_at: datetime

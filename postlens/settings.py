@@ -1,0 +1,82 @@
+"""All PostLens configuration, in one place.
+
+Every field is read from an environment variable with the prefix ``POSTLENS_`` (``kafka_bootstrap`` ←
+``POSTLENS_KAFKA_BOOTSTRAP``) or from a ``.env`` file in the working directory. Parts of the system take the
+fields they need from :func:`get_settings`; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POSTLENS_", env_file=".env", extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------------------------------
+    kafka_bootstrap: str = "localhost:9092"
+    topic_posts: str = "postlens.posts"
+    topic_dlq: str = "postlens.posts.dlq"
+    topic_labels: str = "postlens.labels"
+    topic_partitions: int = Field(6, ge=1, description="partitions created for the posts topic")
+    consumer_group: str = "postlens-workers"
+
+    # --- Redis (image cache) -------------------------------------------------------------------------
+    redis_url: str = "redis://localhost:6379/0"
+    image_cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    image_negative_ttl_s: int = Field(60, ge=1, description="how long a failed fetch is remembered")
+
+    # --- Image fetching ----------------------------------------------------------------------------
+    fetch_concurrency: int = Field(32, ge=1)
+    fetch_per_host_concurrency: int = Field(4, ge=1)
+    fetch_connect_timeout_s: float = Field(3.0, gt=0)
+    fetch_read_timeout_s: float = Field(10.0, gt=0)
+    fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    fetch_max_pixels: int = Field(40_000_000, ge=1)
+    fetch_max_redirects: int = Field(3, ge=0)
+    # Hosts or CIDRs that may be fetched even though they are private/loopback (the demo's image server).
+    fetch_allowlist: list[str] = Field(default_factory=list)
+    max_images_per_post: int = Field(4, ge=0, le=4, description="images fed to the model; the rest are recorded")
+    max_post_bytes: int = Field(64 * 1024, ge=256, description="larger Kafka messages are dead-lettered")
+    max_text_chars: int = Field(5000, ge=1)
+
+    # --- Triton ------------------------------------------------------------------------------------
+    triton_url: str = "localhost:8001"  # gRPC
+    triton_model: str = "postlens"
+    triton_timeout_s: float = Field(30.0, gt=0)
+    triton_retries: int = Field(5, ge=0)
+
+    # --- Elasticsearch -----------------------------------------------------------------------------
+    es_url: str = "http://localhost:9200"
+    es_username: str | None = None
+    es_password: SecretStr | None = None
+    es_index_entities: str = "postlens-entities"
+    es_index_posts: str = "postlens-posts"
+
+    # --- Worker ------------------------------------------------------------------------------------
+    batch_size: int = Field(16, ge=1)
+    batch_wait_s: float = Field(0.2, gt=0)
+    worker_web_port: int = Field(6066, ge=1, le=65535)
+
+    # --- Local stack (python -m deploy.local) ----------------------------------------------------------
+    home: Path = Path("~/.cache/postlens").expanduser()
+    kafka_version: str = "4.3.1"
+    elasticsearch_version: str = "8.19.21"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    es_port: int = 9200
+    es_heap: str = "1g"
+    redis_port: int = 6379
+    triton_grpc_port: int = 8001
+    triton_http_port: int = 8000
+    triton_metrics_port: int = 8002
+    model_repository: Path = Path(__file__).resolve().parent.parent / "model_repository"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
