@@ -24,17 +24,23 @@ class Settings(BaseSettings):
     topic_labels: str = "postlens.labels"
     topic_partitions: int = Field(6, ge=1, description="partitions created for the posts topic")
     consumer_group: str = "postlens-workers"
+    topic_replication: int = Field(1, ge=1, description="replication factor of topics PostLens creates")
 
     # --- Redis (image cache) -------------------------------------------------------------------------
     redis_url: str = "redis://localhost:6379/0"
     image_cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     image_negative_ttl_s: int = Field(60, ge=1, description="how long a failed fetch is remembered")
+    redis_timeout_s: float = Field(0.5, gt=0, description="connect/command timeout; a slow cache is skipped")
+    # After a Redis failure the worker fetches uncached for this long before trying Redis again.
+    redis_retry_after_s: float = Field(5.0, gt=0)
 
     # --- Image fetching ----------------------------------------------------------------------------
     fetch_concurrency: int = Field(32, ge=1)
     fetch_per_host_concurrency: int = Field(4, ge=1)
     fetch_connect_timeout_s: float = Field(3.0, gt=0)
     fetch_read_timeout_s: float = Field(10.0, gt=0)
+    # Caps a whole fetch (all hops): a server dripping one byte per read timeout cannot hold a worker.
+    fetch_total_timeout_s: float = Field(20.0, gt=0)
     fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     fetch_max_pixels: int = Field(40_000_000, ge=1)
     fetch_max_redirects: int = Field(3, ge=0)
@@ -56,21 +62,35 @@ class Settings(BaseSettings):
     es_password: SecretStr | None = None
     es_index_entities: str = "postlens-entities"
     es_index_posts: str = "postlens-posts"
+    es_request_timeout_s: float = Field(30.0, gt=0)
 
     # --- Worker ------------------------------------------------------------------------------------
     batch_size: int = Field(16, ge=1)
     batch_wait_s: float = Field(0.2, gt=0)
     worker_web_port: int = Field(6066, ge=1, le=65535)
+    # How long the consumer group waits for a silent (crashed) worker before giving its partitions to others.
+    worker_session_timeout_s: float = Field(30.0, ge=6, description="Kafka's group.min.session.timeout.ms is 6 s")
+    # Messages a worker holds beyond the batch in flight; when indexing stalls, Kafka keeps the rest (backpressure).
+    worker_buffer_max: int = Field(256, ge=1)
+    retry_backoff_max_s: float = Field(15.0, gt=0, description="cap of the backoff while Triton or ES is unavailable")
 
     # --- Local stack (python -m deploy.local) ----------------------------------------------------------
     home: Path = Path("~/.cache/postlens").expanduser()
     kafka_version: str = "4.3.1"
     elasticsearch_version: str = "8.19.21"
+    maven_repo_url: str = "https://repo1.maven.org/maven2"
+    # JDK for Kafka and Elasticsearch (ES 8.19 needs 17+); None = the JDK of the `java` on PATH.
+    java_home: Path | None = None
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
+    kafka_heap: str = "512m"
     es_port: int = 9200
+    es_transport_port: int = 9300
     es_heap: str = "1g"
+    # Elasticsearch refuses to run as root; deploy.local runs it as this system user (created if missing).
+    es_user: str = "postlens"
     redis_port: int = 6379
+    service_start_timeout_s: float = Field(180.0, gt=0, description="per service, downloads excluded")
     triton_grpc_port: int = 8001
     triton_http_port: int = 8000
     triton_metrics_port: int = 8002

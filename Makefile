@@ -1,0 +1,59 @@
+# PostLens — every target does its own set-up, so each works on a fresh machine.
+#   make demo    the pipeline end to end on the local stack (synthetic posts → Kafka → Triton → Elasticsearch)
+#   make test    every test, against the real local stack
+#   make bench   benchmarks: print figures, write reports/ (markdown + PNG)
+
+SHELL := /bin/bash
+POSTLENS_HOME ?= $(HOME)/.cache/postlens
+export POSTLENS_HOME
+VENV := $(POSTLENS_HOME)/venv
+PY := .venv/bin/python
+UV_VERSION := 0.13.9
+SYSTEM_PACKAGES := redis-server kcat libpython3.11 curl unzip
+
+.PHONY: setup system-packages test test-unit demo bench bench-model bench-serving up down status clean-cache
+
+setup: system-packages .venv/.synced
+
+# The venv lives outside the clone (it is large and shared by clones); .venv is a link to it.
+.venv/.synced: pyproject.toml uv.lock
+	@python3 -m uv --version 2>/dev/null | grep -q "$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	UV_PROJECT_ENVIRONMENT=$(VENV) python3 -m uv sync --frozen --extra dev
+	ln -sfn $(VENV) .venv
+	touch $(VENV)/.synced
+
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+up: setup
+	$(PY) -m deploy.local up
+
+status: setup
+	$(PY) -m deploy.local status
+
+down:
+	$(PY) -m deploy.local down
+
+test: setup
+	$(PY) -m deploy.local up
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest -m "not integration and not slow"
+
+demo: setup
+	$(PY) -m deploy.local up
+	$(PY) -m deploy.demo
+
+bench: bench-model bench-serving
+
+bench-model: setup
+	$(PY) -m bench.model
+
+bench-serving: setup
+	$(PY) -m deploy.local up
+	$(PY) -m bench.serving

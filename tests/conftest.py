@@ -1,0 +1,91 @@
+"""Session fixtures: the real local stack (Kafka, Elasticsearch, Redis, Triton) and thin clients for it.
+
+Integration tests request ``stack`` (tests marked ``integration`` get it automatically, and tests that use it are
+marked ``integration``), so ``-m "not integration"`` runs the unit tests without starting anything. The session
+stops only the services it started itself, unless ``POSTLENS_KEEP_STACK=1``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import pytest
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient
+from elasticsearch import AsyncElasticsearch
+
+from deploy.local import ServiceStatus, Stack, StackError
+from postlens.settings import Settings, get_settings
+
+T = TypeVar("T")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("integration") and "stack" not in item.fixturenames:
+            item.fixturenames.insert(0, "stack")  # type: ignore[attr-defined]
+        elif "stack" in item.fixturenames and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+
+
+def in_thread(function: Callable[[], T]) -> T:
+    """Run ``function`` (which uses ``asyncio.run``) away from the test session's event loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function).result()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[dict[str, ServiceStatus]]:
+    local = Stack(settings)
+    try:
+        statuses = in_thread(local.up)
+    except StackError as exc:
+        pytest.fail(f"the local stack (python -m deploy.local up) could not start:\n{exc}", pytrace=False)
+    yield statuses
+    started = [name for name, status in statuses.items() if status.started]
+    if started and os.environ.get("POSTLENS_KEEP_STACK") != "1":
+        local.down(started)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack: dict[str, ServiceStatus], settings: Settings) -> str:
+    return settings.kafka_bootstrap
+
+
+@pytest.fixture
+async def kafka_admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    yield admin
+    await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def es(stack: dict[str, ServiceStatus], settings: Settings) -> AsyncIterator[AsyncElasticsearch]:
+    password = settings.es_password.get_secret_value() if settings.es_password else None
+    client = AsyncElasticsearch(
+        settings.es_url, basic_auth=(settings.es_username, password) if settings.es_username else None
+    )
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="session")
+async def redis_client(stack: dict[str, ServiceStatus], settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def triton_url(stack: dict[str, ServiceStatus], settings: Settings) -> str:
+    """gRPC address of the stack's Triton (serving ``settings.model_repository``)."""
+    return settings.triton_url

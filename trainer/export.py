@@ -1,0 +1,416 @@
+"""A checkpoint → a new version of the Triton entry model: ``python -m trainer.export --model DIR --repo REPO``.
+
+The version folder ``REPO/postlens/N/`` holds everything the served model needs, and nothing needs torch:
+
+- ``network.onnx`` — the fusion network (dynamic batch, sub-token length, word count and image count 0–4),
+  checked against PyTorch with ONNX Runtime on several input shapes before anything is written;
+- ``crf.npz`` — the label list and the constrained CRF scores (start, transitions, end) the NumPy decoder uses;
+- ``tokenizer/`` and ``config.yaml`` — the checkpoint's sub-word tokenizer and resolved configuration, so
+  preprocessing and decoding are exactly the training ones;
+- ``model_card.json`` — where the weights came from, their metrics, when/how they were exported;
+- ``model.py`` — the Triton Python-backend code, copied from the one source file ``model_repository/postlens/model.py``.
+
+The folder is assembled under a hidden staging name and renamed into place, so Triton never sees half a version.
+If a Triton serving this repository answers, it is asked to load the model again: the new version comes up while
+the old one keeps answering (version policy "latest 1").
+
+This module also reads a version folder back (:class:`ExportedModel`): Triton's ``model.py`` and the benchmark
+use that half, which is why torch is imported only inside the writing functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnxruntime as ort
+import yaml
+
+from postlens.images import empty_images
+from postlens.schemas import MAX_MODEL_IMAGES, ModelRef, PostPrediction
+from postlens.settings import get_settings
+from trainer.data.examples import Word
+from trainer.data.tokenize import WORD_TOKENIZER_VERSION
+from trainer.model.config import ModelConfig
+from trainer.model.decode import CrfParams, Decoder
+from trainer.model.preprocess import Preprocessor, load_tokenizer
+
+if TYPE_CHECKING:
+    from trainer.model.network import NerNetwork
+
+MODEL_SOURCE = Path(__file__).resolve().parent.parent / "model_repository" / "postlens"
+ONNX_FILE = "network.onnx"
+CRF_FILE = "crf.npz"
+CARD_FILE = "model_card.json"
+CONFIG_FILE = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+TRITON_CODE_FILE = "model.py"
+TRITON_CONFIG_FILE = "config.pbtxt"
+INPUT_NAMES = ("input_ids", "attention_mask", "word_index", "word_mask", "pixel_values", "image_mask")
+OUTPUT_NAMES = ("emissions", "word_patch_attention", "image_relevance")
+# ONNX Runtime and PyTorch sum in different orders; float32 round-off stays far below this.
+PARITY_TOLERANCE = 1e-4
+_IMAGES_DIMS = re.compile(r'(name:\s*"IMAGES"[^}]*?dims:\s*\[\s*4\s*,\s*)(\d+)(\s*,\s*)(\d+)(\s*,\s*3\s*\])')
+
+
+class ExportError(RuntimeError):
+    """The export was refused; nothing was written to the repository."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading a version folder (torch-free)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def execution_providers(name: str, device_id: int = 0) -> list[Any]:
+    """ONNX Runtime providers for ``name`` ("cpu", "cuda", "tensorrt"), falling back along the chain on ops the
+    faster provider lacks; refuses a provider this onnxruntime build does not have, rather than silently using CPU."""
+    chains: dict[str, list[Any]] = {
+        "cpu": ["CPUExecutionProvider"],
+        "cuda": [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"],
+        "tensorrt": [
+            ("TensorrtExecutionProvider", {"device_id": device_id}),
+            ("CUDAExecutionProvider", {"device_id": device_id}),
+            "CPUExecutionProvider",
+        ],
+    }
+    if name not in chains:
+        raise ValueError(f"unknown execution provider {name!r}; expected one of {', '.join(chains)}")
+    chain = chains[name]
+    wanted = chain[0] if isinstance(chain[0], str) else chain[0][0]
+    if wanted not in ort.get_available_providers():
+        raise ValueError(f"onnxruntime {ort.__version__} here has no {wanted} (it has {ort.get_available_providers()})")
+    return chain
+
+
+@dataclass
+class ExportedModel:
+    """A version folder, runnable: preprocessing, the ONNX network in ONNX Runtime, and the NumPy decoder."""
+
+    preprocessor: Preprocessor
+    session: ort.InferenceSession
+    decoder: Decoder
+
+    @classmethod
+    def load(
+        cls, version_dir: Path, model: ModelRef, providers: Sequence[Any] = ("CPUExecutionProvider",), intra_op_threads: int = 0
+    ) -> ExportedModel:
+        config = read_model_config(version_dir)
+        tokenizer = load_tokenizer(str(version_dir / TOKENIZER_DIR))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(version_dir / ONNX_FILE), options, providers=list(providers))
+        with np.load(version_dir / CRF_FILE) as arrays:
+            crf = CrfParams(start=arrays["start"], transitions=arrays["transitions"], end=arrays["end"])
+        decoder = Decoder.from_config(config, crf, model)
+        return cls(Preprocessor.from_config(config, tokenizer), session, decoder)
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessor.image_size
+
+    def encode(self, texts: Sequence[str], images: np.ndarray, image_mask: np.ndarray) -> tuple[dict[str, np.ndarray], list[list[Word]]]:
+        """Network inputs for posts with uint8 [B, 4, S, S, 3] images; image slots no post uses are dropped, so
+        text-only batches skip the vision encoder."""
+        image_mask = np.asarray(image_mask, dtype=bool)
+        used = image_mask.any(axis=0)
+        slots = int(np.flatnonzero(used)[-1]) + 1 if used.any() else 0
+        return self.preprocessor.encode(texts, np.asarray(images)[:, :slots], image_mask[:, :slots])
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The network's outputs (emissions, word_patch_attention, image_relevance) for encoded inputs."""
+        return self.session.run(list(OUTPUT_NAMES), {name: inputs[name] for name in INPUT_NAMES})
+
+    def predict(self, texts: Sequence[str], images: np.ndarray, image_mask: np.ndarray) -> list[PostPrediction]:
+        inputs, words = self.encode(texts, images, image_mask)
+        emissions, attention, relevance = self.run(inputs)
+        offsets = [[(word.start, word.end) for word in post_words] for post_words in words]
+        return self.decoder.decode(texts, offsets, emissions, inputs["word_mask"], attention, inputs["image_mask"], relevance)
+
+
+def read_model_config(version_dir: Path) -> ModelConfig:
+    """The exported model's config; refuses one trained with a different word tokenizer than this code's."""
+    config = ModelConfig.model_validate(yaml.safe_load((version_dir / CONFIG_FILE).read_text())["model"])
+    if config.word_tokenizer_version != WORD_TOKENIZER_VERSION:
+        raise ValueError(
+            f"{version_dir} was trained with word tokenizer version {config.word_tokenizer_version}, this code has "
+            f"{WORD_TOKENIZER_VERSION}; retrain and export again"
+        )
+    return config
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing a version folder
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    batch: int
+    images: int  # image slots N fed to the network
+    subtokens: int
+    words: int
+    max_abs_error: float
+
+
+def next_version(model_root: Path) -> int:
+    versions = [int(entry.name) for entry in model_root.iterdir() if entry.is_dir() and entry.name.isdigit()] if model_root.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def export_model(model_dir: Path, repo: Path, version: int | None = None) -> Path:
+    """Export checkpoint ``model_dir`` as a new version of the entry model in ``repo``; returns the version folder."""
+    from trainer.model.checkpoint import load_checkpoint, read_config  # torch: the writing half only
+
+    model_name = get_settings().triton_model
+    model_root = repo / model_name
+    network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
+    image_size = config.vision_encoder.image_size
+    version = version if version is not None else next_version(model_root)
+    target = model_root / str(version)
+    if version < 1:
+        raise ExportError(f"version must be a positive integer, got {version}")
+    if target.exists():
+        raise ExportError(f"{target} exists already; versions are never overwritten (omit --version for the next one)")
+    model_root.mkdir(parents=True, exist_ok=True)
+    _set_image_size(model_root, image_size)
+
+    # A hidden name: Triton only treats all-digit folders as versions.
+    staging = model_root / f".staging-{version}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        started = time.perf_counter()
+        _write_onnx(network, Preprocessor.from_config(config, tokenizer), staging / ONNX_FILE)
+        crf = network.crf.numpy_params()
+        np.savez(staging / CRF_FILE, labels=np.array(config.labels), start=crf.start, transitions=crf.transitions, end=crf.end)
+        tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+        run_config = read_config(model_dir)
+        (staging / CONFIG_FILE).write_text(
+            yaml.safe_dump({**run_config, "model": config.model_dump(mode="json")}, sort_keys=False, allow_unicode=True)
+        )
+        shutil.copy2(MODEL_SOURCE / TRITON_CODE_FILE, staging / TRITON_CODE_FILE)
+        cases = verify_parity(network, staging)
+        card = _model_card(model_dir, checkpoint_version, version, config, cases, time.perf_counter() - started)
+        (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _set_image_size(model_root: Path, image_size: int) -> None:
+    """Give the entry model's ``config.pbtxt`` (copied from the source on first export) this checkpoint's image size.
+
+    All versions of a Triton model share one config, so a checkpoint with another size is refused while other
+    versions exist.
+    """
+    config_path = model_root / TRITON_CONFIG_FILE
+    if not config_path.exists():
+        shutil.copy2(MODEL_SOURCE / TRITON_CONFIG_FILE, config_path)
+    text = config_path.read_text()
+    match = _IMAGES_DIMS.search(text)
+    if match is None:
+        raise ExportError(f"{config_path}: no IMAGES input with dims [4, S, S, 3]")
+    current = int(match.group(2))
+    if current == image_size:
+        return
+    if next_version(model_root) > 1:
+        raise ExportError(
+            f"{model_root} serves {current}×{current} images but this checkpoint takes {image_size}×{image_size}; "
+            "one Triton model has one input shape — export into a repository without older versions"
+        )
+    config_path.write_text(_IMAGES_DIMS.sub(rf"\g<1>{image_size}\g<3>{image_size}\g<5>", text))
+
+
+def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> None:
+    import torch
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1)
+    subtokens = Dim("subtokens", min=1, max=preprocessor.max_subtokens)
+    words = Dim("words", min=1, max=preprocessor.max_words)
+    images = Dim("images", min=0, max=MAX_MODEL_IMAGES)
+    dynamic = {
+        "input_ids": {0: batch, 1: subtokens},
+        "attention_mask": {0: batch, 1: subtokens},
+        "word_index": {0: batch, 1: words},
+        "word_mask": {0: batch, 1: words},
+        "pixel_values": {0: batch, 1: images},
+        "image_mask": {0: batch, 1: images},
+    }
+    # Sizes ≥ 2 everywhere: torch.export would specialise a dimension traced at 0 or 1 to that constant.
+    example = _random_inputs(preprocessor, batch=2, images=2, seed=0)
+    program = torch.onnx.export(
+        network.eval(),
+        tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
+        input_names=list(INPUT_NAMES),
+        output_names=list(OUTPUT_NAMES),
+        dynamic_shapes=tuple(dynamic[name] for name in INPUT_NAMES),
+        dynamo=True,
+        verbose=False,
+    )
+    program.save(str(path))
+
+
+def _random_inputs(preprocessor: Preprocessor, batch: int, images: int, seed: int, long: bool = False) -> dict[str, np.ndarray]:
+    """Encoded random posts (vocabulary words, random pixels, ragged image counts) of the given shape; ``long``
+    posts run past the word and sub-token limits."""
+    rng = np.random.default_rng(seed)
+    vocabulary = sorted(token for token in preprocessor.tokenizer.get_vocab() if token.isalpha())
+    most = preprocessor.max_words * 2 if long else 12
+    texts = [" ".join(rng.choice(vocabulary, size=int(rng.integers(2, most + 1)))) for _ in range(batch)]
+    size = preprocessor.image_size
+    pixels = rng.integers(0, 256, size=(batch, images, size, size, 3), dtype=np.uint8)
+    mask = np.zeros((batch, images), dtype=bool)
+    for row in range(batch):
+        mask[row, : int(rng.integers(0, images + 1))] = True
+    mask[:1] = True  # every slot is used by some post, as in serving (which drops unused slots)
+    inputs, _ = preprocessor.encode(texts, pixels, mask)
+    return inputs
+
+
+def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
+    """Run the written version with ONNX Runtime and the network with PyTorch on several shapes; raise on mismatch."""
+    import torch
+
+    exported = ExportedModel.load(version_dir, ModelRef(name="parity", version="0"))
+    shapes = [(1, 0, False), (3, 1, False), (2, 4, False), (5, 3, False), (4, 2, True), (1, 4, True)]
+    cases = []
+    for seed, (batch, images, long) in enumerate(shapes, start=1):
+        inputs = _random_inputs(exported.preprocessor, batch, images, seed, long)
+        with torch.no_grad():
+            expected = network(**{name: torch.from_numpy(value) for name, value in inputs.items()})
+        actual = exported.run(inputs)
+        errors = []
+        for name, want, got in zip(OUTPUT_NAMES, expected, actual):
+            want = want.numpy()
+            if want.shape != got.shape:
+                raise ExportError(f"ONNX output {name} has shape {got.shape}, PyTorch {want.shape} (batch {batch}, {images} images)")
+            errors.append(float(np.abs(want - got).max()) if want.size else 0.0)
+        case = ParityCase(batch, images, inputs["input_ids"].shape[1], inputs["word_index"].shape[1], max(errors))
+        if case.max_abs_error > PARITY_TOLERANCE or not np.isfinite(case.max_abs_error):
+            worst = OUTPUT_NAMES[int(np.argmax(errors))]
+            raise ExportError(
+                f"ONNX Runtime differs from PyTorch by {case.max_abs_error:.3g} (> {PARITY_TOLERANCE}) in {worst} "
+                f"for batch {batch}, {images} image slots, {case.subtokens} sub-tokens, {case.words} words; "
+                f"per output: {dict(zip(OUTPUT_NAMES, errors))}. Nothing was written."
+            )
+        cases.append(case)
+    return cases
+
+
+def _model_card(model_dir: Path, checkpoint_version: str, version: int, config: ModelConfig, cases: list[ParityCase], seconds: float) -> dict[str, Any]:
+    import onnx
+    import torch
+    import transformers
+
+    metrics = model_dir / "metrics.json"
+    return {
+        "name": get_settings().triton_model,
+        "version": str(version),
+        "source_checkpoint": str(model_dir.resolve()),
+        "checkpoint_version": checkpoint_version,
+        "strategy": config.fusion.name,
+        "text_encoder": config.text_encoder.name,
+        "vision_encoder": config.vision_encoder.name,
+        "labels": config.labels,
+        "image_size": config.vision_encoder.image_size,
+        "max_words": config.max_words,
+        "max_subtokens": config.max_subtokens,
+        "metrics": json.loads(metrics.read_text()) if metrics.is_file() else None,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "export_seconds": round(seconds, 1),
+        "git": _git_state(),
+        "libraries": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+            "transformers": transformers.__version__,
+        },
+        "parity": {"tolerance": PARITY_TOLERANCE, "cases": [case.__dict__ for case in cases]},
+    }
+
+
+def _git_state() -> dict[str, Any] | None:
+    """The commit the exporting code is at, and whether the work tree had changes on top of it."""
+    root = MODEL_SOURCE.parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Telling Triton
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_in_triton(http_url: str, model_name: str, version: int, timeout_s: float = 600.0) -> str:
+    """Ask Triton (explicit model control) to load ``model_name`` again, so it serves ``version``; the versions
+    it serves now keep answering until the new one is ready. Returns what happened, in one line."""
+    try:
+        urllib.request.urlopen(f"{http_url}/v2/health/live", timeout=3).close()
+    except OSError:
+        return f"no Triton answers at {http_url}; it will serve version {version} once it (re)loads {model_name}"
+    load = urllib.request.Request(f"{http_url}/v2/repository/models/{model_name}/load", data=b"{}", method="POST")
+    try:
+        urllib.request.urlopen(load, timeout=timeout_s).close()
+        urllib.request.urlopen(f"{http_url}/v2/models/{model_name}/versions/{version}/ready", timeout=10).close()
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace")
+        raise ExportError(f"version {version} is written, but Triton at {http_url} did not load it: {detail}") from error
+    return f"Triton at {http_url} now serves {model_name} version {version}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint dir written by trainer.train")
+    parser.add_argument("--repo", type=Path, default=settings.model_repository, help="Triton model repository")
+    parser.add_argument("--version", type=int, help="version number (default: the next free one)")
+    parser.add_argument(
+        "--triton-http",
+        help="Triton HTTP URL to load the new version into (default: the local stack's Triton, when --repo is the "
+        "repository it serves)",
+    )
+    parser.add_argument("--no-load", action="store_true", help="only write the version; do not contact Triton")
+    args = parser.parse_args(argv)
+
+    try:
+        target = export_model(args.model, args.repo, args.version)
+    except ExportError as error:
+        raise SystemExit(f"export refused: {error}") from None
+    card = json.loads((target / CARD_FILE).read_text())
+    worst = max(case["max_abs_error"] for case in card["parity"]["cases"])
+    print(f"wrote {target} (ONNX Runtime vs PyTorch: max |Δ| {worst:.2g} over {len(card['parity']['cases'])} shapes)")
+
+    serves_repo = args.repo.resolve() == settings.model_repository.resolve()
+    http_url = args.triton_http or (f"http://localhost:{settings.triton_http_port}" if serves_repo else None)
+    if args.no_load or http_url is None:
+        print("Triton not contacted; it serves the new version when it (re)loads the model")
+        return
+    try:
+        print(load_in_triton(http_url.rstrip("/"), settings.triton_model, int(target.name)))
+    except ExportError as error:
+        raise SystemExit(str(error)) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Labeled examples → network inputs and training targets (tags in the model's scheme, gold-box patches).
+
+Images are read once per file and kept (the synthetic and benchmark sets are small); the network sees exactly
+what serving would send (:func:`postlens.images.to_model_pixels`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from postlens.schemas import Box
+from trainer.data.examples import Example, Word
+from trainer.data.schemes import Span, spans_from_tags, tags_from_spans
+from trainer.model.decode import TagScheme
+from trainer.model.losses import Targets
+from trainer.model.preprocess import Preprocessor, load_images, stack_images
+
+# A patch belongs to a gold box when the box covers at least this share of it.
+BOX_PATCH_COVERAGE = 0.5
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]  # the forward() arguments
+    words: list[list[Word]]  # the words the network tags, per post (after truncation)
+    targets: Targets | None  # None for unlabeled examples
+
+
+def box_patch_mask(box: tuple[float, float, float, float], grid: tuple[int, int]) -> np.ndarray:
+    """Which patches of a ``grid`` (rows, columns) the normalized box covers, as a flat bool [P]."""
+    rows, columns = grid
+    x0, y0, x1, y1 = box
+    top, left = np.arange(rows) / rows, np.arange(columns) / columns
+    height = np.clip(np.minimum(top + 1 / rows, y1) - np.maximum(top, y0), 0, None) * rows
+    width = np.clip(np.minimum(left + 1 / columns, x1) - np.maximum(left, x0), 0, None) * columns
+    return (height[:, None] * width[None, :] >= BOX_PATCH_COVERAGE).reshape(-1)
+
+
+def clip_spans(spans: Sequence[Span], length: int) -> list[Span]:
+    """Spans cut to the first ``length`` words (the ones the network saw)."""
+    return [(first, min(end, length), kind) for first, end, kind in spans if first < length]
+
+
+class ExampleEncoder:
+    def __init__(self, preprocessor: Preprocessor, scheme: TagScheme, grid: tuple[int, int], max_images: int, annotates_boxes: bool) -> None:
+        self.preprocessor = preprocessor
+        self.scheme = scheme
+        self.grid = grid
+        self.max_images = max_images
+        self.annotates_boxes = annotates_boxes  # the dataset marks every depicted entity, so "no box" means none
+        self._pixels: dict[str, np.ndarray] = {}
+
+    def images(self, example: Example) -> np.ndarray:
+        """uint8 [k, S, S, 3] for the example's first ``max_images`` images."""
+        paths = example.images[: self.max_images]
+        for path in paths:
+            if path not in self._pixels:
+                self._pixels[path] = load_images([path], self.preprocessor.image_size, 1)[0]
+        size = self.preprocessor.image_size
+        return np.stack([self._pixels[path] for path in paths]) if paths else np.zeros((0, size, size, 3), np.uint8)
+
+    def encode(self, examples: Sequence[Example]) -> Batch:
+        pixels, image_mask = stack_images([self.images(example) for example in examples], self.preprocessor.image_size)
+        inputs, words = self.preprocessor.encode_words([example.words for example in examples], pixels, image_mask)
+        tensors = {name: torch.from_numpy(value) for name, value in inputs.items()}
+        labeled = all(example.tags is not None for example in examples)
+        targets = self._targets(examples, words, inputs["word_mask"].shape[1], image_mask) if labeled else None
+        return Batch(tensors, words, targets)
+
+    def _targets(self, examples: Sequence[Example], words: list[list[Word]], width: int, image_mask: np.ndarray) -> Targets:
+        images = image_mask.shape[1]
+        patches = self.grid[0] * self.grid[1]
+        tags = np.zeros((len(examples), width), dtype=np.int64)
+        box_patches = np.zeros((len(examples), width, images, patches), dtype=np.float32)
+        relevance = np.zeros(len(examples), dtype=np.float32)
+        for row, (example, kept) in enumerate(zip(examples, words)):
+            spans = spans_from_tags(example.tags)
+            tags[row, : len(kept)] = [self.scheme.index(t) for t in tags_from_spans(clip_spans(spans, len(kept)), len(kept), self.scheme.name)]
+            for box in self._visible_boxes(example.boxes, image_mask[row]):
+                first, end, _ = spans[box.entity]
+                box_patches[row, first : min(end, len(kept)), box.image_index] = box_patch_mask(box.box, self.grid)
+                relevance[row] = 1.0
+        known = image_mask.any(axis=1) & self.annotates_boxes
+        return Targets(
+            tags=torch.from_numpy(tags),
+            box_patches=torch.from_numpy(box_patches),
+            relevance=torch.from_numpy(relevance),
+            relevance_known=torch.from_numpy(known),
+        )
+
+    @staticmethod
+    def _visible_boxes(boxes: Sequence[Box], image_mask: np.ndarray) -> list[Box]:
+        return [box for box in boxes if box.image_index < len(image_mask) and image_mask[box.image_index]]

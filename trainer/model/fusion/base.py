@@ -1,0 +1,116 @@
+"""What every fusion strategy takes and gives, the registry that selects one by name, and shared helpers.
+
+A strategy owns the text encoder call (``early`` feeds image tokens into it) and returns fused word features plus
+the grounding signals: word→patch attention (rows sum ≤ 1, the rest is "nothing in the images") and a per-post
+image relevance in [0, 1]. Strategies that do not attend to patches return zeros for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from trainer.model.config import FusionConfig
+from trainer.model.text_encoder import TextEncoder
+
+
+@dataclass(frozen=True)
+class EncoderDims:
+    text: int  # text encoder hidden size
+    patch: int  # vision patch token width
+    pooled: int  # vision pooled embedding width
+    patches: int  # patches per image
+
+
+@dataclass
+class FusionInputs:
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    word_index: torch.Tensor  # [B, W]
+    word_mask: torch.Tensor  # [B, W] bool
+    image_mask: torch.Tensor  # [B, N] bool
+    patch_tokens: torch.Tensor | None  # [B, N, P, Dp]; None when the strategy does not use images
+    image_pooled: torch.Tensor | None  # [B, N, Dv]
+
+
+@dataclass
+class FusionOutput:
+    words: torch.Tensor  # [B, W, output_dim]
+    text_pooled: torch.Tensor  # [B, dims.text], the post's text summary (for image–text alignment)
+    word_patch_attention: torch.Tensor  # [B, W, N, P]
+    image_relevance: torch.Tensor  # [B]
+
+
+class Fusion(nn.Module):
+    uses_image: ClassVar[bool] = True  # False: the network skips the vision encoder
+    grounds: ClassVar[bool] = False  # True: word_patch_attention and image_relevance are learned signals
+    output_dim: int
+
+    def __init__(self, config: FusionConfig, dims: EncoderDims) -> None:
+        super().__init__()
+        self.config = config
+        self.dims = dims
+
+    def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Fusion]] = {}
+
+
+def register_fusion(name: str) -> Callable[[type[Fusion]], type[Fusion]]:
+    def register(cls: type[Fusion]) -> type[Fusion]:
+        if name in _REGISTRY:
+            raise ValueError(f"fusion strategy {name!r} is registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return register
+
+
+def fusion_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_fusion(name: str, config: FusionConfig, dims: EncoderDims) -> Fusion:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown fusion strategy {name!r}; registered: {', '.join(fusion_names())}")
+    return _REGISTRY[name](config, dims)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Helpers shared by strategies
+# ------------------------------------------------------------------------------------------------------------
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of [B, K, D] where ``mask`` [B, K] is set (zeros when nothing is)."""
+    weights = mask.to(values.dtype)[:, :, None]
+    return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def encode_text(text_encoder: TextEncoder, inputs: FusionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text alone: word states [B, W, H] and their masked mean [B, H]."""
+    hidden = text_encoder(text_encoder.embed_tokens(inputs.input_ids), inputs.attention_mask)
+    words = text_encoder.words(hidden, inputs.word_index)
+    return words, masked_mean(words, inputs.word_mask)
+
+
+def no_grounding(inputs: FusionInputs, patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero attention [B, W, N, P] and zero relevance [B], shaped from the inputs (no data-dependent branches)."""
+    pairs = inputs.word_mask[:, :, None] & inputs.image_mask[:, None, :]  # [B, W, N]
+    attention = torch.zeros_like(pairs, dtype=torch.float32)[:, :, :, None].expand(-1, -1, -1, patches)
+    relevance = torch.zeros_like(inputs.word_mask[:, 0], dtype=torch.float32)
+    return attention, relevance
+
+
+def patch_sequence(patch_tokens: torch.Tensor, image_mask: torch.Tensor, slot_embedding: nn.Embedding, project: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, N, P, Dp] patch tokens → one sequence [B, N·P, H] (projected, tagged with their image slot) and its mask."""
+    batch, images, patches = patch_tokens.shape[0], patch_tokens.shape[1], patch_tokens.shape[2]
+    tokens = project(patch_tokens) + slot_embedding.weight[:images][None, :, None, :]
+    mask = image_mask[:, :, None].expand(-1, -1, patches)
+    return tokens.reshape(batch, images * patches, tokens.shape[-1]), mask.reshape(batch, images * patches)

