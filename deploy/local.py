@@ -84,7 +84,7 @@ class Stack:
         return [svc for name, svc in self.services.items() if names is None or name in names]
 
     def up(self, services: list[str] | None = None) -> dict[str, ServiceStatus]:
-        """Start (or reuse) the services concurrently; raises StartError naming every one that failed."""
+        """Start (or reuse) the services concurrently; raises StackError naming every one that failed."""
         return asyncio.run(self.up_async(services))
 
     async def up_async(self, services: list[str] | None = None) -> dict[str, ServiceStatus]:
@@ -112,7 +112,7 @@ class Stack:
                 await asyncio.to_thread(svc.prepare)
             except Exception as exc:  # download/install/config problems: report them as this service's failure
                 raise StartError(svc, f"preparing: {exc}") from exc
-            prepare_s = time.monotonic() - t0
+            prepare_s = round(time.monotonic() - t0, 1)
             pid = spawn(svc.launch_spec(), svc.log_path, svc.pid_path)
         t0 = time.monotonic()
         deadline = t0 + self.settings.service_start_timeout_s

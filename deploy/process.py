@@ -139,6 +139,13 @@ def port_open(port: int, host: str = "127.0.0.1", timeout_s: float = 0.5) -> boo
         return False
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for a second, throw-away server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         with open(path, errors="replace") as f:

@@ -188,7 +188,8 @@ class PostPrediction(BaseModel):
 # Dead letters (topic postlens.posts.dlq)
 # --------------------------------------------------------------------------------------------------------
 
-Stage = Literal["ingest", "fetch", "infer", "index"]
+# "label": a label trainer.retrain refused (topic postlens.labels.rejected).
+Stage = Literal["ingest", "fetch", "infer", "index", "label"]
 
 
 class ErrorInfo(BaseModel):

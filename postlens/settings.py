@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     topic_posts: str = "postlens.posts"
     topic_dlq: str = "postlens.posts.dlq"
     topic_labels: str = "postlens.labels"
+    topic_labels_rejected: str = "postlens.labels.rejected"  # labels trainer.retrain refused, with the reason
     topic_partitions: int = Field(6, ge=1, description="partitions created for the posts topic")
     consumer_group: str = "postlens-workers"
     topic_replication: int = Field(1, ge=1, description="replication factor of topics PostLens creates")
@@ -73,6 +74,16 @@ class Settings(BaseSettings):
     # Messages a worker holds beyond the batch in flight; when indexing stalls, Kafka keeps the rest (backpressure).
     worker_buffer_max: int = Field(256, ge=1)
     retry_backoff_max_s: float = Field(15.0, gt=0, description="cap of the backoff while Triton or ES is unavailable")
+
+    # --- Retraining (python -m trainer.retrain) -------------------------------------------------------
+    retrain_group: str = "postlens-retrain"  # consumer group whose committed offsets mark labels already used
+    # Share of new labels (chosen by a hash of the id, so a label never moves between slices) held out to compare
+    # the base and the candidate, and the share used for early stopping and calibration while fine-tuning.
+    retrain_holdout: float = Field(0.15, gt=0, lt=0.5)
+    retrain_tune: float = Field(0.10, gt=0, lt=0.5)
+    retrain_tolerance: float = Field(0.0, ge=0, le=1, description="promote when candidate F1 ≥ base F1 − this")
+    retrain_min_labels: int = Field(20, ge=3, description="fewer valid new labels → no retraining")
+    checkpoints_dir: Path = Path("~/.cache/postlens/checkpoints").expanduser()  # retrained checkpoints
 
     # --- Local stack (python -m deploy.local) ----------------------------------------------------------
     home: Path = Path("~/.cache/postlens").expanduser()

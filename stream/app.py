@@ -41,6 +41,9 @@ def create_app(settings: Settings, web_port: int | None = None) -> WorkerApp:
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
         stream_buffer_maxsize=settings.worker_buffer_max,
+        # Stopping or rebalancing does not wait for the batch in flight (it may be stuck on an outage): only offsets
+        # of finished batches are ever acked, so the next owner simply processes the unfinished ones again.
+        stream_wait_empty=False,
         consumer_auto_offset_reset="earliest",  # a new consumer group processes what is already on the topic
         producer_acks=-1,  # dead letters survive a broker failover
     )

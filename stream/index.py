@@ -119,7 +119,10 @@ def es_client(settings: Settings) -> AsyncElasticsearch:
         if settings.es_username and settings.es_password
         else None
     )
-    return AsyncElasticsearch(settings.es_url, basic_auth=auth, request_timeout=settings.es_request_timeout_s)
+    # No client-side retries: callers retry outages themselves (stream.retry), with backoff and without giving up.
+    return AsyncElasticsearch(
+        settings.es_url, basic_auth=auth, request_timeout=settings.es_request_timeout_s, max_retries=0
+    )
 
 
 class Indexer:

@@ -40,7 +40,10 @@ async def retry_forever(
     max_delay_s: float,
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
-    """Run ``operation`` until it does not raise one of ``retriable``; other exceptions propagate."""
+    """Run ``operation`` until it does not raise one of ``retriable``; other exceptions propagate.
+
+    A shutdown cancels the wait; the batch's offsets then stay uncommitted (see stream.worker).
+    """
     backoff = Backoff(max_delay_s)
     while True:
         try:

@@ -31,8 +31,9 @@ from stream.metrics import Metrics
 from stream.retry import retry_forever
 
 log = logging.getLogger(__name__)
-# The Elasticsearch client logs every request at INFO; its failures still surface as warnings.
-logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+# The Elasticsearch client logs every request at INFO and each failed node as a warning; the worker's retry loop
+# reports outages itself, once per attempt.
+logging.getLogger("elastic_transport").setLevel(logging.ERROR)
 
 
 def grounded_in_post(prediction: PostPrediction, fed: Sequence[int], urls: Sequence[str]) -> PostPrediction:
@@ -231,7 +232,7 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
             async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
                 try:
                     await pipeline.process([_raw(event) for event in events])
-                except BaseException:
+                except BaseException:  # cancelled by a shutdown, or a bug: these offsets must not be committed
                     _withhold_acks(events)
                     raise
         finally:

@@ -48,7 +48,11 @@ def stack(settings: Settings) -> Iterator[dict[str, ServiceStatus]]:
     try:
         statuses = in_thread(local.up)
     except StackError as exc:
-        pytest.fail(f"the local stack (python -m deploy.local up) could not start:\n{exc}", pytrace=False)
+        failure = str(exc)
+    else:
+        failure = None
+    if failure:  # outside the except block, so the report shows the reason once
+        pytest.fail(f"the local stack (python -m deploy.local up) could not start:\n{failure}", pytrace=False)
     yield statuses
     started = [name for name, status in statuses.items() if status.started]
     if started and os.environ.get("POSTLENS_KEEP_STACK") != "1":

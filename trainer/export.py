@@ -55,7 +55,7 @@ MODEL_SOURCE = Path(__file__).resolve().parent.parent / "model_repository" / "po
 ONNX_FILE = "network.onnx"
 CRF_FILE = "crf.npz"
 CARD_FILE = "model_card.json"
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = "config.yaml"  # the same names as in a checkpoint (trainer.model.checkpoint)
 TOKENIZER_DIR = "tokenizer"
 TRITON_CODE_FILE = "model.py"
 TRITON_CONFIG_FILE = "config.pbtxt"
@@ -174,20 +174,18 @@ def next_version(model_root: Path) -> int:
 
 def export_model(model_dir: Path, repo: Path, version: int | None = None) -> Path:
     """Export checkpoint ``model_dir`` as a new version of the entry model in ``repo``; returns the version folder."""
-    from trainer.model.checkpoint import load_checkpoint, read_config  # torch: the writing half only
+    from trainer.model.checkpoint import load_checkpoint  # torch: the writing half only
 
-    model_name = get_settings().triton_model
-    model_root = repo / model_name
-    network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
-    image_size = config.vision_encoder.image_size
+    model_root = repo / get_settings().triton_model
     version = version if version is not None else next_version(model_root)
     target = model_root / str(version)
     if version < 1:
         raise ExportError(f"version must be a positive integer, got {version}")
     if target.exists():
         raise ExportError(f"{target} exists already; versions are never overwritten (omit --version for the next one)")
+    network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
     model_root.mkdir(parents=True, exist_ok=True)
-    _set_image_size(model_root, image_size)
+    _set_image_size(model_root, config.vision_encoder.image_size)
 
     # A hidden name: Triton only treats all-digit folders as versions.
     staging = model_root / f".staging-{version}-{os.getpid()}"
@@ -198,11 +196,8 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None) -> Pat
         _write_onnx(network, Preprocessor.from_config(config, tokenizer), staging / ONNX_FILE)
         crf = network.crf.numpy_params()
         np.savez(staging / CRF_FILE, labels=np.array(config.labels), start=crf.start, transitions=crf.transitions, end=crf.end)
-        tokenizer.save_pretrained(staging / TOKENIZER_DIR)
-        run_config = read_config(model_dir)
-        (staging / CONFIG_FILE).write_text(
-            yaml.safe_dump({**run_config, "model": config.model_dump(mode="json")}, sort_keys=False, allow_unicode=True)
-        )
+        shutil.copytree(model_dir / TOKENIZER_DIR, staging / TOKENIZER_DIR)
+        shutil.copy2(model_dir / CONFIG_FILE, staging / CONFIG_FILE)
         shutil.copy2(MODEL_SOURCE / TRITON_CODE_FILE, staging / TRITON_CODE_FILE)
         cases = verify_parity(network, staging)
         card = _model_card(model_dir, checkpoint_version, version, config, cases, time.perf_counter() - started)
@@ -254,7 +249,7 @@ def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> 
         "image_mask": {0: batch, 1: images},
     }
     # Sizes ≥ 2 everywhere: torch.export would specialise a dimension traced at 0 or 1 to that constant.
-    example = _random_inputs(preprocessor, batch=2, images=2, seed=0)
+    example = random_inputs(preprocessor, batch=2, images=2, seed=0)
     program = torch.onnx.export(
         network.eval(),
         tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
@@ -267,7 +262,7 @@ def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> 
     program.save(str(path))
 
 
-def _random_inputs(preprocessor: Preprocessor, batch: int, images: int, seed: int, long: bool = False) -> dict[str, np.ndarray]:
+def random_inputs(preprocessor: Preprocessor, batch: int, images: int, seed: int, long: bool = False) -> dict[str, np.ndarray]:
     """Encoded random posts (vocabulary words, random pixels, ragged image counts) of the given shape; ``long``
     posts run past the word and sub-token limits."""
     rng = np.random.default_rng(seed)
@@ -292,7 +287,7 @@ def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
     shapes = [(1, 0, False), (3, 1, False), (2, 4, False), (5, 3, False), (4, 2, True), (1, 4, True)]
     cases = []
     for seed, (batch, images, long) in enumerate(shapes, start=1):
-        inputs = _random_inputs(exported.preprocessor, batch, images, seed, long)
+        inputs = random_inputs(exported.preprocessor, batch, images, seed, long)
         with torch.no_grad():
             expected = network(**{name: torch.from_numpy(value) for name, value in inputs.items()})
         actual = exported.run(inputs)

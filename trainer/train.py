@@ -32,7 +32,7 @@ from trainer.data.examples import Example, load_examples
 from trainer.evaluate import build_report, gold_grounding, predicted_grounding
 from trainer.metrics import calibration, grounding_accuracy
 from trainer.model.batching import Batch, ExampleEncoder
-from trainer.model.checkpoint import save_checkpoint
+from trainer.model.checkpoint import load_checkpoint, save_checkpoint
 from trainer.model.config import ModelConfig
 from trainer.model.decode import Decoder
 from trainer.model.losses import LossConfig, total_loss
@@ -42,7 +42,10 @@ from trainer.predict import Predictor, RawBatch
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-TEMPERATURES = np.geomspace(0.25, 4.0, 41)
+TEMPERATURES = np.geomspace(0.5, 4.0, 31)  # a small valid set must not sharpen confidences without bound
+# Valid ECE at or below this needs no temperature: a near-perfect valid set carries no calibration signal (the
+# log loss would just sharpen confidences towards 1).
+WELL_CALIBRATED_ECE = 0.02
 
 
 class TrainConfig(BaseModel):
@@ -144,7 +147,8 @@ def entity_outcomes(examples: Sequence[Example], predictions: Sequence[PostPredi
 
 
 def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder) -> tuple[float, float, float]:
-    """The temperature minimising the log loss of entity confidences on valid → (temperature, ECE before, after)."""
+    """The temperature minimising the log loss of entity confidences on valid → (temperature, ECE before, after);
+    1 when valid is already well calibrated."""
 
     def log_loss(temperature: float) -> float:
         confidence, correct = entity_outcomes(examples, decode_all(raws, decoder.with_calibration(temperature=temperature)))
@@ -155,8 +159,11 @@ def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decod
         confidence, correct = entity_outcomes(examples, decode_all(raws, decoder.with_calibration(temperature=temperature)))
         return calibration(confidence, correct.astype(bool)).ece if confidence.size else 0.0
 
-    best = min(TEMPERATURES, key=log_loss)
-    return float(best), ece(1.0), ece(best)
+    before = ece(1.0)
+    if before <= WELL_CALIBRATED_ECE:
+        return 1.0, before, before
+    best = float(min(TEMPERATURES, key=log_loss))
+    return best, before, ece(best)
 
 
 def fit_grounding_threshold(raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder) -> tuple[float, float]:
@@ -232,8 +239,13 @@ def train(
     valid_examples: Sequence[Example],
     out: Path,
     progress: bool = True,
+    init_from: Path | None = None,
 ) -> TrainResult:
-    """Train, calibrate on valid and write the checkpoint to ``out``."""
+    """Train, calibrate on valid and write the checkpoint to ``out``.
+
+    ``init_from`` fine-tunes that checkpoint: its network (architecture and weights) is the starting point, so
+    ``config.model`` is replaced by the checkpoint's; the ``train`` and ``loss`` sections still apply.
+    """
     if not train_examples or not valid_examples:
         raise ValueError("training needs labeled train and valid examples")
     if any(example.tags is None for example in [*train_examples, *valid_examples]):
@@ -243,7 +255,10 @@ def train(
     seed_everything(config.seed, settings.threads)
     started = time.perf_counter()
 
-    network, tokenizer, model_config = NerNetwork.build(config.model)
+    if init_from is None:
+        network, tokenizer, model_config = NerNetwork.build(config.model)
+    else:
+        network, tokenizer, model_config, _ = load_checkpoint(Path(init_from))
     config = config.model_copy(update={"model": model_config})
     preprocessor = Preprocessor.from_config(model_config, tokenizer)
     encoder = ExampleEncoder(
@@ -327,6 +342,7 @@ def train(
         "preset": config.preset,
         "strategy": model_config.fusion.name,
         "version": version,
+        "init_from": str(Path(init_from).resolve()) if init_from is not None else None,
         "epochs_run": len(history),
         "best_epoch": best_epoch,
         "train_seconds": train_seconds,

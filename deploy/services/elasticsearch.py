@@ -45,7 +45,6 @@ class Elasticsearch(Service):
         )
         if not (self.distribution / "bin" / "elasticsearch").exists():
             _unzip_with_modes(zip_path, self.home)
-        self._ensure_user()
         config = self.home / "config"
         if not config.exists():
             shutil.copytree(self.distribution / "config", config)
@@ -54,9 +53,15 @@ class Elasticsearch(Service):
         (config / "elasticsearch.yml").write_text(self._config())
         (config / "jvm.options.d").mkdir(exist_ok=True)
         (config / "jvm.options.d" / "heap.options").write_text(f"-Xms{s.es_heap}\n-Xmx{s.es_heap}\n")
-        user = pwd.getpwnam(s.es_user)
-        for path in (config, self.home / "data", self.home / "logs", self.home / "tmp"):
-            _chown_tree(path, user.pw_uid, user.pw_gid)
+        if self._service_user():
+            self._ensure_user()
+            user = pwd.getpwnam(s.es_user)
+            for path in (config, self.home / "data", self.home / "logs", self.home / "tmp"):
+                _chown_tree(path, user.pw_uid, user.pw_gid)
+
+    def _service_user(self) -> str | None:
+        """Elasticsearch refuses to run as root: root runs it as ``es_user``; anyone else runs it as themselves."""
+        return self.settings.es_user if os.geteuid() == 0 else None
 
     def _config(self) -> str:
         s = self.settings
@@ -108,7 +113,7 @@ class Elasticsearch(Service):
                 "ES_TMPDIR": str(self.home / "tmp"),
             },
             cwd=self.home / "logs",  # the stock jvm.options writes gc.log relative to it
-            user=self.settings.es_user,
+            user=self._service_user(),
         )
 
     async def probe(self) -> str | None:

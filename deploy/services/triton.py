@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes.util
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -50,7 +51,7 @@ class Triton(Service):
 
 
 def backends_dir(settings: Settings) -> Path:
-    return settings.home / "triton" / "backends"
+    return settings.home / "triton" / importlib.metadata.version("nvidia-pytriton") / "backends"
 
 
 def prepare_backends(settings: Settings) -> Path:

@@ -7,13 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deploy.local import Stack, StackError
-from deploy.process import is_alive, port_open
+from deploy.process import free_port, is_alive, port_open
 from postlens.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -57,12 +58,6 @@ def test_up_again_reuses_the_running_services() -> None:
     assert result.stdout.count("reused") == 4
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def isolated(tmp_path: Path, settings: Settings) -> Settings:
     """Settings for a separate stack: own cache dir, own ports (the shared stack stays untouched)."""
@@ -76,6 +71,10 @@ def external_redis(isolated: Settings, tmp_path: Path) -> Iterator[int]:
         ["redis-server", "--port", str(isolated.redis_port), "--save", "", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10
+    while not port_open(isolated.redis_port):
+        assert time.monotonic() < deadline and process.poll() is None, "the external redis-server did not start"
+        time.sleep(0.05)
     yield process.pid
     process.terminate()
     process.wait(timeout=10)

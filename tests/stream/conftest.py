@@ -1,10 +1,13 @@
-"""Fixtures of the stream tests: synthetic posts and the image server that serves their pictures, the real model
-served by a Triton of its own, and a fresh pipeline world per test."""
+"""Fixtures of the stream tests: synthetic posts and the image server that serves their pictures, and a fresh
+pipeline world per test whose workers use the real model (``served_model`` of tests/fixtures_model.py: the tiny
+model trained and exported in this session, served by a Triton of its own)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from image_server import ImageServer
 from pipeline_run import PipelineRun
 
 from postlens.settings import Settings
+from tests.fixtures_model import ServedModel
 
 
 @pytest.fixture(scope="session")
@@ -34,24 +38,17 @@ def image_server(synthetic_dir: Path) -> Iterator[ImageServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def model_triton_url(stack: object) -> str:
-    return "localhost:28001"  # TODO(stream): the real exported model via tests/fixtures_model.py
-
-
-@pytest.fixture(scope="session")
-def model_version() -> str:
-    return "1"  # TODO(stream): from the exported repository
-
-
 @pytest.fixture
 async def pipeline(
+    request: pytest.FixtureRequest,
     settings: Settings,
-    model_triton_url: str,
+    served_model: ServedModel,
     es: AsyncElasticsearch,
     kafka_admin: AIOKafkaAdminClient,
-    tmp_path: Path,
 ) -> AsyncIterator[PipelineRun]:
-    run = PipelineRun(settings, model_triton_url, tmp_path)
+    # Outside pytest's rotating tmp dirs (other test sessions on the machine rotate them away): kept for debugging.
+    log_dir = Path(tempfile.gettempdir()) / "postlens-stream-tests" / f"{request.node.name}-{time.strftime('%H%M%S')}"
+    run = PipelineRun(settings, served_model.url, log_dir)
     yield run
     await run.cleanup(es, kafka_admin)
+    print(f"\nworker logs: {log_dir}")

@@ -92,7 +92,7 @@ class PipelineRun:
         deadline = time.monotonic() + timeout_s
         while (indexed := await self.indexed_count(es)) < count:
             for worker in self.workers:
-                if worker.process is not None and worker.process.poll() not in (None, -9):
+                if worker.died:
                     raise AssertionError(f"a worker died; log {worker.log_path}:\n{worker.log()[-3000:]}")
             assert time.monotonic() < deadline, f"{indexed} of {count} posts indexed after {timeout_s:g} s"
             await asyncio.sleep(1.0)

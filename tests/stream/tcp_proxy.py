@@ -39,6 +39,7 @@ class TcpProxy:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+        self._run(self._finish_relays())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 
@@ -65,6 +66,12 @@ class TcpProxy:
         self._connections.clear()
         if server is not None:
             await server.wait_closed()
+
+    async def _finish_relays(self) -> None:
+        relays = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in relays:
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
 
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:

@@ -1,10 +1,10 @@
 """The pipeline end to end on the real stack: posts produced with kcat → ``python -m stream worker`` processes →
 Triton (the real exported model) → Elasticsearch, with invalid posts, faulty images, a killed worker, an
-Elasticsearch outage and a Redis outage.
+Elasticsearch or Triton outage and a Redis outage.
 
-Elasticsearch is taken down through a TCP proxy (tests/stream/tcp_proxy.py) placed in front of the shared server:
-closing the proxy is, for the worker, exactly a server that went away, while other tests keep their Elasticsearch.
-Worker logs are kept in each test's tmp directory (``worker-N.log``).
+Elasticsearch and Triton are taken down through a TCP proxy (tests/stream/tcp_proxy.py) placed in front of the
+shared server: closing the proxy is, for the worker, exactly a server that went away, while other tests keep theirs.
+Worker logs are kept under /tmp/postlens-stream-tests/<test>-<time>/worker-N.log.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from tcp_proxy import TcpProxy
 
 from postlens.schemas import ENTITY_TYPES
 from stream.deadletter import original_bytes
+from tests.fixtures_model import ServedModel
 
 pytestmark = pytest.mark.integration
+pytest_plugins = ["tests.fixtures_model"]
 
 FAULTS = {  # image path on the test server → the kind recorded for it
     "/slow": "timeout", "/missing": "http_404", "/error": "http_5xx", "/html": "not_image",
@@ -76,8 +78,9 @@ async def assert_indexed_exactly(run: PipelineRun, es: AsyncElasticsearch, posts
 
 async def test_end_to_end_with_kcat(
     pipeline: PipelineRun, es: AsyncElasticsearch, image_server: ImageServer, synthetic_dir: Path,
-    model_version: str,
+    served_model: ServedModel,
 ) -> None:
+    model_version = served_model.version
     valid = synthetic_posts(synthetic_dir, image_server, 60, "e2e")
     faulty = [
         {"id": f"fault-{kind}", "text": f"Jordan posted a picture from Lyon ({kind})",
@@ -172,16 +175,26 @@ async def test_two_workers_split_partitions_and_survive_a_sigkill(
     await wait_for(all_committed, "the survivor to commit every offset")
 
 
-async def test_elasticsearch_outage_loses_nothing_and_commits_nothing_early(
+@pytest.mark.parametrize("dependency", ["elasticsearch", "triton"])
+async def test_outage_loses_nothing_and_commits_nothing_early(
     pipeline: PipelineRun, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient,
-    image_server: ImageServer, synthetic_dir: Path,
+    image_server: ImageServer, synthetic_dir: Path, served_model: ServedModel, dependency: str,
 ) -> None:
     posts = synthetic_posts(synthetic_dir, image_server, 60, "outage")
     before, during = posts[:20], posts[20:]
-    target = urlsplit(pipeline.settings.es_url)
-    with TcpProxy(target.hostname or "localhost", target.port or 9200) as proxy:
+    if dependency == "elasticsearch":
+        target = urlsplit(pipeline.settings.es_url)
+        host, port = target.hostname or "localhost", target.port or 9200
+    else:
+        host, _, grpc_port = served_model.url.rpartition(":")
+        port = int(grpc_port)
+    with TcpProxy(host, port) as proxy:
+        via_proxy = (
+            {"POSTLENS_ES_URL": proxy.url} if dependency == "elasticsearch"
+            else {"POSTLENS_TRITON_URL": f"127.0.0.1:{proxy.port}"}
+        )
         await pipeline.create_topics()
-        worker = pipeline.start_worker(POSTLENS_ES_URL=proxy.url)
+        worker = pipeline.start_worker(**via_proxy)
         worker.wait_ready()
         pipeline.publish_with_kcat(as_records(before))
         await pipeline.wait_indexed(es, len(before))
@@ -191,13 +204,13 @@ async def test_elasticsearch_outage_loses_nothing_and_commits_nothing_early(
 
         await wait_for(lambda: committed(len(before)), "offsets of the first posts")
 
-        proxy.close()  # Elasticsearch "goes down" for the worker
+        proxy.close()  # the dependency "goes down" for the worker
         pipeline.publish_with_kcat(as_records(during))
 
         async def retrying() -> bool:
-            return worker.metric("postlens_dependency_retries_total", dependency="elasticsearch") >= 3
+            return worker.metric("postlens_dependency_retries_total", dependency=dependency) >= 2
 
-        await wait_for(retrying, "the worker to retry Elasticsearch")
+        await wait_for(retrying, f"the worker to retry {dependency}")
         await asyncio.sleep(5)  # several commit intervals
         assert await pipeline.committed(kafka_admin) == len(before)  # nothing committed early
         assert await pipeline.indexed_count(es) == len(before)
@@ -205,7 +218,7 @@ async def test_elasticsearch_outage_loses_nothing_and_commits_nothing_early(
         # A restart during the outage must not commit the batch it was holding either.
         worker.stop()
         assert await pipeline.committed(kafka_admin) == len(before)
-        replacement = pipeline.start_worker(POSTLENS_ES_URL=proxy.url)
+        replacement = pipeline.start_worker(**via_proxy)
         await asyncio.sleep(5)
         proxy.open()  # back
         replacement.wait_ready()
@@ -215,7 +228,7 @@ async def test_elasticsearch_outage_loses_nothing_and_commits_nothing_early(
 
 
 async def test_redis_outage_costs_only_the_cache(
-    pipeline: PipelineRun, es: AsyncElasticsearch, image_server: ImageServer, tmp_path: Path,
+    pipeline: PipelineRun, es: AsyncElasticsearch, image_server: ImageServer,
 ) -> None:
     urls = [image_server.url(f"/img/redis-{i}.png") for i in range(8)]
 
@@ -223,7 +236,7 @@ async def test_redis_outage_costs_only_the_cache(
         return [{"id": f"{name}-{i}", "text": f"Madison visited Austin ({name} {i})", "images": [url]}
                 for i, url in enumerate(urls)]
 
-    with OwnRedis(tmp_path / "redis") as redis_server:
+    with OwnRedis(pipeline.log_dir / "redis") as redis_server:
         await pipeline.create_topics()
         worker = pipeline.start_worker(POSTLENS_REDIS_URL=redis_server.url, POSTLENS_REDIS_RETRY_AFTER_S="1")
         worker.wait_ready()

@@ -23,6 +23,7 @@ class WorkerProcess:
         self.web_port = web_port
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self.stopped_by_test = False
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +36,11 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
             )
         return self
+
+    @property
+    def died(self) -> bool:
+        """Exited although the test did not stop it."""
+        return self.process is not None and self.process.poll() is not None and not self.stopped_by_test
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -64,6 +70,7 @@ class WorkerProcess:
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, nothing more is committed."""
         assert self.process is not None
+        self.stopped_by_test = True
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
 
@@ -71,6 +78,7 @@ class WorkerProcess:
         """SIGTERM (graceful), SIGKILL if it does not exit in time."""
         if self.process is None or self.process.poll() is not None:
             return
+        self.stopped_by_test = True
         self.process.terminate()
         try:
             self.process.wait(timeout=timeout_s)

@@ -5,8 +5,8 @@
   turns round, which keeps the model from driving training loss to zero (0 disables it).
 - **InfoNCE** — symmetric contrastive alignment of pooled text and pooled image embeddings within the batch
   (posts with images only).
-- **Grounding** — where gold boxes exist (synthetic data), each depicted entity's words should put their patch
-  attention on the box; and a post's image relevance should say whether its images show any entity. Datasets
+- **Grounding** — where gold boxes exist (synthetic data), each depicted entity's words should spread their patch
+  attention evenly over the box; and a post's image relevance should say whether its images show any entity. Datasets
   without box annotation contribute nothing to either.
 """
 
@@ -56,11 +56,15 @@ def info_nce(text: torch.Tensor, image: torch.Tensor, keep: torch.Tensor, temper
 
 
 def grounding_nll(attention: torch.Tensor, box_patches: torch.Tensor) -> torch.Tensor:
-    """Mean over supervised words of −log(attention mass on their gold-box patches)."""
-    supervised = box_patches.flatten(2).any(dim=-1)  # [B, W]
-    mass = (attention * box_patches).flatten(2).sum(dim=-1)
-    nll = -torch.log(mass.clamp(min=1e-6))
-    return (nll * supervised).sum() / supervised.sum().clamp(min=1)
+    """Cross-entropy of each supervised word's patch attention against the uniform distribution over its gold-box
+    patches, averaged over those words. Spreading attention over the whole box (not one patch of it) is what makes
+    the decoded box cover the object."""
+    flat_target = box_patches.flatten(2)  # [B, W, N·P]
+    counts = flat_target.sum(dim=-1)
+    supervised = counts > 0
+    log_attention = torch.log(attention.flatten(2).clamp(min=1e-6))
+    cross_entropy = -(flat_target * log_attention).sum(dim=-1) / counts.clamp(min=1)
+    return (cross_entropy * supervised).sum() / supervised.sum().clamp(min=1)
 
 
 def relevance_bce(relevance: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +14,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from deploy.local import triton_command
-from deploy.process import spawn, stop, tail
+from deploy.process import free_port, spawn, stop, tail
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +44,6 @@ MODEL_PY = textwrap.dedent(
             return responses
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -1,0 +1,134 @@
+"""Shared model fixtures (a pytest plugin: test modules that need them say ``pytest_plugins = ["tests.fixtures_model"]``).
+
+- ``model_data``: a small synthetic data set (BRIEF §7) written by ``trainer.synth``;
+- ``tiny_checkpoint``: the tiny preset trained on it in this session (``trainer.train``, a few epochs);
+- ``exported_repo``: a temporary Triton model repository with that checkpoint exported as version 1;
+- ``served_model``: a Triton of its own serving that repository on free ports, never the shared one (tests must
+  not restart or reload it); ``start_triton`` starts more such servers (for a repository a test changes).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploy.local import triton_command
+from deploy.process import free_port, is_alive, spawn, stop, tail
+from postlens.settings import Settings
+
+SYNTHETIC_POSTS = 240
+TRAIN_EPOCHS = 6
+TRITON_START_TIMEOUT_S = 300.0  # the Python backend imports torch/transformers for each model instance
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A Triton serving one repository: where to reach it and what it serves."""
+
+    url: str  # gRPC host:port, what stream.infer talks to
+    http_url: str
+    repo: Path
+    log: Path
+
+    @property
+    def version(self) -> str:
+        """The newest version in the repository (what version policy "latest 1" serves once loaded)."""
+        model_root = self.repo / "postlens"
+        return str(max(int(entry.name) for entry in model_root.iterdir() if entry.name.isdigit()))
+
+    def settings(self, **overrides: object) -> Settings:
+        return Settings(triton_url=self.url, **overrides)
+
+
+def _run(argv: list[str], what: str) -> None:
+    result = subprocess.run([sys.executable, *argv], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"{what} failed ({' '.join(argv)}):\n{result.stderr[-3000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def model_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``train.jsonl``, ``valid.jsonl``, ``test.jsonl`` and ``images/`` of a small synthetic set."""
+    out = tmp_path_factory.mktemp("model-data")
+    _run(["-m", "trainer.synth", "--out", str(out), "--posts", str(SYNTHETIC_POSTS), "--seed", "3"], "trainer.synth")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(model_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny cross-attention model trained in this session (checkpoint dir of ``trainer.train``)."""
+    out = tmp_path_factory.mktemp("tiny-checkpoint")
+    _run(
+        [
+            "-m", "trainer.train", "--preset", "tiny", "--strategy", "cross",
+            "--train", str(model_data / "train.jsonl"), "--valid", str(model_data / "valid.jsonl"),
+            "--out", str(out), "--set", f"train.epochs={TRAIN_EPOCHS}",
+        ],
+        "trainer.train",
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding the entry model with ``tiny_checkpoint`` as version 1."""
+    from trainer.export import export_model
+
+    repo = tmp_path_factory.mktemp("model-repository")
+    export_model(tiny_checkpoint, repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def start_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], ServedModel]]:
+    """Start a Triton (explicit model control, every model loaded) on a repository; all are stopped at the end."""
+    pids: list[int] = []
+
+    def start(repo: Path) -> ServedModel:
+        grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+        log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+        pids.append(spawn(triton_command(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port), log))
+        served = ServedModel(f"localhost:{grpc_port}", f"http://localhost:{http_port}", repo, log)
+        _wait_until_ready(served, pids[-1])
+        return served
+
+    yield start
+    for pid in pids:
+        stop(pid)
+
+
+@pytest.fixture(scope="session")
+def served_model(exported_repo: Path, start_triton: Callable[[Path], ServedModel]) -> ServedModel:
+    """The exported tiny model, served by a Triton of this test session."""
+    return start_triton(exported_repo)
+
+
+def _wait_until_ready(served: ServedModel, pid: int) -> None:
+    """Until the entry model is ready; fails at once when the server exits or the model failed to load."""
+    deadline = time.monotonic() + TRITON_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not is_alive(pid):
+            pytest.fail(f"tritonserver exited while starting; log {served.log}:\n{tail(served.log, 60)}", pytrace=False)
+        try:
+            index = urllib.request.urlopen(
+                urllib.request.Request(f"{served.http_url}/v2/repository/index", data=b"{}", method="POST"), timeout=5
+            )
+        except OSError:  # not listening yet (it listens once the start-up models are loaded or failed)
+            time.sleep(1.0)
+            continue
+        states = {(entry.get("state"), entry.get("reason", "")) for entry in json.load(index) if entry["name"] == "postlens"}
+        if any(state == "READY" for state, _ in states):
+            return
+        failures = [reason for state, reason in states if state == "UNAVAILABLE" and reason]
+        if failures:
+            pytest.fail(f"Triton could not load postlens from {served.repo}: {failures[0]}", pytrace=False)
+        time.sleep(1.0)
+    pytest.fail(f"postlens not ready after {TRITON_START_TIMEOUT_S:.0f}s; log {served.log}:\n{tail(served.log, 60)}", pytrace=False)
