@@ -101,10 +101,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    commands = parser()
+    args = commands.parse_args(argv)
     if args.command != "worker":  # the Faust worker configures logging itself
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return args.run(get_settings(), args)
+    try:
+        return args.run(get_settings(), args)
+    except (OSError, ValueError) as error:  # a missing file, a bad --since: say so without a traceback
+        commands.error(str(error))
 
 
 if __name__ == "__main__":

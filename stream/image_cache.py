@@ -72,8 +72,8 @@ class ImageCache:
         except RedisError as error:
             self._mark_unavailable(error)
             return None
-        if pixels is not None:
-            size = self._image_size
+        size = self._image_size
+        if pixels is not None and len(pixels) == size * size * 3:  # anything else is not ours: treat as a miss
             return np.frombuffer(pixels, dtype=np.uint8).reshape(size, size, 3)
         if failure is not None:
             kind, _, message = failure.decode("utf-8").partition("\n")

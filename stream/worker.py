@@ -18,6 +18,7 @@ import numpy as np
 from elasticsearch import AsyncElasticsearch
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from postlens.images import empty_images
 from postlens.schemas import DeadLetter, Post, PostPrediction, Region
 from postlens.settings import Settings
 from stream.app import WorkerApp, create_app
@@ -31,6 +32,7 @@ from stream.metrics import Metrics
 from stream.retry import retry_forever
 
 log = logging.getLogger(__name__)
+Letter = tuple[RawMessage, DeadLetter]  # a dead letter and the message it is about (for its exact key bytes)
 # The Elasticsearch client logs every request at INFO and each failed node as a warning; the worker's retry loop
 # reports outages itself, once per attempt.
 logging.getLogger("elastic_transport").setLevel(logging.ERROR)
@@ -56,11 +58,7 @@ def grounded_in_post(prediction: PostPrediction, fed: Sequence[int], urls: Seque
 def model_input(post: Post, images: list[FetchedImage], image_size: int) -> tuple[InferRequest, list[int]]:
     """The model's request for ``post`` and, per image slot, the index of that image in the post."""
     fed = [index for index, image in enumerate(images) if image.pixels is not None]
-    pixels = (
-        np.stack([images[index].pixels for index in fed])
-        if fed
-        else np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
-    )
+    pixels = np.stack([images[index].pixels for index in fed]) if fed else empty_images(0, image_size)
     return InferRequest(text=post.text, images=pixels), fed
 
 
@@ -119,61 +117,58 @@ class Pipeline:
     async def process(self, messages: list[RawMessage]) -> None:
         """Run one micro-batch to the end: every message indexed or dead-lettered."""
         self._metrics.batch_size.observe(len(messages))
-        letters: list[tuple[RawMessage, DeadLetter]] = []
-
         with self._stage("ingest"):
-            accepted: list[tuple[RawMessage, Post]] = []
-            for raw in messages:
-                try:
-                    accepted.append((raw, parse_post(raw.value, self._settings)))
-                except InvalidPost as error:
-                    letters.append((raw, dead_letter(raw, "ingest", error.kind, str(error))))
-
+            accepted, letters = self._ingest(messages)
         indexed = 0
         if accepted:
-            processed = await self._predict(accepted, letters)
+            with self._stage("fetch"):
+                fetched = await asyncio.gather(*(self._fetcher.fetch_post_images(p.images) for _, p in accepted))
+            self._record_fetches(fetched)
+            with self._stage("infer"):
+                processed, refused = await self._infer(accepted, fetched)
             with self._stage("index"):
                 failures = await self._indexer.index(processed)
-            letters.extend((f.item.raw, dead_letter(f.item.raw, "index", f.kind, f.message)) for f in failures)
+            letters += refused
+            letters += [(f.item.raw, dead_letter(f.item.raw, "index", f.kind, f.message)) for f in failures]
             indexed = len(processed) - len(failures)
-
         await self._send_dead_letters(letters)
         self._metrics.record_finished(indexed=indexed, dead_lettered=len(letters))
 
-    async def _predict(
-        self, accepted: list[tuple[RawMessage, Post]], letters: list[tuple[RawMessage, DeadLetter]]
-    ) -> list[ProcessedPost]:
-        with self._stage("fetch"):
-            fetched = await asyncio.gather(*(self._fetcher.fetch_post_images(post.images) for _, post in accepted))
-        self._record_fetches(fetched)
+    def _ingest(self, messages: list[RawMessage]) -> tuple[list[tuple[RawMessage, Post]], list[Letter]]:
+        accepted: list[tuple[RawMessage, Post]] = []
+        letters: list[Letter] = []
+        for raw in messages:
+            try:
+                accepted.append((raw, parse_post(raw.value, self._settings)))
+            except InvalidPost as error:
+                letters.append((raw, dead_letter(raw, "ingest", error.kind, str(error))))
+        return accepted, letters
 
+    async def _infer(
+        self, accepted: list[tuple[RawMessage, Post]], fetched: list[list[FetchedImage]]
+    ) -> tuple[list[ProcessedPost], list[Letter]]:
+        """Predictions for the batch (waiting while Triton is unavailable); posts the model refused as letters."""
         inputs = [model_input(post, images, self._inferer.image_size) for (_, post), images in zip(accepted, fetched)]
-        with self._stage("infer"):
-            started = time.perf_counter()
-            predictions = await retry_forever(
-                lambda: self._inferer.infer([request for request, _ in inputs]),
-                retriable=(InferenceUnavailable,),
-                what="Triton inference",
-                max_delay_s=self._settings.retry_backoff_max_s,
-                on_retry=lambda _error: self._metrics.dependency_retries.labels("triton").inc(),
-            )
-            self._metrics.triton_seconds.observe(time.perf_counter() - started)
+        started = time.perf_counter()
+        predictions = await retry_forever(
+            lambda: self._inferer.infer([request for request, _ in inputs]),
+            retriable=(InferenceUnavailable,),
+            what="Triton inference",
+            max_delay_s=self._settings.retry_backoff_max_s,
+            on_retry=lambda _error: self._metrics.dependency_retries.labels("triton").inc(),
+        )
+        self._metrics.triton_seconds.observe(time.perf_counter() - started)
 
         processed: list[ProcessedPost] = []
+        refused: list[Letter] = []
         for (raw, post), images, (_, fed), prediction in zip(accepted, fetched, inputs, predictions):
             if prediction.error is not None:
-                letters.append((raw, dead_letter(raw, "infer", "model_refused", prediction.error)))
+                refused.append((raw, dead_letter(raw, "infer", "model_refused", prediction.error)))
                 continue
             self._metrics.record_model(prediction.model.name, prediction.model.version)
-            processed.append(
-                ProcessedPost(
-                    raw=raw,
-                    post=post,
-                    prediction=grounded_in_post(prediction, fed, post.images),
-                    images=[image.outcome for image in images],
-                )
-            )
-        return processed
+            grounded = grounded_in_post(prediction, fed, post.images)
+            processed.append(ProcessedPost(raw, post, grounded, [image.outcome for image in images]))
+        return processed, refused
 
     def _record_fetches(self, fetched: list[list[FetchedImage]]) -> None:
         for images in fetched:
@@ -185,7 +180,7 @@ class Pipeline:
                 if status != OK:
                     self._metrics.fetch_failures.labels(status).inc()
 
-    async def _send_dead_letters(self, letters: list[tuple[RawMessage, DeadLetter]]) -> None:
+    async def _send_dead_letters(self, letters: list[Letter]) -> None:
         """Write the batch's dead letters and wait until Kafka has them (their offsets are acked next)."""
         deliveries = []
         for raw, letter in letters:

@@ -45,7 +45,7 @@ class ServedModel:
         return str(max(int(entry.name) for entry in model_root.iterdir() if entry.name.isdigit()))
 
     def settings(self, **overrides: object) -> Settings:
-        return Settings(triton_url=self.url, **overrides)
+        return Settings(**{"triton_url": self.url, **overrides})
 
 
 def _run(argv: list[str], what: str) -> None:

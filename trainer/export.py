@@ -185,7 +185,7 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None) -> Pat
         raise ExportError(f"{target} exists already; versions are never overwritten (omit --version for the next one)")
     network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
     model_root.mkdir(parents=True, exist_ok=True)
-    _set_image_size(model_root, config.vision_encoder.image_size)
+    triton_config = _triton_config(model_root, config.vision_encoder.image_size)
 
     # A hidden name: Triton only treats all-digit folders as versions.
     staging = model_root / f".staging-{version}-{os.getpid()}"
@@ -202,34 +202,31 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None) -> Pat
         cases = verify_parity(network, staging)
         card = _model_card(model_dir, checkpoint_version, version, config, cases, time.perf_counter() - started)
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        (model_root / TRITON_CONFIG_FILE).write_text(triton_config)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def _set_image_size(model_root: Path, image_size: int) -> None:
-    """Give the entry model's ``config.pbtxt`` (copied from the source on first export) this checkpoint's image size.
+def _triton_config(model_root: Path, image_size: int) -> str:
+    """The entry model's ``config.pbtxt`` (the source's, on a first export) declaring this checkpoint's image size.
 
     All versions of a Triton model share one config, so a checkpoint with another size is refused while other
     versions exist.
     """
     config_path = model_root / TRITON_CONFIG_FILE
-    if not config_path.exists():
-        shutil.copy2(MODEL_SOURCE / TRITON_CONFIG_FILE, config_path)
-    text = config_path.read_text()
+    text = (config_path if config_path.exists() else MODEL_SOURCE / TRITON_CONFIG_FILE).read_text()
     match = _IMAGES_DIMS.search(text)
     if match is None:
         raise ExportError(f"{config_path}: no IMAGES input with dims [4, S, S, 3]")
     current = int(match.group(2))
-    if current == image_size:
-        return
-    if next_version(model_root) > 1:
+    if current != image_size and next_version(model_root) > 1:
         raise ExportError(
             f"{model_root} serves {current}×{current} images but this checkpoint takes {image_size}×{image_size}; "
             "one Triton model has one input shape — export into a repository without older versions"
         )
-    config_path.write_text(_IMAGES_DIMS.sub(rf"\g<1>{image_size}\g<3>{image_size}\g<5>", text))
+    return _IMAGES_DIMS.sub(rf"\g<1>{image_size}\g<3>{image_size}\g<5>", text)
 
 
 def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> None:

@@ -20,6 +20,7 @@ One bounded run, not a daemon:
 
 Exit codes: 0 decided (promoted, or kept the base); 3 too few valid labels (nothing committed); 1 failed (nothing
 committed); 4 promoted, but the Triton serving the repository did not load the new version (offsets committed).
+Runs are meant to be sequential (e.g. from cron): two at once would read, and train on, the same labels.
 """
 
 from __future__ import annotations
@@ -161,21 +162,15 @@ def _schema_summary(error: ValidationError) -> str:
 
 
 def parse_label(value: bytes | None) -> Label:
-    """A message value → a :class:`Label`, or :class:`InvalidLabel`."""
+    """A message value → a :class:`Label`, or :class:`InvalidLabel` (``invalid_json`` — not UTF-8 JSON — or
+    ``schema``)."""
     if value is None:
         raise InvalidLabel("empty", "the message has no value")
     try:
-        document = json.loads(value.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise InvalidLabel("invalid_utf8", f"message is not UTF-8: {error}") from error
-    except json.JSONDecodeError as error:
-        raise InvalidLabel("invalid_json", f"message is not JSON: {error}") from error
-    if not isinstance(document, dict):
-        raise InvalidLabel("schema", f"a label is a JSON object, got {type(document).__name__}")
-    try:
-        return Label.model_validate(document)
+        return Label.model_validate_json(value)
     except ValidationError as error:
-        raise InvalidLabel("schema", _schema_summary(error)) from error
+        kind = "invalid_json" if any(item["type"] == "json_invalid" for item in error.errors()) else "schema"
+        raise InvalidLabel(kind, _schema_summary(error)) from error
 
 
 def label_example(label: Label, image_root: Path, max_text_chars: int) -> tuple[Example, list[str]]:
@@ -371,20 +366,29 @@ async def ingest(settings: Settings, options: RetrainOptions, image_size: int, m
     latest, result.duplicates = latest_by_id(parsed)
 
     images = LabelImages(settings, image_size, options.image_root, work / "images")
+
+    async def check(message: LabelMessage, label: Label) -> Example | None:
+        try:
+            example, notes = label_example(label, options.image_root, settings.max_text_chars)
+            used = await images.localize(example.images[:max_images])
+        except InvalidLabel as refusal:
+            refuse(message, refusal)
+            return None
+        finally:
+            progress.update()
+        for note in notes:
+            log.warning("%s (offset %s): %s", message.raw.topic, message.raw.offset, note)
+        result.widened += len(notes)
+        return example.model_copy(update={"images": [*used, *example.images[max_images:]]})
+
     try:
-        for message, label in tqdm(latest, desc="checking labels", unit="label", disable=not latest):
-            try:
-                example, notes = label_example(label, options.image_root, settings.max_text_chars)
-                used = await images.localize(example.images[:max_images])
-            except InvalidLabel as refusal:
-                refuse(message, refusal)
-                continue
-            for note in notes:
-                log.warning("%s (offset %s): %s", message.raw.topic, message.raw.offset, note)
-            result.widened += len(notes)
-            result.examples.append(example.model_copy(update={"images": [*used, *example.images[max_images:]]}))
+        # Concurrently: URL images are fetched in parallel, within the fetcher's global and per-host limits.
+        with tqdm(total=len(latest), desc="checking labels", unit="label", disable=not latest) as progress:
+            checked = await asyncio.gather(*(check(message, label) for message, label in latest))
     finally:
         await images.close()
+    result.examples = [example for example in checked if example is not None]
+    result.rejected.sort(key=lambda letter: (letter.source_partition or 0, letter.source_offset or 0))
     return result
 
 
@@ -444,25 +448,28 @@ def resolve_base(base: Path | None, repo: Path, model_name: str) -> Path:
     if base is not None:
         read_config(base)  # a checkpoint, or a clear error
         return base
-    model_root = repo / model_name
+    try:
+        return _exported_from(repo / model_name)
+    except RetrainError as error:
+        raise RetrainError(f"{error}; pass --base DIR (a trainer.train checkpoint)") from None
+
+
+def _exported_from(model_root: Path) -> Path:
     newest = next_version(model_root) - 1
     if newest < 1:
-        raise RetrainError(f"{model_root} has no versions to start from; pass --base DIR (a trainer.train checkpoint)")
+        raise RetrainError(f"{model_root} has no versions to start from")
     card_path = model_root / str(newest) / CARD_FILE
     try:
         card = json.loads(card_path.read_text())
         source, exported_weights = Path(card["source_checkpoint"]), str(card["checkpoint_version"])
     except (OSError, ValueError, KeyError) as error:
-        raise RetrainError(f"cannot tell which checkpoint version {newest} came from ({card_path}: {error}); pass --base") from None
+        raise RetrainError(f"cannot tell which checkpoint version {newest} came from ({card_path}: {error})") from None
     try:
         weights = str(read_config(source)["version"])
     except FileNotFoundError:
-        raise RetrainError(f"version {newest} was exported from {source}, which is no longer a checkpoint; pass --base") from None
+        raise RetrainError(f"version {newest} was exported from {source}, which is no longer a checkpoint") from None
     if weights != exported_weights:
-        raise RetrainError(
-            f"{source} holds weights {weights}, but version {newest} was exported from weights {exported_weights}; "
-            "pass --base"
-        )
+        raise RetrainError(f"{source} holds weights {weights}, but version {newest} was exported from {exported_weights}")
     return source
 
 
@@ -470,7 +477,7 @@ def fine_tune_config(base: Path, overrides: Sequence[str]) -> RunConfig:
     """The base's recorded run configuration with ``train``/``loss`` overrides; the architecture is the base's."""
     architecture = [override for override in overrides if override.split("=", 1)[0].split(".")[0] == "model"]
     if architecture:
-        raise RetrainError(f"{', '.join(architecture)}: the model comes from the base checkpoint; only train.* and loss.* can be set")
+        raise RetrainError(f"{', '.join(architecture)}: the model comes from the base checkpoint; set only train.*/loss.*")
     recorded = {key: value for key, value in read_config(base).items() if key != "version"}
     try:
         return RunConfig.model_validate(apply_overrides(recorded, overrides))
@@ -499,6 +506,25 @@ def split_labels(examples: Sequence[Example], holdout: float, tune: float) -> Sp
         part = split.holdout if position < holdout else split.tune if position < holdout + tune else split.train
         part.append(example)
     return split
+
+
+@dataclass
+class FineTuningSets:
+    train: list[Example]  # new labels (+ --extra-train)
+    tune: list[Example]  # early stopping and calibration; may be empty with few labels
+    evaluation: list[Example]  # held-out new labels (+ --valid): base and candidate are compared on these
+
+
+def fine_tuning_sets(
+    labels: Sequence[Example], valid: Sequence[Example], extra: Sequence[Example], holdout: float, tune: float
+) -> FineTuningSets:
+    split = split_labels(labels, holdout, tune)
+    if not split.train or not (split.holdout or valid):
+        raise TooFewLabels(
+            f"{len(labels)} labels leave {len(split.holdout)} held out and {len(split.train)} to train on; "
+            "send more labels" + ("" if valid else " or pass --valid")
+        )
+    return FineTuningSets(train=[*split.train, *extra], tune=split.tune, evaluation=[*split.holdout, *valid])
 
 
 def decide(base_f1: float, candidate_f1: float, tolerance: float) -> Decision:
@@ -536,10 +562,11 @@ def plot_comparison(base: ModelScore, candidate: ModelScore, decision: Decision,
     axes.bar(x - 0.2, values(base), 0.4, label=f"base {base.version}", color="tab:gray")
     axes.bar(x + 0.2, values(candidate), 0.4, label=f"candidate {candidate.version}", color="tab:green")
     axes.set_xticks(x, names)
-    axes.set_ylim(0, 1)
+    axes.set_ylim(0, 1.2)  # room for the legend above the bars
+    axes.set_yticks(np.linspace(0, 1, 6))
     axes.set_ylabel("entity F1 (evaluation set)")
     axes.set_title(f"Retrain: {decision.replace('_', ' ')}")
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper center", ncols=2, frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -596,32 +623,24 @@ def retrain(options: RetrainOptions, settings: Settings) -> RetrainSummary:
                     "Nothing was trained or committed."
                 )
 
-            split = split_labels(ingested.examples, settings.retrain_holdout, settings.retrain_tune)
-            evaluation = [*split.holdout, *valid]
-            train_set = [*split.train, *extra]
-            if not evaluation or not split.train:
-                raise TooFewLabels(
-                    f"{len(ingested.examples)} labels leave {len(split.holdout)} held out and {len(split.train)} to "
-                    "train on; send more labels" + ("" if valid else " or pass --valid")
-                )
-            # Early stopping needs some data the model does not train on; too few labels for a tune slice → the
-            # training labels themselves (F1 then only stops a plateau; the comparison below stays unbiased).
-            tune = split.tune or split.train
-            summary.train_size, summary.tune_size = len(train_set), len(split.tune)
-            summary.eval_size, summary.eval_from_valid = len(evaluation), len(valid)
+            sets = fine_tuning_sets(ingested.examples, valid, extra, settings.retrain_holdout, settings.retrain_tune)
+            summary.train_size, summary.tune_size = len(sets.train), len(sets.tune)
+            summary.eval_size, summary.eval_from_valid = len(sets.evaluation), len(valid)
             say(
-                f"fine-tuning on {len(train_set)} posts ({len(split.train)} new labels + {len(extra)} extra), "
-                f"early stopping on {len(tune)}, comparing on {len(evaluation)} "
-                f"({len(split.holdout)} held-out labels + {len(valid)} from --valid)"
+                f"fine-tuning on {len(sets.train)} posts ({len(extra)} of them from --extra-train), early stopping on "
+                f"{len(sets.tune) or 'the training posts'}, comparing on {len(sets.evaluation)} "
+                f"({len(sets.evaluation) - len(valid)} held-out labels + {len(valid)} from --valid)"
             )
 
             out = options.out or settings.checkpoints_dir / f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
             if out.exists() and any(out.iterdir()):
                 raise RetrainError(f"{out} exists and is not empty; the candidate needs a fresh folder (--out)")
-            train(config, train_set, tune, out, progress=True, init_from=base)
+            # Too few labels for a tune slice: early stopping on the training posts (it then only stops at a
+            # plateau); the comparison below stays unbiased either way.
+            train(config, sets.train, sets.tune or sets.train, out, progress=True, init_from=base)
             mark = lap("train", mark)
 
-            summary.base, summary.candidate = score(base, evaluation), score(out, evaluation)
+            summary.base, summary.candidate = score(base, sets.evaluation), score(out, sets.evaluation)
             mark = lap("evaluate", mark)
         summary.decision = decide(summary.base.f1, summary.candidate.f1, options.tolerance)
         plot_comparison(summary.base, summary.candidate, summary.decision, out / "retrain_comparison.png")
@@ -662,7 +681,7 @@ def tell_triton(options: RetrainOptions, settings: Settings, version: int) -> tu
 
 
 def summary_text(summary: RetrainSummary) -> str:
-    lines = [f"retrain: {summary.status}" + (" (dry run: nothing exported or committed)" if summary.dry_run else "")]
+    lines = [f"retrain: {summary.status}" + (" — nothing exported, published or committed" if summary.dry_run else "")]
     if summary.message:
         lines.append(f"  {summary.message}")
     if "read" in summary.seconds:
@@ -680,7 +699,8 @@ def summary_text(summary: RetrainSummary) -> str:
         lines.append(f"  {'entity F1':<12}{'all':>8}" + "".join(f"{t:>8}" for t in types))
         for name, model in (("base", summary.base), ("candidate", summary.candidate)):
             per_type = model.report["entity"]["per_type"]
-            lines.append(f"  {name:<12}{model.f1:>8.3f}" + "".join(f"{per_type.get(t, {}).get('f1', 0.0):>8.3f}" for t in types))
+            scores = [per_type.get(t, {}).get("f1", 0.0) for t in types]
+            lines.append(f"  {name:<12}{model.f1:>8.3f}" + "".join(f"{f1:>8.3f}" for f1 in scores))
         lines.append(
             f"  decision: {summary.decision} (candidate − base = {summary.candidate.f1 - summary.base.f1:+.3f}, "
             f"tolerance {summary.tolerance}); candidate checkpoint {summary.candidate.checkpoint}"
@@ -695,21 +715,22 @@ def summary_text(summary: RetrainSummary) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     settings = get_settings()
     parser = argparse.ArgumentParser(prog="python -m trainer.retrain", description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, help="checkpoint to fine-tune (default: the one behind the newest version in --repo)")
-    parser.add_argument("--valid", type=Path, help="labeled JSONL/CoNLL added to the evaluation set")
-    parser.add_argument("--extra-train", type=Path, help="labeled JSONL/CoNLL mixed into fine-tuning (e.g. the base's train set)")
-    parser.add_argument("--images", type=Path, help="image folder of CoNLL --valid/--extra-train files (by IMGID)")
-    parser.add_argument("--image-root", type=Path, default=Path.cwd(), help="relative image paths in labels are under this folder")
-    parser.add_argument("--repo", type=Path, default=settings.model_repository, help="Triton model repository")
-    parser.add_argument("--out", type=Path, help=f"candidate checkpoint folder (default: a new one under {settings.checkpoints_dir})")
-    parser.add_argument("--min-labels", type=int, default=settings.retrain_min_labels, help="fewer usable labels → exit 3")
-    parser.add_argument("--max-labels", type=int, help="read at most this many label messages (the rest wait for the next run)")
-    parser.add_argument("--from-beginning", action="store_true", help="read the whole topic, not just labels after the last commit")
-    parser.add_argument("--dry-run", action="store_true", help="train and decide, but export, publish and commit nothing")
-    parser.add_argument("--tolerance", type=float, default=settings.retrain_tolerance, help="promote when F1 ≥ base F1 − this")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override train.*/loss.* (repeatable)")
-    parser.add_argument("--triton-http", help="Triton HTTP URL to load the new version into (default: the local stack's when --repo is its repository)")
-    parser.add_argument("--json", type=Path, help="write the summary JSON here")
+    add = parser.add_argument
+    add("--base", type=Path, help="checkpoint to fine-tune (default: the one behind the newest version in --repo)")
+    add("--valid", type=Path, help="labeled JSONL/CoNLL added to the evaluation set")
+    add("--extra-train", type=Path, help="labeled JSONL/CoNLL mixed into fine-tuning (e.g. the base's train set)")
+    add("--images", type=Path, help="image folder of CoNLL --valid/--extra-train files (by IMGID)")
+    add("--image-root", type=Path, default=Path.cwd(), help="relative image paths in labels are under this folder")
+    add("--repo", type=Path, default=settings.model_repository, help="Triton model repository")
+    add("--out", type=Path, help=f"candidate checkpoint folder (default: new, under {settings.checkpoints_dir})")
+    add("--min-labels", type=int, default=settings.retrain_min_labels, help="fewer usable labels → exit 3")
+    add("--max-labels", type=int, help="read at most this many label messages (the rest wait for the next run)")
+    add("--from-beginning", action="store_true", help="read the whole topic, not only what came after the last commit")
+    add("--dry-run", action="store_true", help="train and decide, but export, publish and commit nothing")
+    add("--tolerance", type=float, default=settings.retrain_tolerance, help="promote when F1 ≥ base F1 − this")
+    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override train.*/loss.*")
+    add("--triton-http", help="Triton HTTP URL to load a new version into (default: the stack's, for its repository)")
+    add("--json", type=Path, help="write the summary JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("trainer").setLevel(logging.INFO)

@@ -1,15 +1,14 @@
-"""Fixtures of the stream tests: synthetic posts and the image server that serves their pictures, and a fresh
-pipeline world per test whose workers use the real model (``served_model`` of tests/fixtures_model.py: the tiny
-model trained and exported in this session, served by a Triton of its own)."""
+"""Fixtures of the stream tests: the image server, and a fresh pipeline world per test whose workers use the real
+model (``served_model`` of tests/fixtures_model.py: the tiny model trained and exported in this session, served by
+a Triton of its own)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -18,23 +17,15 @@ from image_server import ImageServer
 from pipeline_run import PipelineRun
 
 from postlens.settings import Settings
-from tests.fixtures_model import ServedModel
+
+if TYPE_CHECKING:  # imported by pytest as a plugin; importing it here first would skip its assert rewriting
+    from tests.fixtures_model import ServedModel
 
 
 @pytest.fixture(scope="session")
-def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Synthetic posts (BRIEF §7) written by the trainer's generator, images included."""
-    out = tmp_path_factory.mktemp("synthetic")
-    subprocess.run(
-        [sys.executable, "-m", "trainer.synth", "--out", str(out), "--posts", "400", "--seed", "11"],
-        check=True, capture_output=True,
-    )
-    return out
-
-
-@pytest.fixture(scope="session")
-def image_server(synthetic_dir: Path) -> Iterator[ImageServer]:
-    with ImageServer(slow_s=4.0, files_dir=synthetic_dir) as server:
+def image_server(model_data: Path) -> Iterator[ImageServer]:
+    """Serves the synthetic set's pictures (``model_data``, what the test model was trained on) and faulty images."""
+    with ImageServer(slow_s=4.0, files_dir=model_data) as server:
         yield server
 
 

@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -26,7 +26,9 @@ from tcp_proxy import TcpProxy
 
 from postlens.schemas import ENTITY_TYPES
 from stream.deadletter import original_bytes
-from tests.fixtures_model import ServedModel
+
+if TYPE_CHECKING:  # imported by pytest as a plugin; importing it here first would skip its assert rewriting
+    from tests.fixtures_model import ServedModel
 
 pytestmark = pytest.mark.integration
 pytest_plugins = ["tests.fixtures_model"]
@@ -38,18 +40,17 @@ FAULTS = {  # image path on the test server → the kind recorded for it
 }
 
 
-def synthetic_posts(synthetic_dir: Path, server: ImageServer, count: int, prefix: str) -> list[dict[str, Any]]:
-    """``count`` posts from the synthetic set (all splits), image paths turned into the test server's URLs."""
+def synthetic_posts(model_data: Path, server: ImageServer, count: int, prefix: str) -> list[dict[str, Any]]:
+    """``count`` posts from the synthetic set (all splits, cycled with new ids), images on the test server."""
     labels = [
         json.loads(line)
         for split in ("test", "valid", "train")
-        for line in (synthetic_dir / f"{split}.jsonl").read_text().splitlines()
+        for line in (model_data / f"{split}.jsonl").read_text().splitlines()
     ]
-    assert len(labels) >= count
     return [
-        {"id": f"{prefix}-{label['id']}", "text": label["text"],
+        {"id": f"{prefix}-{n // len(labels)}-{label['id']}", "text": label["text"],
          "images": [server.url(f"/files/{path}") for path in label["images"]]}
-        for label in labels[:count]
+        for n, label in ((n, labels[n % len(labels)]) for n in range(count))
     ]
 
 
@@ -77,11 +78,11 @@ async def assert_indexed_exactly(run: PipelineRun, es: AsyncElasticsearch, posts
 
 
 async def test_end_to_end_with_kcat(
-    pipeline: PipelineRun, es: AsyncElasticsearch, image_server: ImageServer, synthetic_dir: Path,
+    pipeline: PipelineRun, es: AsyncElasticsearch, image_server: ImageServer, model_data: Path,
     served_model: ServedModel,
 ) -> None:
     model_version = served_model.version
-    valid = synthetic_posts(synthetic_dir, image_server, 60, "e2e")
+    valid = synthetic_posts(model_data, image_server, 60, "e2e")
     faulty = [
         {"id": f"fault-{kind}", "text": f"Jordan posted a picture from Lyon ({kind})",
          "images": [image_server.url(path), image_server.url("/img/fine.png")]}
@@ -149,9 +150,9 @@ async def test_end_to_end_with_kcat(
 
 async def test_two_workers_split_partitions_and_survive_a_sigkill(
     pipeline: PipelineRun, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient,
-    image_server: ImageServer, synthetic_dir: Path,
+    image_server: ImageServer, model_data: Path,
 ) -> None:
-    posts = synthetic_posts(synthetic_dir, image_server, 400, "kill")
+    posts = synthetic_posts(model_data, image_server, 400, "kill")
     await pipeline.create_topics()
     doomed, survivor = pipeline.start_worker(), pipeline.start_worker()
     doomed.wait_ready()
@@ -178,9 +179,9 @@ async def test_two_workers_split_partitions_and_survive_a_sigkill(
 @pytest.mark.parametrize("dependency", ["elasticsearch", "triton"])
 async def test_outage_loses_nothing_and_commits_nothing_early(
     pipeline: PipelineRun, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient,
-    image_server: ImageServer, synthetic_dir: Path, served_model: ServedModel, dependency: str,
+    image_server: ImageServer, model_data: Path, served_model: ServedModel, dependency: str,
 ) -> None:
-    posts = synthetic_posts(synthetic_dir, image_server, 60, "outage")
+    posts = synthetic_posts(model_data, image_server, 60, "outage")
     before, during = posts[:20], posts[20:]
     if dependency == "elasticsearch":
         target = urlsplit(pipeline.settings.es_url)

@@ -6,11 +6,12 @@ import asyncio
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -34,8 +35,10 @@ from trainer.retrain import (
     RetrainError,
     RetrainOptions,
     RetrainSummary,
+    TooFewLabels,
     decide,
     fine_tune_config,
+    fine_tuning_sets,
     id_position,
     label_example,
     latest_by_id,
@@ -45,7 +48,9 @@ from trainer.retrain import (
     split_labels,
 )
 from trainer.synth import generate
-from trainer.train import resolve_config, train
+from trainer.train import resolve_config
+
+pytest_plugins = ["tests.fixtures_model"]  # tiny_checkpoint, exported_repo
 
 # ------------------------------------------------------------------------------------------------------------
 # Unit: validation
@@ -56,7 +61,8 @@ from trainer.train import resolve_config, train
     ("value", "kind"),
     [
         (None, "empty"),
-        (b"\xff\xfe", "invalid_utf8"),
+        (b"\xff\xfe", "invalid_json"),
+        (b'{"id": "a", "text": "\xff", "entities": []}', "invalid_json"),
         (b"{not json", "invalid_json"),
         (b"[1, 2]", "schema"),
         (b'{"text": "no id", "entities": []}', "schema"),
@@ -128,7 +134,7 @@ def many_examples(tmp_path_factory: pytest.TempPathFactory):
 def test_split_is_a_deterministic_partition_in_the_configured_shares(many_examples) -> None:
     split = split_labels(many_examples, holdout=0.15, tune=0.10)
     ids = [[e.id for e in part] for part in (split.train, split.tune, split.holdout)]
-    assert sorted(sum(ids, [])) == sorted(e.id for e in many_examples)  # every label once
+    assert sorted(i for part in ids for i in part) == sorted(e.id for e in many_examples)  # every label once
     n = len(many_examples)
     assert abs(len(split.holdout) / n - 0.15) < 0.05 and abs(len(split.tune) / n - 0.10) < 0.05
     again = split_labels(list(reversed(many_examples)), holdout=0.15, tune=0.10)
@@ -142,6 +148,22 @@ def test_a_label_stays_in_its_slice_whatever_else_arrives(many_examples) -> None
     held_with_all = {e.id for e in split_labels(many_examples, 0.15, 0.10).holdout}
     assert held_alone == held_with_all & {e.id for e in half}
     assert all(0 <= id_position(e.id) < 1 for e in many_examples)
+
+
+def test_fine_tuning_sets_combine_the_slices_with_the_given_files(many_examples) -> None:
+    labels, valid, extra = many_examples[:200], many_examples[200:230], many_examples[230:240]
+    sets = fine_tuning_sets(labels, valid, extra, holdout=0.15, tune=0.10)
+    split = split_labels(labels, 0.15, 0.10)
+    assert sets.evaluation == [*split.holdout, *valid] and sets.train == [*split.train, *extra]
+    assert sets.tune == split.tune and not {e.id for e in sets.train} & {e.id for e in sets.evaluation}
+
+
+def test_labels_too_few_to_hold_any_out_are_refused_unless_valid_data_is_given(many_examples) -> None:
+    trained_only = [e for e in many_examples if id_position(e.id) >= 0.25][:5]
+    with pytest.raises(TooFewLabels, match="0 held out"):
+        fine_tuning_sets(trained_only, [], [], holdout=0.15, tune=0.10)
+    sets = fine_tuning_sets(trained_only, many_examples[:3], [], holdout=0.15, tune=0.10)
+    assert len(sets.evaluation) == 3 and len(sets.train) == 5 and sets.tune == []
 
 
 def test_the_gate_promotes_only_a_candidate_that_is_not_worse() -> None:
@@ -237,17 +259,6 @@ def test_exit_codes_follow_the_outcome() -> None:
 
 
 @pytest.fixture(scope="module")
-def weak_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny checkpoint trained briefly on a different synthetic set than the labels — room to improve."""
-    data = tmp_path_factory.mktemp("base-data")
-    generate(data, 60, seed=101)
-    out = tmp_path_factory.mktemp("base") / "checkpoint"
-    config = resolve_config("tiny", overrides=["train.epochs=1", "train.threads=1"])
-    train(config, load_examples(data / "train.jsonl"), load_examples(data / "valid.jsonl"), out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def label_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("labels")
     generate(out, 200, seed=102)
@@ -277,7 +288,7 @@ def label_messages(label_data: Path, base_url: str) -> tuple[list[bytes], dict[s
     by_url = [json.loads(line) for line in (label_data / "valid.jsonl").read_text().splitlines()[:3]]
     for label in by_url:
         label["images"] = [f"{base_url}/{image}" for image in label["images"]]
-    outdated = {**labels[0], "entities": []}  # superseded by the real labels[0], published later
+    outdated = {**labels[0], "entities": [], "boxes": []}  # superseded by the real labels[0], published later
     invalid = [
         b"not json at all",
         json.dumps({"id": "past-end", "text": "Paris", "entities": [{"start": 0, "end": 99, "type": "LOC"}]}).encode(),
@@ -288,6 +299,10 @@ def label_messages(label_data: Path, base_url: str) -> tuple[list[bytes], dict[s
     values = [json.dumps(label).encode() for label in [outdated, *labels, *by_url]] + invalid
     expected = {"invalid_json": 1, "schema": 2, "image_http_404": 1, "image_outside_root": 1}
     return values, expected
+
+
+def versions_in(repo: Path) -> list[str]:
+    return sorted((p.name for p in (repo / "postlens").glob("[0-9]*")), key=int)
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -342,13 +357,11 @@ async def committed_and_end(bootstrap: str, group: str, topic: str, partitions: 
         await consumer.stop()
 
 
-@pytest.mark.integration
-@pytest.mark.slow
-async def test_retrain_from_the_labels_topic(
-    settings: Settings, weak_base: Path, label_data: Path, file_server: str, tmp_path: Path
-) -> None:
+@pytest.fixture
+async def run_settings(settings: Settings, kafka_admin: AIOKafkaAdminClient) -> AsyncIterator[Settings]:
+    """Topics and a consumer group of the test's own (deleted afterwards); the file server's host may be fetched."""
     name = f"test-retrain-{uuid.uuid4().hex[:8]}"
-    run_settings = settings.model_copy(
+    yield settings.model_copy(
         update={
             "topic_labels": f"{name}.labels",
             "topic_labels_rejected": f"{name}.labels.rejected",
@@ -356,32 +369,49 @@ async def test_retrain_from_the_labels_topic(
             "fetch_allowlist": ["127.0.0.1"],
         }
     )
-    bootstrap, partitions = settings.kafka_bootstrap, 2
+    existing = set(await kafka_admin.list_topics())
+    await kafka_admin.delete_topics([topic for topic in (f"{name}.labels", f"{name}.labels.rejected") if topic in existing])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_retrain_from_the_labels_topic(
+    run_settings: Settings,
+    tiny_checkpoint: Path,
+    exported_repo: Path,
+    label_data: Path,
+    file_server: str,
+    tmp_path: Path,
+) -> None:
+    name = run_settings.retrain_group
+    bootstrap, partitions = run_settings.kafka_bootstrap, 2
     values, expected_rejected = label_messages(label_data, file_server)
     await create_topic(bootstrap, run_settings.topic_labels, partitions)
     await publish(bootstrap, run_settings.topic_labels, values)
-    repo = tmp_path / "model_repository"
+    # A repository of our own, serving tiny_checkpoint as version 1: the default base is the checkpoint behind it.
+    repo = Path(shutil.copytree(exported_repo, tmp_path / "model_repository"))
 
     def options(**changes) -> RetrainOptions:
-        fields = dict(
-            base=weak_base, repo=repo, image_root=label_data, valid=label_data / "test.jsonl", min_labels=20,
-            tolerance=0.0, overrides=["train.epochs=8", "train.threads=1"],
-        )  # fmt: skip
+        fields = {
+            "repo": repo, "image_root": label_data, "valid": label_data / "test.jsonl", "min_labels": 20,
+            "tolerance": 0.0, "overrides": ["train.epochs=8", "train.threads=1"],
+        }  # fmt: skip
         return RetrainOptions(**{**fields, **changes})
 
     # A dry run of part of the topic: trains and decides, but nothing is exported, published or committed.
     dry = await asyncio.to_thread(retrain, options(dry_run=True, max_labels=100, out=tmp_path / "dry"), run_settings)
     assert dry.status == "dry_run", dry.message
     assert dry.labels_read == 100 < len(values) and dry.decision is not None and not dry.offsets_committed
-    assert not (repo / "postlens").exists()
+    assert Path(dry.base.checkpoint) == tiny_checkpoint.resolve()  # from version 1's model card
+    assert versions_in(repo) == ["1"]
     committed, _ = await committed_and_end(bootstrap, name, run_settings.topic_labels, partitions)
     assert committed == [None] * partitions
 
     # The real run reads everything again (nothing was committed), refuses the invalid labels with their reasons,
-    # compares base and candidate on the same evaluation set, and promotes the candidate — the labels taught the
-    # barely trained base a lot — as the next version of the model repository.
+    # compares base and candidate on the same evaluation set, and promotes the candidate unless it is worse.
     summary = await asyncio.to_thread(retrain, options(out=tmp_path / "candidate"), run_settings)
-    assert summary.status == "promoted", summary.message
+    assert summary.status in ("promoted", "kept_base"), summary.message
+    print(f"\nretrain: base F1 {summary.base.f1:.3f} → candidate F1 {summary.candidate.f1:.3f}, {summary.seconds}")
     assert summary.labels_read == len(values) and summary.duplicates == 1
     assert summary.rejected == expected_rejected
     assert summary.labels_valid == len(values) - summary.duplicates - sum(expected_rejected.values())
@@ -389,13 +419,14 @@ async def test_retrain_from_the_labels_topic(
     assert summary.eval_from_valid == len(load_examples(label_data / "test.jsonl")) and held_out > 0
     assert summary.train_size + summary.tune_size + held_out == summary.labels_valid
     assert summary.base.report["n_posts"] == summary.candidate.report["n_posts"] == summary.eval_size
-    assert summary.candidate.f1 > summary.base.f1 and summary.decision == "promote"
-    print(f"\nretrain: base F1 {summary.base.f1:.3f} → candidate F1 {summary.candidate.f1:.3f}, {summary.seconds}")
-    versions = sorted(p.name for p in (repo / "postlens").glob("[0-9]*"))
-    assert versions == [str(summary.exported_version)] == ["1"]
-    card = json.loads((repo / "postlens" / "1" / CARD_FILE).read_text())
-    assert Path(card["source_checkpoint"]) == (tmp_path / "candidate").resolve()
+    assert summary.decision == decide(summary.base.f1, summary.candidate.f1, tolerance=0.0)
     assert (tmp_path / "candidate" / "retrain_comparison.png").is_file()
+    if summary.status == "promoted":
+        assert versions_in(repo) == ["1", "2"] and summary.exported_version == 2
+        card = json.loads((repo / "postlens" / "2" / CARD_FILE).read_text())
+        assert Path(card["source_checkpoint"]) == (tmp_path / "candidate").resolve()
+    else:
+        assert versions_in(repo) == ["1"] and summary.exported_version is None
 
     letters = [DeadLetter.model_validate_json(v) for v in await read_all(bootstrap, run_settings.topic_labels_rejected)]
     assert sorted(letter.error.kind for letter in letters) == sorted(
@@ -414,10 +445,11 @@ async def test_retrain_from_the_labels_topic(
         "POSTLENS_RETRAIN_GROUP": name,
     }
     report = tmp_path / "again.json"
-    command = [sys.executable, "-m", "trainer.retrain", "--repo", str(repo), "--base", str(weak_base), "--json", str(report)]
+    before = versions_in(repo)
+    command = [sys.executable, "-m", "trainer.retrain", "--repo", str(repo), "--json", str(report)]
     again = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == EXIT_TOO_FEW_LABELS, again.stderr[-2000:]
     assert "0 usable new labels" in again.stdout
     rerun = json.loads(report.read_text())
     assert rerun["labels_read"] == 0 and rerun["status"] == "too_few_labels" and not rerun["offsets_committed"]
-    assert sorted(p.name for p in (repo / "postlens").glob("[0-9]*")) == versions
+    assert versions_in(repo) == before

@@ -76,18 +76,25 @@ class ExampleEncoder:
         patches = self.grid[0] * self.grid[1]
         tags = np.zeros((len(examples), width), dtype=np.int64)
         box_patches = np.zeros((len(examples), width, images, patches), dtype=np.float32)
+        unseen_words = np.zeros((len(examples), width), dtype=bool)
         relevance = np.zeros(len(examples), dtype=np.float32)
+        known = image_mask.any(axis=1) & self.annotates_boxes
         for row, (example, kept) in enumerate(zip(examples, words)):
             spans = spans_from_tags(example.tags)
             tags[row, : len(kept)] = [self.scheme.index(t) for t in tags_from_spans(clip_spans(spans, len(kept)), len(kept), self.scheme.name)]
-            for box in self._visible_boxes(example.boxes, image_mask[row]):
+            visible = self._visible_boxes(example.boxes, image_mask[row])
+            for box in visible:
                 first, end, _ = spans[box.entity]
                 box_patches[row, first : min(end, len(kept)), box.image_index] = box_patch_mask(box.box, self.grid)
                 relevance[row] = 1.0
-        known = image_mask.any(axis=1) & self.annotates_boxes
+            if known[row]:
+                shown = {box.entity for box in visible}
+                for first, end, _ in (span for index, span in enumerate(spans) if index not in shown):
+                    unseen_words[row, first : min(end, len(kept))] = True
         return Targets(
             tags=torch.from_numpy(tags),
             box_patches=torch.from_numpy(box_patches),
+            unseen_words=torch.from_numpy(unseen_words),
             relevance=torch.from_numpy(relevance),
             relevance_known=torch.from_numpy(known),
         )

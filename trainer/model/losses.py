@@ -6,7 +6,7 @@
 - **InfoNCE** — symmetric contrastive alignment of pooled text and pooled image embeddings within the batch
   (posts with images only).
 - **Grounding** — where gold boxes exist (synthetic data), each depicted entity's words should spread their patch
-  attention evenly over the box; and a post's image relevance should say whether its images show any entity. Datasets
+  attention evenly over the box, and the words of entities the images do not show should attend to nothing; and a post's image relevance should say whether its images show any entity. Datasets
   without box annotation contribute nothing to either.
 """
 
@@ -36,6 +36,7 @@ class LossConfig(BaseModel):
 class Targets:
     tags: torch.Tensor  # [B, W] label ids
     box_patches: torch.Tensor  # [B, W, N, P] 1 on the gold-box patches of each depicted entity's words
+    unseen_words: torch.Tensor  # [B, W] bool: words of entities that the (box-annotated) images do not show
     relevance: torch.Tensor  # [B] 1 when the post's images show one of its entities
     relevance_known: torch.Tensor  # [B] bool: the post has images and its dataset annotates boxes
 
@@ -55,16 +56,19 @@ def info_nce(text: torch.Tensor, image: torch.Tensor, keep: torch.Tensor, temper
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def grounding_nll(attention: torch.Tensor, box_patches: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each supervised word's patch attention against the uniform distribution over its gold-box
-    patches, averaged over those words. Spreading attention over the whole box (not one patch of it) is what makes
-    the decoded box cover the object."""
-    flat_target = box_patches.flatten(2)  # [B, W, N·P]
+def grounding_nll(attention: torch.Tensor, box_patches: torch.Tensor, unseen_words: torch.Tensor) -> torch.Tensor:
+    """Mean over supervised words of: for a depicted entity's word, the cross-entropy of its patch attention against
+    the uniform distribution over its gold-box patches (spreading attention over the whole box, not one patch of it,
+    makes the decoded box cover the object); for a word of an entity the images do not show, −log of the attention
+    left on "nothing here" (so attention mass itself says whether an entity is shown)."""
+    flat_attention = attention.flatten(2)  # [B, W, N·P]
+    flat_target = box_patches.flatten(2)
     counts = flat_target.sum(dim=-1)
-    supervised = counts > 0
-    log_attention = torch.log(attention.flatten(2).clamp(min=1e-6))
-    cross_entropy = -(flat_target * log_attention).sum(dim=-1) / counts.clamp(min=1)
-    return (cross_entropy * supervised).sum() / supervised.sum().clamp(min=1)
+    depicted = counts > 0
+    on_box = -(flat_target * torch.log(flat_attention.clamp(min=1e-6))).sum(dim=-1) / counts.clamp(min=1)
+    off_images = -torch.log((1 - flat_attention.sum(dim=-1)).clamp(min=1e-6))
+    total = (on_box * depicted).sum() + (off_images * unseen_words).sum()
+    return total / (depicted.sum() + unseen_words.sum()).clamp(min=1)
 
 
 def relevance_bce(relevance: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
@@ -88,7 +92,7 @@ def total_loss(
             output.text_embedding, output.image_embedding, image_mask.any(dim=1), config.contrastive_temperature
         )
     if config.grounding and network.fusion.grounds:
-        parts["grounding"] = grounding_nll(output.word_patch_attention, targets.box_patches)
+        parts["grounding"] = grounding_nll(output.word_patch_attention, targets.box_patches, targets.unseen_words)
     if config.relevance and network.fusion.grounds:
         parts["relevance"] = relevance_bce(output.image_relevance, targets.relevance, targets.relevance_known)
     loss = sum(getattr(config, name) * value for name, value in parts.items())

@@ -64,7 +64,8 @@ class CrossFusion(Fusion):
         for block in self.blocks:
             context, attention, patches = block(queries, inputs.word_mask, patches, patch_mask)
             queries = self.word_norm(queries + context)
-        has_image = inputs.image_mask.any(dim=1).to(words.dtype)
+        # sum > 0, not any(): exported to ONNX, any() over an empty image axis is True (PyTorch says False).
+        has_image = (inputs.image_mask.sum(dim=1) > 0).to(words.dtype)
         summary = torch.cat(
             [masked_mean(queries, inputs.word_mask), masked_mean(patches, patch_mask), masked_mean(context, inputs.word_mask)],
             dim=-1,

@@ -1,0 +1,114 @@
+"""trainer.export: a checkpoint becomes a complete, verified Triton model version, written atomically and numbered."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+
+from postlens.schemas import ModelRef
+from trainer import export
+from trainer.export import ExportedModel, ExportError, export_model, next_version, random_inputs, verify_parity
+from trainer.model.checkpoint import load_checkpoint
+
+pytest_plugins = ["tests.fixtures_model"]
+pytestmark = pytest.mark.slow
+
+
+def versions(repo: Path) -> list[str]:
+    return sorted(entry.name for entry in (repo / "postlens").iterdir() if entry.is_dir())
+
+
+def test_a_version_holds_everything_serving_needs(exported_repo: Path, tiny_checkpoint: Path) -> None:
+    model_root = exported_repo / "postlens"
+    version_dir = model_root / "1"
+    assert versions(exported_repo) == ["1"], "a staging folder was left behind"
+    for name in ("network.onnx", "crf.npz", "config.yaml", "model_card.json", "model.py", "tokenizer"):
+        assert (version_dir / name).exists(), f"{name} missing"
+    assert (version_dir / "model.py").read_text() == (export.MODEL_SOURCE / "model.py").read_text()
+
+    checkpoint_config = yaml.safe_load((tiny_checkpoint / "config.yaml").read_text())
+    size = checkpoint_config["model"]["vision_encoder"]["image_size"]
+    assert re.search(rf'name: "IMAGES"[^}}]*dims: \[ 4, {size}, {size}, 3 \]', (model_root / "config.pbtxt").read_text())
+    with np.load(version_dir / "crf.npz") as crf:
+        assert list(crf["labels"]) == checkpoint_config["model"]["labels"]
+        assert crf["transitions"].shape == (len(crf["labels"]),) * 2
+
+    card = json.loads((version_dir / "model_card.json").read_text())
+    assert card["source_checkpoint"] == str(tiny_checkpoint.resolve())
+    assert card["checkpoint_version"] == checkpoint_config["version"]
+    assert card["metrics"] == json.loads((tiny_checkpoint / "metrics.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{40}", card["git"]["commit"])
+    assert card["libraries"]["onnxruntime"] == ort.__version__
+    assert card["libraries"]["torch"] == torch.__version__
+    checked = {(case["batch"], case["images"]) for case in card["parity"]["cases"]}
+    assert {0, 4} <= {images for _, images in checked}
+
+
+def test_onnx_runtime_matches_pytorch_on_shapes_the_export_never_saw(exported_repo: Path, tiny_checkpoint: Path) -> None:
+    network = load_checkpoint(tiny_checkpoint)[0]
+    exported = ExportedModel.load(exported_repo / "postlens" / "1", ModelRef(name="test", version="1"))
+    for seed, (batch, images, long) in enumerate([(1, 0, True), (7, 4, False), (2, 1, True), (6, 0, False), (3, 3, False)], start=100):
+        inputs = random_inputs(exported.preprocessor, batch, images, seed, long)
+        with torch.no_grad():
+            expected = [output.numpy() for output in network(**{k: torch.from_numpy(v) for k, v in inputs.items()})]
+        for name, want, got in zip(export.OUTPUT_NAMES, expected, exported.run(inputs)):
+            assert got.shape == want.shape, f"{name}, batch {batch}, {images} images"
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=f"{name}, batch {batch}, {images} images")
+
+
+def test_a_network_that_differs_from_its_onnx_file_is_refused_and_nothing_is_written(
+    exported_repo: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Path(shutil.copytree(exported_repo, tmp_path / "repository"))
+
+    def check_against_other_weights(network, version_dir):  # the ONNX file has the checkpoint's weights
+        with torch.no_grad():
+            network.emission.bias.add_(0.5)
+        return verify_parity(network, version_dir)
+
+    monkeypatch.setattr(export, "verify_parity", check_against_other_weights)
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_model(tiny_checkpoint, repo)
+    assert versions(repo) == ["1"]
+
+
+def test_versions_are_numbered_and_never_overwritten(exported_repo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    onnx_file = exported_repo / "postlens" / "1" / "network.onnx"
+    written = onnx_file.stat().st_mtime_ns
+    with pytest.raises(ExportError, match="exists already"):
+        export_model(tiny_checkpoint, exported_repo, version=1)
+    with pytest.raises(ExportError, match="positive"):
+        export_model(tiny_checkpoint, exported_repo, version=0)
+    assert onnx_file.stat().st_mtime_ns == written
+
+    repo = Path(shutil.copytree(exported_repo, tmp_path / "repository"))
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.export", "--model", str(tiny_checkpoint), "--repo", str(repo), "--version", "7"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Triton not contacted" in result.stdout  # a temporary repository is nobody's serving repository
+    assert versions(repo) == ["1", "7"]
+    assert next_version(repo / "postlens") == 8
+
+
+def test_a_checkpoint_of_another_image_size_is_refused_beside_existing_versions(
+    exported_repo: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    repo = Path(shutil.copytree(exported_repo, tmp_path / "repository"))
+    config = repo / "postlens" / "config.pbtxt"
+    config.write_text(re.sub(r"dims: \[ 4, \d+, \d+, 3 \]", "dims: [ 4, 32, 32, 3 ]", config.read_text()))
+    with pytest.raises(ExportError, match="32×32"):
+        export_model(tiny_checkpoint, repo)
+    assert versions(repo) == ["1"]

@@ -1,0 +1,111 @@
+"""Training end to end on a small synthetic set with tiny encoders: the image-aware model settles what text cannot,
+grounds entities in the right region, and a fixed seed gives the same model twice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from postlens.schemas import Post
+from trainer.data.examples import load_examples
+from trainer.evaluate import EvaluationReport, build_report
+from trainer.predict import Predictor
+from trainer.synth import generate
+from trainer.train import apply_overrides, resolve_config, train
+
+SYNTHETIC_POSTS = 360
+
+
+def test_overrides_are_typed_and_nested() -> None:
+    config = apply_overrides({"train": {"epochs": 5}}, ["train.epochs=3", "model.fusion.name=late", "loss.flooding=0.05"])
+    assert config == {"train": {"epochs": 3}, "model": {"fusion": {"name": "late"}}, "loss": {"flooding": 0.05}}
+
+
+def test_presets_resolve_and_reject_unknown_keys() -> None:
+    config = resolve_config("tiny", "text", ["train.epochs=2"])
+    assert (config.preset, config.model.fusion.name, config.train.epochs) == ("tiny", "text", 2)
+    with pytest.raises(ValueError, match="no preset"):
+        resolve_config("no-such-preset")
+    with pytest.raises(ValueError, match="epochz"):
+        resolve_config("tiny", overrides=["train.epochz=2"])
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(out, SYNTHETIC_POSTS, seed=7)
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_globals() -> Iterator[None]:
+    """Training sets torch's thread count and deterministic mode for the process; give them back afterwards."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def train_tiny(data: Path, out: Path, strategy: str, *overrides: str) -> Path:
+    config = resolve_config("tiny", strategy, overrides)
+    train(config, load_examples(data / "train.jsonl"), load_examples(data / "valid.jsonl"), out, progress=False)
+    return out
+
+
+def evaluate(model_dir: Path, data: Path) -> EvaluationReport:
+    examples = load_examples(data / "test.jsonl")
+    predictions = Predictor.load(model_dir).predict([Post(id=e.id, text=e.text, images=e.images) for e in examples])
+    return build_report(examples, predictions).report
+
+
+@pytest.fixture(scope="module")
+def reports(synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, EvaluationReport]]:
+    trained = {}
+    for strategy in ("text", "cross"):
+        model_dir = train_tiny(synthetic, tmp_path_factory.mktemp(strategy), strategy)
+        trained[strategy] = (model_dir, evaluate(model_dir, synthetic))
+    return trained
+
+
+@pytest.mark.slow
+def test_cross_attention_settles_what_text_cannot(reports: dict[str, tuple[Path, EvaluationReport]]) -> None:
+    text, cross = reports["text"][1], reports["cross"][1]
+    # Ambiguous names: only the image tells PER from LOC from ORG.
+    assert cross.subsets["ambiguous"].entity.f1 >= text.subsets["ambiguous"].entity.f1 + 0.3
+    # Where the text settles the type, both do well.
+    assert text.subsets["no_image"].entity.f1 >= 0.9 and cross.subsets["no_image"].entity.f1 >= 0.9
+    assert cross.grounding.accuracy >= 0.8
+    assert cross.ece <= 0.1
+
+
+@pytest.mark.slow
+def test_checkpoint_rebuilds_without_the_training_setup(reports: dict[str, tuple[Path, EvaluationReport]]) -> None:
+    model_dir = reports["cross"][0]
+    config = yaml.safe_load((model_dir / "config.yaml").read_text())
+    model = config["model"]
+    assert model["labels"][0] == "O" and "B-PER" in model["labels"]
+    assert model["word_tokenizer_version"] and model["text_encoder"]["architecture"]
+    assert model["vision_encoder"]["image_size"] == 64 and model["vision_encoder"]["grid"] == [4, 4]
+    assert 0 < model["decode"]["grounding_threshold"] < 1
+    assert (model_dir / "tokenizer" / "tokenizer.json").is_file()
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["valid"]["entity"]["f1"] == max(record["valid_f1"] for record in metrics["history"])
+    assert (model_dir / "training_curve.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_same_seed_same_model(synthetic: Path, tmp_path: Path) -> None:
+    first = train_tiny(synthetic, tmp_path / "first", "text", "train.epochs=2")
+    second = train_tiny(synthetic, tmp_path / "second", "text", "train.epochs=2")
+    first_metrics = json.loads((first / "metrics.json").read_text())
+    second_metrics = json.loads((second / "metrics.json").read_text())
+    assert first_metrics["version"] == second_metrics["version"]  # hash of the weights
+    assert [r["loss"] for r in first_metrics["history"]] == [r["loss"] for r in second_metrics["history"]]
+    examples = load_examples(synthetic / "test.jsonl")
+    posts = [Post(id=e.id, text=e.text, images=e.images) for e in examples]
+    assert Predictor.load(first).predict(posts) == Predictor.load(second).predict(posts)
