@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     triton_metrics_port: int = 8002
     model_repository: Path = Path(__file__).resolve().parent.parent / "model_repository"
 
+    # --- Benchmarks (make bench) ---------------------------------------------------------------------
+    # Read-only shared data beside the clone (twitter2015/, twitter2017/ in CoNLL layout); never copied in.
+    shared_data_dir: Path = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

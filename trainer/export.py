@@ -29,6 +29,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,10 +40,8 @@ import numpy as np
 import onnxruntime as ort
 import yaml
 
-from postlens.images import empty_images
 from postlens.schemas import MAX_MODEL_IMAGES, ModelRef, PostPrediction
 from postlens.settings import get_settings
-from trainer.data.examples import Word
 from trainer.data.tokenize import WORD_TOKENIZER_VERSION
 from trainer.model.config import ModelConfig
 from trainer.model.decode import CrfParams, Decoder
@@ -123,23 +122,31 @@ class ExportedModel:
     def image_size(self) -> int:
         return self.preprocessor.image_size
 
-    def encode(self, texts: Sequence[str], images: np.ndarray, image_mask: np.ndarray) -> tuple[dict[str, np.ndarray], list[list[Word]]]:
-        """Network inputs for posts with uint8 [B, 4, S, S, 3] images; image slots no post uses are dropped, so
-        text-only batches skip the vision encoder."""
-        image_mask = np.asarray(image_mask, dtype=bool)
-        used = image_mask.any(axis=0)
-        slots = int(np.flatnonzero(used)[-1]) + 1 if used.any() else 0
-        return self.preprocessor.encode(texts, np.asarray(images)[:, :slots], image_mask[:, :slots])
-
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The network's outputs (emissions, word_patch_attention, image_relevance) for encoded inputs."""
         return self.session.run(list(OUTPUT_NAMES), {name: inputs[name] for name in INPUT_NAMES})
 
     def predict(self, texts: Sequence[str], images: np.ndarray, image_mask: np.ndarray) -> list[PostPrediction]:
-        inputs, words = self.encode(texts, images, image_mask)
-        emissions, attention, relevance = self.run(inputs)
-        offsets = [[(word.start, word.end) for word in post_words] for post_words in words]
-        return self.decoder.decode(texts, offsets, emissions, inputs["word_mask"], attention, inputs["image_mask"], relevance)
+        """Predictions for posts with uint8 [B, 4, S, S, 3] images and their [B, 4] mask, in order.
+
+        Posts run in groups by image slots used: the vision encoder encodes every slot of a batch, masked or not,
+        so one four-image post would make every post batched with it pay for four images (and a text-only group
+        skips the vision encoder). Masking makes each post's result independent of its group.
+        """
+        images = np.asarray(images)
+        image_mask = np.asarray(image_mask, dtype=bool)
+        # Slots used by each post = its last unmasked slot + 1, so image indices stay those of the request.
+        slots_used = np.where(image_mask.any(axis=1), image_mask.shape[1] - np.argmax(image_mask[:, ::-1], axis=1), 0)
+        by_row: dict[int, PostPrediction] = {}
+        for slots in np.unique(slots_used):
+            rows = np.flatnonzero(slots_used == slots)
+            group_texts = [texts[row] for row in rows]
+            inputs, words = self.preprocessor.encode(group_texts, images[rows, :slots], image_mask[rows, :slots])
+            emissions, attention, relevance = self.run(inputs)
+            offsets = [[(word.start, word.end) for word in post_words] for post_words in words]
+            decoded = self.decoder.decode(group_texts, offsets, emissions, inputs["word_mask"], attention, inputs["image_mask"], relevance)
+            by_row.update(zip(rows.tolist(), decoded))
+        return [by_row[row] for row in range(len(texts))]
 
 
 def read_model_config(version_dir: Path) -> ModelConfig:
@@ -247,15 +254,18 @@ def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> 
     }
     # Sizes ≥ 2 everywhere: torch.export would specialise a dimension traced at 0 or 1 to that constant.
     example = random_inputs(preprocessor, batch=2, images=2, seed=0)
-    program = torch.onnx.export(
-        network.eval(),
-        tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
-        input_names=list(INPUT_NAMES),
-        output_names=list(OUTPUT_NAMES),
-        dynamic_shapes=tuple(dynamic[name] for name in INPUT_NAMES),
-        dynamo=True,
-        verbose=False,
-    )
+    with warnings.catch_warnings():
+        # Several inputs share each dynamic axis; torch warns once per repeat of the shared name.
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+        program = torch.onnx.export(
+            network.eval(),
+            tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=tuple(dynamic[name] for name in INPUT_NAMES),
+            dynamo=True,
+            verbose=False,
+        )
     program.save(str(path))
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,15 +69,21 @@ class Predictor:
         decoder = Decoder.from_config(config, network.crf.numpy_params(), model)
         return cls(network, Preprocessor.from_config(config, tokenizer), decoder)
 
-    @torch.no_grad()
-    def raw(self, inputs: dict[str, torch.Tensor], texts: Sequence[str], words: list[list[Word]]) -> RawBatch:
-        """Run the network (in eval mode) on encoded inputs."""
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Eval mode without gradients, restoring the network's mode after (training validates mid-epoch)."""
         training = self.network.training
         self.network.eval()
         try:
-            emissions, attention, relevance = self.network(**inputs)
+            with torch.no_grad():
+                yield
         finally:
             self.network.train(training)
+
+    def raw(self, inputs: dict[str, torch.Tensor], texts: Sequence[str], words: list[list[Word]]) -> RawBatch:
+        """Run the network on encoded inputs."""
+        with self._inference():
+            emissions, attention, relevance = self.network(**inputs)
         return RawBatch(
             texts=list(texts),
             words=words,
@@ -101,7 +108,6 @@ class Predictor:
             prediction.id = post.id
         return predictions
 
-    @torch.no_grad()
     def embed(self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Alignment embeddings (text [n, d], image [n, d]) of the accepted posts, in order; image rows are zero
         when the strategy ignores images."""
@@ -110,8 +116,8 @@ class Predictor:
             return np.zeros((0, ALIGNMENT_DIM), np.float32), np.zeros((0, ALIGNMENT_DIM), np.float32)
         batch, mask = stack_images([pixels[i] for i in accepted], self.preprocessor.image_size)
         inputs, _ = self.preprocessor.encode([posts[i].text for i in accepted], batch, mask)
-        self.network.eval()
-        output = self.network.encode(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        with self._inference():
+            output = self.network.encode(**{k: torch.from_numpy(v) for k, v in inputs.items()})
         text = output.text_embedding.numpy()
         image = output.image_embedding.numpy() if output.image_embedding is not None else np.zeros_like(text)
         return text, image

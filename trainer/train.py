@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch import nn
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
@@ -204,22 +205,24 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _optimizer(network: NerNetwork, config: TrainConfig, total_steps: int):
-    encoders = [p for name, p in network.named_parameters() if name.startswith(("text_encoder.", "vision_encoder."))]
-    crf = list(network.crf.parameters())
-    taken = {id(p) for p in encoders + crf}
-    rest = [p for p in network.parameters() if id(p) not in taken]
+def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
+    """AdamW with the learning rate by part (``text_encoder.``/``vision_encoder.`` parameters at ``encoder_lr``,
+    ``crf.`` at ``crf_lr`` without weight decay, the rest at ``lr``) and a linear warm-up, then linear decay to 10%."""
+    groups: dict[str, list[nn.Parameter]] = {"encoders": [], "crf": [], "rest": []}
+    for name, parameter in module.named_parameters():
+        part = "encoders" if name.startswith(("text_encoder.", "vision_encoder.")) else "crf" if name.startswith("crf.") else "rest"
+        groups[part].append(parameter)
     optimizer = torch.optim.AdamW(
         [
-            {"params": encoders, "lr": config.encoder_lr},
-            {"params": rest, "lr": config.lr},
-            {"params": crf, "lr": config.crf_lr, "weight_decay": 0.0},
+            {"params": groups["encoders"], "lr": config.encoder_lr},
+            {"params": groups["rest"], "lr": config.lr},
+            {"params": groups["crf"], "lr": config.crf_lr, "weight_decay": 0.0},
         ],
         weight_decay=config.weight_decay,
     )
     warmup = max(1, int(config.warmup * total_steps))
 
-    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 10%
+    def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return max(0.1, 1 - 0.9 * (step - warmup) / max(1, total_steps - warmup))
@@ -227,7 +230,7 @@ def _optimizer(network: NerNetwork, config: TrainConfig, total_steps: int):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def _chunks(items: Sequence[Example], size: int) -> list[list[Example]]:
+def chunks(items: Sequence[Example], size: int) -> list[list[Example]]:
     return [list(items[start : start + size]) for start in range(0, len(items), size)]
 
 
@@ -266,9 +269,9 @@ def train(
         model_config.max_images,
         annotates_boxes=any(example.boxes for example in train_examples),
     )
-    valid_batches = [(chunk, encoder.encode(chunk)) for chunk in _chunks(valid_examples, settings.eval_batch_size)]
+    valid_batches = [(chunk, encoder.encode(chunk)) for chunk in chunks(valid_examples, settings.eval_batch_size)]
     steps_per_epoch = -(-len(train_examples) // settings.batch_size)
-    optimizer, scheduler = _optimizer(network, settings, steps_per_epoch * settings.epochs)
+    optimizer, scheduler = build_optimizer(network, settings, steps_per_epoch * settings.epochs)
     model_ref = ModelRef(name="postlens", version="training")
 
     def validate() -> tuple[list[RawBatch], Decoder]:
@@ -281,10 +284,10 @@ def train(
     for epoch in range(1, settings.epochs + 1):
         network.train()
         order = shuffler.permutation(len(train_examples))
-        chunks = _chunks([train_examples[i] for i in order], settings.batch_size)
+        epoch_batches = chunks([train_examples[i] for i in order], settings.batch_size)
         losses: list[float] = []
         parts_sum: dict[str, float] = {}
-        bar = tqdm(chunks, desc=f"epoch {epoch}/{settings.epochs}", unit="batch", disable=not progress, leave=False)
+        bar = tqdm(epoch_batches, desc=f"epoch {epoch}/{settings.epochs}", unit="batch", disable=not progress, leave=False)
         for chunk in bar:
             batch = encoder.encode(chunk)
             output = network.encode(**batch.inputs)
@@ -303,7 +306,7 @@ def train(
         record = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
-            "loss_parts": {name: value / len(chunks) for name, value in parts_sum.items()},
+            "loss_parts": {name: value / len(epoch_batches) for name, value in parts_sum.items()},
             "valid_f1": report.entity.f1,
             "valid_grounding": report.grounding.accuracy if report.grounding else None,
             "seconds": time.perf_counter() - started,

@@ -1,6 +1,6 @@
 """Posts → the network's input arrays (CONTRACTS §C), identically for training, prediction and serving.
 
-Torch-free (NumPy, Pillow and the Hugging Face tokenizer only), so Triton's preprocessing can use it. Texts are
+Uses no torch itself (NumPy, Pillow and the Hugging Face tokenizer), so serving code can share it. Texts are
 split by the shared word tokenizer; each word is represented by its first sub-token. Words past ``max_words``, or
 whose first sub-token falls past ``max_subtokens``, are not tagged (the words list returned says which were).
 """
