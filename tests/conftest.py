@@ -21,6 +21,8 @@ from deploy.local import ServiceStatus, Stack, StackError
 from postlens.settings import Settings, get_settings
 
 T = TypeVar("T")
+# Model fixtures (synthetic data, a tiny trained checkpoint, an exported repository, a Triton serving it).
+pytest_plugins = ["tests.fixtures_model"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

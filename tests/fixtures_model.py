@@ -1,4 +1,4 @@
-"""Shared model fixtures (a pytest plugin: test modules that need them say ``pytest_plugins = ["tests.fixtures_model"]``).
+"""Shared model fixtures (a pytest plugin, registered by ``tests/conftest.py``).
 
 - ``model_data``: a small synthetic data set (BRIEF §7) written by ``trainer.synth``;
 - ``tiny_checkpoint``: the tiny preset trained on it in this session (``trainer.train``, a few epochs);

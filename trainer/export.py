@@ -42,6 +42,7 @@ import yaml
 
 from postlens.schemas import MAX_MODEL_IMAGES, ModelRef, PostPrediction
 from postlens.settings import get_settings
+from trainer.data.examples import Word
 from trainer.data.tokenize import WORD_TOKENIZER_VERSION
 from trainer.model.config import ModelConfig
 from trainer.model.decode import CrfParams, Decoder
@@ -112,6 +113,9 @@ class ExportedModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
+        # Idle ONNX Runtime threads would spin for the next batch on cores that the tokenizer, the decoder and
+        # other model instances need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(version_dir / ONNX_FILE), options, providers=list(providers))
         with np.load(version_dir / CRF_FILE) as arrays:
             crf = CrfParams(start=arrays["start"], transitions=arrays["transitions"], end=arrays["end"])
@@ -125,6 +129,14 @@ class ExportedModel:
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The network's outputs (emissions, word_patch_attention, image_relevance) for encoded inputs."""
         return self.session.run(list(OUTPUT_NAMES), {name: inputs[name] for name in INPUT_NAMES})
+
+    def decode(
+        self, texts: Sequence[str], words: Sequence[Sequence[Word]], inputs: dict[str, np.ndarray], outputs: Sequence[np.ndarray]
+    ) -> list[PostPrediction]:
+        """Entities, confidences and regions from the network's ``outputs`` for encoded ``inputs``."""
+        emissions, attention, relevance = outputs
+        offsets = [[(word.start, word.end) for word in post_words] for post_words in words]
+        return self.decoder.decode(texts, offsets, emissions, inputs["word_mask"], attention, inputs["image_mask"], relevance)
 
     def predict(self, texts: Sequence[str], images: np.ndarray, image_mask: np.ndarray) -> list[PostPrediction]:
         """Predictions for posts with uint8 [B, 4, S, S, 3] images and their [B, 4] mask, in order.
@@ -142,10 +154,7 @@ class ExportedModel:
             rows = np.flatnonzero(slots_used == slots)
             group_texts = [texts[row] for row in rows]
             inputs, words = self.preprocessor.encode(group_texts, images[rows, :slots], image_mask[rows, :slots])
-            emissions, attention, relevance = self.run(inputs)
-            offsets = [[(word.start, word.end) for word in post_words] for post_words in words]
-            decoded = self.decoder.decode(group_texts, offsets, emissions, inputs["word_mask"], attention, inputs["image_mask"], relevance)
-            by_row.update(zip(rows.tolist(), decoded))
+            by_row.update(zip(rows.tolist(), self.decode(group_texts, words, inputs, self.run(inputs))))
         return [by_row[row] for row in range(len(texts))]
 
 

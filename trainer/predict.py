@@ -108,7 +108,9 @@ class Predictor:
             prediction.id = post.id
         return predictions
 
-    def embed(self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def embed(
+        self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Alignment embeddings (text [n, d], image [n, d]) of the accepted posts, in order; image rows are zero
         when the strategy ignores images."""
         accepted, pixels, _ = self._accept(posts, images)
@@ -143,8 +145,8 @@ class Predictor:
                     if images is None:
                         pixels[index] = load_images(post.model_images, size, self.max_images)
                     else:
-                        chosen = list(images[index])[: self.max_images]
-                        pixels[index] = np.stack([to_model_pixels(image, size) for image in chosen]) if chosen else empty_images(0, size)
+                        chosen = [to_model_pixels(image, size) for image in list(images[index])[: self.max_images]]
+                        pixels[index] = np.stack(chosen) if chosen else empty_images(0, size)
                     error = None
                 except OSError as failure:
                     error = f"cannot read image: {failure}"

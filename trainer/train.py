@@ -36,6 +36,7 @@ from trainer.model.batching import Batch, ExampleEncoder
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
 from trainer.model.config import ModelConfig
 from trainer.model.decode import Decoder
+from trainer.model.fusion import fusion_names
 from trainer.model.losses import LossConfig, total_loss
 from trainer.model.network import NerNetwork
 from trainer.model.preprocess import Preprocessor
@@ -210,8 +211,10 @@ def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
     ``crf.`` at ``crf_lr`` without weight decay, the rest at ``lr``) and a linear warm-up, then linear decay to 10%."""
     groups: dict[str, list[nn.Parameter]] = {"encoders": [], "crf": [], "rest": []}
     for name, parameter in module.named_parameters():
-        part = "encoders" if name.startswith(("text_encoder.", "vision_encoder.")) else "crf" if name.startswith("crf.") else "rest"
-        groups[part].append(parameter)
+        if name.startswith(("text_encoder.", "vision_encoder.")):
+            groups["encoders"].append(parameter)
+        else:
+            groups["crf" if name.startswith("crf.") else "rest"].append(parameter)
     optimizer = torch.optim.AdamW(
         [
             {"params": groups["encoders"], "lr": config.encoder_lr},
@@ -232,6 +235,45 @@ def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
 
 def chunks(items: Sequence[Example], size: int) -> list[list[Example]]:
     return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def _train_epoch(
+    network: NerNetwork, encoder: ExampleEncoder, batches: tqdm, optimizer, scheduler, config: RunConfig, last_f1: float
+) -> tuple[float, dict[str, float]]:
+    """One pass over the training batches (a tqdm bar, showing loss and the last valid F1) → mean loss and parts."""
+    network.train()
+    losses: list[float] = []
+    parts_sum: dict[str, float] = {}
+    for chunk in batches:
+        batch = encoder.encode(chunk)
+        output = network.encode(**batch.inputs)
+        masks = batch.inputs["word_mask"], batch.inputs["image_mask"]
+        loss, parts = total_loss(config.loss, network, output, batch.targets, *masks)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), config.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        for name, value in parts.items():
+            parts_sum[name] = parts_sum.get(name, 0.0) + value
+        batches.set_postfix(loss=f"{np.mean(losses):.3f}", valid_f1=f"{last_f1:.3f}")
+    return float(np.mean(losses)), {name: value / len(losses) for name, value in parts_sum.items()}
+
+
+def _calibrate(
+    model_config: ModelConfig, raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder, grounds: bool
+) -> tuple[ModelConfig, dict[str, float]]:
+    """Fit the confidence temperature (and, for a grounding model on box-annotated data, the region threshold) on
+    valid → the model config with them recorded, and what was fitted."""
+    temperature, ece_before, ece_after = fit_temperature(raws, examples, decoder)
+    decode = model_config.decode.model_copy(update={"temperature": temperature})
+    calibrated = {"temperature": temperature, "valid_ece_before": ece_before, "valid_ece_after": ece_after}
+    if grounds:
+        threshold, accuracy = fit_grounding_threshold(raws, examples, decoder.with_calibration(temperature=temperature))
+        decode = decode.model_copy(update={"grounding_threshold": threshold})
+        calibrated.update(grounding_threshold=threshold, valid_grounding=accuracy)
+    return model_config.model_copy(update={"decode": decode}), calibrated
 
 
 def train(
@@ -279,34 +321,25 @@ def train(
         return run_network(Predictor(network, preprocessor, decoder), valid_batches), decoder
 
     history: list[dict[str, Any]] = []
-    best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
+    best_f1, best_epoch, best_state, stale, last_f1 = -1.0, 0, None, 0, 0.0
     shuffler = np.random.default_rng(config.seed)
     for epoch in range(1, settings.epochs + 1):
-        network.train()
         order = shuffler.permutation(len(train_examples))
-        epoch_batches = chunks([train_examples[i] for i in order], settings.batch_size)
-        losses: list[float] = []
-        parts_sum: dict[str, float] = {}
-        bar = tqdm(epoch_batches, desc=f"epoch {epoch}/{settings.epochs}", unit="batch", disable=not progress, leave=False)
-        for chunk in bar:
-            batch = encoder.encode(chunk)
-            output = network.encode(**batch.inputs)
-            loss, parts = total_loss(config.loss, network, output, batch.targets, batch.inputs["word_mask"], batch.inputs["image_mask"])
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), settings.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            for name, value in parts.items():
-                parts_sum[name] = parts_sum.get(name, 0.0) + value
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}", valid_f1=f"{max(best_f1, 0):.3f}")
+        batches = tqdm(
+            chunks([train_examples[i] for i in order], settings.batch_size),
+            desc=f"epoch {epoch}/{settings.epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
+        loss, parts = _train_epoch(network, encoder, batches, optimizer, scheduler, config, last_f1)
         raws, decoder = validate()
         report = build_report(valid_examples, decode_all(raws, decoder)).report
+        last_f1 = report.entity.f1
         record = {
             "epoch": epoch,
-            "loss": float(np.mean(losses)),
-            "loss_parts": {name: value / len(epoch_batches) for name, value in parts_sum.items()},
+            "loss": loss,
+            "loss_parts": parts,
             "valid_f1": report.entity.f1,
             "valid_grounding": report.grounding.accuracy if report.grounding else None,
             "seconds": time.perf_counter() - started,
@@ -314,7 +347,7 @@ def train(
         history.append(record)
         if progress:
             grounding = f"  grounding {record['valid_grounding']:.3f}" if record["valid_grounding"] is not None else ""
-            tqdm.write(f"epoch {epoch}: loss {record['loss']:.3f}  valid F1 {report.entity.f1:.3f}{grounding}")
+            tqdm.write(f"epoch {epoch}: loss {loss:.3f}  valid F1 {report.entity.f1:.3f}{grounding}")
         if report.entity.f1 > best_f1:
             best_f1, best_epoch, stale = report.entity.f1, epoch, 0
             best_state = copy.deepcopy(network.state_dict())
@@ -326,14 +359,8 @@ def train(
     network.load_state_dict(best_state)
 
     raws, decoder = validate()
-    temperature, ece_before, ece_after = fit_temperature(raws, valid_examples, decoder)
-    decode = model_config.decode.model_copy(update={"temperature": temperature})
-    calibrated = {"temperature": temperature, "valid_ece_before": ece_before, "valid_ece_after": ece_after}
-    if network.fusion.grounds and encoder.annotates_boxes:
-        threshold, accuracy = fit_grounding_threshold(raws, valid_examples, decoder.with_calibration(temperature=temperature))
-        decode = decode.model_copy(update={"grounding_threshold": threshold})
-        calibrated.update(grounding_threshold=threshold, valid_grounding=accuracy)
-    model_config = model_config.model_copy(update={"decode": decode})
+    grounds = network.fusion.grounds and encoder.annotates_boxes
+    model_config, calibrated = _calibrate(model_config, raws, valid_examples, decoder, grounds)
     config = config.model_copy(update={"model": model_config})
     final_decoder = Decoder.from_config(model_config, network.crf.numpy_params(), model_ref)
     final_report = build_report(valid_examples, decode_all(raws, final_decoder)).report
@@ -370,7 +397,8 @@ def plot_curve(history: Sequence[dict[str, Any]], path: Path, title: str) -> Non
     score_axes = loss_axes.twinx()
     score_axes.plot(epochs, [record["valid_f1"] for record in history], "s-", color="tab:green", label="valid entity F1")
     if any(record["valid_grounding"] is not None for record in history):
-        score_axes.plot(epochs, [record["valid_grounding"] for record in history], "^-", color="tab:red", label="valid grounding acc.")
+        grounding = [record["valid_grounding"] for record in history]
+        score_axes.plot(epochs, grounding, "^-", color="tab:red", label="valid grounding acc.")
     score_axes.set_ylim(0, 1)
     score_axes.set_ylabel("valid score")
     handles = loss_axes.get_legend_handles_labels()[0] + score_axes.get_legend_handles_labels()[0]
@@ -384,12 +412,16 @@ def plot_curve(history: Sequence[dict[str, Any]], path: Path, title: str) -> Non
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trainer.train", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True, help=f"one of {', '.join(preset_names())}, or a YAML path")
-    parser.add_argument("--strategy", help="fusion strategy (overrides the preset's model.fusion.name)")
+    parser.add_argument(
+        "--strategy", choices=fusion_names(), help="fusion strategy (overrides the preset's model.fusion.name)"
+    )
     parser.add_argument("--train", type=Path, required=True, help="labeled JSONL or CoNLL .txt")
     parser.add_argument("--valid", type=Path, required=True, help="labeled JSONL or CoNLL .txt")
     parser.add_argument("--images", type=Path, help="image dir for CoNLL data (looked up by IMGID)")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint dir to write")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

@@ -24,7 +24,6 @@ from trainer.predict import Predictor, read_posts
 if TYPE_CHECKING:
     from tests.fixtures_model import ServedModel
 
-pytest_plugins = ["tests.fixtures_model"]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TOLERANCE = 1e-4

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from image_server import ImageServer
-from pipeline_run import PipelineRun
+from tests.stream.image_server import ImageServer
+from tests.stream.pipeline_run import PipelineRun
 
 from postlens.settings import Settings
 
-if TYPE_CHECKING:  # imported by pytest as a plugin; importing it here first would skip its assert rewriting
+if TYPE_CHECKING:  # a pytest plugin (tests/conftest.py): imported here only for the type
     from tests.fixtures_model import ServedModel
 
 

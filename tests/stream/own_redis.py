@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from tcp_proxy import free_port
+from tests.stream.tcp_proxy import free_port
 
 
 class OwnRedis:

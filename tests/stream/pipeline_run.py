@@ -14,9 +14,9 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from kafka_io import read_topic
-from tcp_proxy import free_port
-from workers import WorkerProcess
+from tests.stream.kafka_io import read_topic
+from tests.stream.tcp_proxy import free_port
+from tests.stream.workers import WorkerProcess
 
 from postlens.schemas import DeadLetter
 from postlens.settings import Settings

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from fixed_dns import FixedResolver
-from image_server import ImageServer, encoded, picture
+from tests.stream.fixed_dns import FixedResolver
+from tests.stream.image_server import ImageServer, encoded, picture
 from PIL import Image
 
 from postlens.settings import Settings

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from image_server import ImageServer
-from own_redis import OwnRedis
+from tests.stream.image_server import ImageServer
+from tests.stream.own_redis import OwnRedis
 
 from postlens.settings import Settings
 from stream.fetch import ImageFetcher

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from elasticsearch import AsyncElasticsearch
-from tcp_proxy import TcpProxy
+from tests.stream.tcp_proxy import TcpProxy
 
 from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity
 from postlens.settings import Settings

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from tcp_proxy import TcpProxy
+from tests.stream.tcp_proxy import TcpProxy
 
 from deploy.process import free_port
 from postlens.images import empty_images
@@ -24,7 +24,6 @@ from trainer.predict import read_posts
 if TYPE_CHECKING:
     from tests.fixtures_model import ServedModel
 
-pytest_plugins = ["tests.fixtures_model"]
 
 
 def test_a_request_holds_at_most_four_rgb_images() -> None:

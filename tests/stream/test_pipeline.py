@@ -19,19 +19,18 @@ from urllib.parse import urlsplit
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from own_redis import OwnRedis
-from image_server import ImageServer
-from pipeline_run import PipelineRun
-from tcp_proxy import TcpProxy
+from tests.stream.own_redis import OwnRedis
+from tests.stream.image_server import ImageServer
+from tests.stream.pipeline_run import PipelineRun
+from tests.stream.tcp_proxy import TcpProxy
 
 from postlens.schemas import ENTITY_TYPES
 from stream.deadletter import original_bytes
 
-if TYPE_CHECKING:  # imported by pytest as a plugin; importing it here first would skip its assert rewriting
+if TYPE_CHECKING:  # a pytest plugin (tests/conftest.py): imported here only for the type
     from tests.fixtures_model import ServedModel
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.fixtures_model"]
 
 FAULTS = {  # image path on the test server → the kind recorded for it
     "/slow": "timeout", "/missing": "http_404", "/error": "http_5xx", "/html": "not_image",

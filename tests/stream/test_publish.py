@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from kafka_io import read_topic
+from tests.stream.kafka_io import read_topic
 
 from postlens.settings import Settings
 from stream.publish import post_key, publish_file, with_image_base

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from kafka_io import read_topic
+from tests.stream.kafka_io import read_topic
 
 from postlens.settings import Settings
 from stream.deadletter import RawMessage, dead_letter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from fixed_dns import FixedResolver
+from tests.stream.fixed_dns import FixedResolver
 
 from stream.ssrf import AddressPolicy, BlockedAddress, GuardedResolver, refusal_reason
 

@@ -20,7 +20,6 @@ from trainer import export
 from trainer.export import ExportedModel, ExportError, export_model, next_version, random_inputs, verify_parity
 from trainer.model.checkpoint import load_checkpoint
 
-pytest_plugins = ["tests.fixtures_model"]
 pytestmark = pytest.mark.slow
 
 

@@ -16,7 +16,6 @@ from postlens.schemas import Post, PostPrediction
 from trainer.data.jsonl import read_jsonl
 from trainer.predict import Predictor
 
-pytest_plugins = ["tests.fixtures_model"]  # model_data, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,6 @@ from trainer.retrain import (
 from trainer.synth import generate
 from trainer.train import resolve_config
 
-pytest_plugins = ["tests.fixtures_model"]  # tiny_checkpoint, exported_repo
 
 # ------------------------------------------------------------------------------------------------------------
 # Unit: validation

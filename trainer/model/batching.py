@@ -46,7 +46,9 @@ def clip_spans(spans: Sequence[Span], length: int) -> list[Span]:
 
 
 class ExampleEncoder:
-    def __init__(self, preprocessor: Preprocessor, scheme: TagScheme, grid: tuple[int, int], max_images: int, annotates_boxes: bool) -> None:
+    def __init__(
+        self, preprocessor: Preprocessor, scheme: TagScheme, grid: tuple[int, int], max_images: int, annotates_boxes: bool
+    ) -> None:
         self.preprocessor = preprocessor
         self.scheme = scheme
         self.grid = grid
@@ -81,7 +83,8 @@ class ExampleEncoder:
         known = image_mask.any(axis=1) & self.annotates_boxes
         for row, (example, kept) in enumerate(zip(examples, words)):
             spans = spans_from_tags(example.tags)
-            tags[row, : len(kept)] = [self.scheme.index(t) for t in tags_from_spans(clip_spans(spans, len(kept)), len(kept), self.scheme.name)]
+            kept_tags = tags_from_spans(clip_spans(spans, len(kept)), len(kept), self.scheme.name)
+            tags[row, : len(kept)] = [self.scheme.index(tag) for tag in kept_tags]
             visible = self._visible_boxes(example.boxes, image_mask[row])
             for box in visible:
                 first, end, _ = spans[box.entity]

@@ -155,7 +155,9 @@ def token_marginals(lattice: Lattice) -> np.ndarray:
     return np.where(valid[:, :, None], marginals, 0.0)
 
 
-def span_marginal(lattice: Lattice, row: int, first: int, last: int, tags: Sequence[int], forbidden_after: Sequence[int]) -> float:
+def span_marginal(
+    lattice: Lattice, row: int, first: int, last: int, tags: Sequence[int], forbidden_after: Sequence[int]
+) -> float:
     """P(words ``first..last`` of post ``row`` carry exactly ``tags`` and the next tag is not in ``forbidden_after``)."""
     emissions, params = lattice.emissions[row], lattice.params
     positions = np.arange(first + 1, last + 1)

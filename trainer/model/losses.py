@@ -6,8 +6,9 @@
 - **InfoNCE** — symmetric contrastive alignment of pooled text and pooled image embeddings within the batch
   (posts with images only).
 - **Grounding** — where gold boxes exist (synthetic data), each depicted entity's words should spread their patch
-  attention evenly over the box, and the words of entities the images do not show should attend to nothing; and a post's image relevance should say whether its images show any entity. Datasets
-  without box annotation contribute nothing to either.
+  attention evenly over the box, and the words of entities the images do not show should attend to nothing; and
+  a post's image relevance should say whether its images show any entity. Datasets without box annotation
+  contribute nothing to either.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ class TextEncoder(nn.Module):
     def forward(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        output = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
+        return output.last_hidden_state
 
     @staticmethod
     def words(hidden: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:

@@ -52,9 +52,8 @@ def test_targets(tmp_path: Path, scheme: str) -> None:
     batch = encoder.encode([shown, unshown, textonly])
     targets = batch.targets
     labels = TagScheme(scheme).labels
-    assert [labels[t] for t in targets.tags[0, :7]] == (
-        ["B-PER", "I-PER", "O", "O", "O", "B-ORG", "I-ORG"] if scheme == "bio" else ["B-PER", "E-PER", "O", "O", "O", "B-ORG", "E-ORG"]
-    )
+    last = "I" if scheme == "bio" else "E"
+    assert [labels[t] for t in targets.tags[0, :7]] == ["B-PER", f"{last}-PER", "O", "O", "O", "B-ORG", f"{last}-ORG"]
     patches = targets.box_patches.numpy()
     expected = box_patch_mask((0.0, 0.5, 0.5, 1.0), GRID)
     assert np.array_equal(patches[0, 0, 1], expected) and np.array_equal(patches[0, 1, 1], expected)

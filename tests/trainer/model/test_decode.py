@@ -60,7 +60,8 @@ def test_decode_gives_entities_with_offsets_confidence_and_region() -> None:
     attention[0, 1:3] = attention_on([(0, 0), (0, 1), (1, 0), (1, 1)], image=0)  # "Tom Becker" is shown
     attention[0, 4] = attention_on([(3, 3)], image=1, mass=0.05)  # "Lyon" barely looked at
 
-    [prediction] = make_decoder().decode([text], [offsets], emissions, mask, attention, np.ones((1, 2), bool), np.array([0.95]))
+    images, relevance = np.ones((1, 2), bool), np.array([0.95])
+    [prediction] = make_decoder().decode([text], [offsets], emissions, mask, attention, images, relevance)
     tom, lyon = prediction.entities
     assert (tom.text, tom.type, tom.start, tom.end) == ("Tom Becker", "PER", 4, 14)
     assert (lyon.text, lyon.type) == ("Lyon", "LOC")
@@ -69,6 +70,6 @@ def test_decode_gives_entities_with_offsets_confidence_and_region() -> None:
     assert lyon.regions == []  # evidence 0.05 × 0.95 is under the threshold
     assert prediction.image_relevance == pytest.approx(0.95)
 
-    [cooler] = make_decoder(temperature=3.0).decode([text], [offsets], emissions, mask, attention, np.ones((1, 2), bool), np.array([0.95]))
+    [cooler] = make_decoder(temperature=3.0).decode([text], [offsets], emissions, mask, attention, images, relevance)
     assert [e.text for e in cooler.entities] == ["Tom Becker", "Lyon"]  # temperature never changes the tags…
     assert cooler.entities[0].confidence < tom.confidence  # …only how sure they are

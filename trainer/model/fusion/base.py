@@ -108,7 +108,9 @@ def no_grounding(inputs: FusionInputs, patches: int) -> tuple[torch.Tensor, torc
     return attention, relevance
 
 
-def patch_sequence(patch_tokens: torch.Tensor, image_mask: torch.Tensor, slot_embedding: nn.Embedding, project: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_sequence(
+    patch_tokens: torch.Tensor, image_mask: torch.Tensor, slot_embedding: nn.Embedding, project: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, N, P, Dp] patch tokens → one sequence [B, N·P, H] (projected, tagged with their image slot) and its mask."""
     batch, images, patches = patch_tokens.shape[0], patch_tokens.shape[1], patch_tokens.shape[2]
     tokens = project(patch_tokens) + slot_embedding.weight[:images][None, :, None, :]

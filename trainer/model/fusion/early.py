@@ -35,7 +35,8 @@ class EarlyFusion(Fusion):
         prefix, prefix_mask = patch_sequence(inputs.patch_tokens, inputs.image_mask, self.image_slot, self.prefix_projection)
         tokens = text_encoder.embed_tokens(inputs.input_ids)
         embeds = torch.cat([tokens[:, :1], prefix, tokens[:, 1:]], dim=1)
-        mask = torch.cat([inputs.attention_mask[:, :1], prefix_mask.to(inputs.attention_mask.dtype), inputs.attention_mask[:, 1:]], dim=1)
+        text_mask = inputs.attention_mask
+        mask = torch.cat([text_mask[:, :1], prefix_mask.to(text_mask.dtype), text_mask[:, 1:]], dim=1)
         text_positions = torch.arange(tokens.shape[1], device=tokens.device) + text_encoder.first_position
         prefix_positions = torch.zeros_like(prefix_mask[0], dtype=torch.long) + text_encoder.first_position
         positions = torch.cat([text_positions[:1], prefix_positions, text_positions[1:]])[None].expand(tokens.shape[0], -1)
