@@ -6,10 +6,13 @@
 SHELL := /bin/bash
 POSTLENS_HOME ?= $(HOME)/.cache/postlens
 export POSTLENS_HOME
-VENV := $(POSTLENS_HOME)/venv
+# Debian's python3.11, not another build: Triton's Python-backend stub links Debian's libpython3.11 and loads the
+# venv's standard library, whose C extensions must match that libpython.
+SYSTEM_PYTHON := /usr/bin/python3.11
+VENV := $(POSTLENS_HOME)/venv-debian-py311
 PY := .venv/bin/python
 UV_VERSION := 0.13.9
-SYSTEM_PACKAGES := redis-server kcat libpython3.11 curl unzip
+SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
 
 .PHONY: setup system-packages test test-unit demo bench bench-model bench-serving up down status clean-cache
 
@@ -18,7 +21,7 @@ setup: system-packages .venv/.synced
 # The venv lives outside the clone (it is large and shared by clones); .venv is a link to it.
 .venv/.synced: pyproject.toml uv.lock
 	@python3 -m uv --version 2>/dev/null | grep -q "$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	UV_PROJECT_ENVIRONMENT=$(VENV) python3 -m uv sync --frozen --extra dev
+	UV_PROJECT_ENVIRONMENT=$(VENV) python3 -m uv sync --frozen --extra dev --python $(SYSTEM_PYTHON)
 	ln -sfn $(VENV) .venv
 	touch $(VENV)/.synced
 

@@ -200,11 +200,9 @@ class Indexer:
                 return {}  # no posts index yet: nothing was indexed before
         new_ids = {item.post.id: {entity_id(item.post.id, e) for e in item.prediction.entities} for item in items}
         stale: dict[str, set[str]] = {}
-        for doc in response["docs"]:
-            if doc.get("found"):
-                old_ids = set(doc["_source"].get("entity_ids", []))
-                if old_ids - new_ids[doc["_id"]]:
-                    stale[doc["_id"]] = old_ids - new_ids[doc["_id"]]
+        for doc in (doc for doc in response["docs"] if doc.get("found")):
+            if gone := set(doc["_source"].get("entity_ids", [])) - new_ids[doc["_id"]]:
+                stale[doc["_id"]] = gone
         return stale
 
     async def _bulk(self, actions: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

@@ -93,14 +93,25 @@ class TritonInferer:
         return cls(client, settings, image_size, version)
 
     async def infer(self, batch: list[InferRequest]) -> list[PostPrediction]:
-        """Predictions in the order of ``batch``; refused posts carry ``error``."""
-        return list(await asyncio.gather(*(self._infer_one(request) for request in batch)))
+        """Predictions in the order of ``batch``; refused posts carry ``error``. Raises
+        :class:`InferenceUnavailable` (and stops the batch's other requests) when Triton cannot answer."""
+        requests = [asyncio.ensure_future(self._infer_one(request)) for request in batch]
+        try:
+            return list(await asyncio.gather(*requests))
+        except BaseException:
+            for request in requests:
+                request.cancel()
+            await asyncio.gather(*requests, return_exceptions=True)
+            raise
 
     async def close(self) -> None:
         await self._client.close()
 
     async def _infer_one(self, request: InferRequest) -> PostPrediction:
-        inputs = self._inputs(request)
+        try:
+            inputs = self._inputs(request)
+        except UnicodeEncodeError as error:  # lone surrogates, e.g. from a "\ud800" JSON escape
+            return self._refused(f"text is not valid Unicode: {error}")
         delay = _BACKOFF_FIRST_S
         attempt = 1
         while True:
@@ -109,7 +120,7 @@ class TritonInferer:
             except InferenceServerException as error:
                 status = error.status()
                 if status in _PER_POST_CODES:
-                    return PostPrediction(model=ModelRef(name=self._model, version=self._version), error=error.message())
+                    return self._refused(error.message())
                 if status not in _TRANSIENT_CODES or attempt > self._retries:
                     raise InferenceUnavailable(
                         f"Triton model {self._model!r} failed after {attempt} attempt(s): {status} {error.message()}"
@@ -120,6 +131,9 @@ class TritonInferer:
                 attempt += 1
             else:
                 return PostPrediction.model_validate_json(result.as_numpy("RESULT")[0][0])
+
+    def _refused(self, reason: str) -> PostPrediction:
+        return PostPrediction(model=ModelRef(name=self._model, version=self._version), error=reason)
 
     def _inputs(self, request: InferRequest) -> list[InferInput]:
         count = request.images.shape[0]

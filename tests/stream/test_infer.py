@@ -57,6 +57,7 @@ async def test_predictions_come_back_in_order_with_refused_posts_in_place(served
         1: (InferRequest(text="", images=empty_images(0, size)), "empty text"),
         3: (InferRequest(text="x" * 10_000, images=empty_images(0, size)), "over the limit"),
         4: (InferRequest(text="tiny picture", images=empty_images(1, size // 2)), "IMAGES"),
+        5: (InferRequest(text="lone \ud800 surrogate", images=empty_images(0, size)), "not valid Unicode"),
     }
     batch = list(good)
     for position, (request, _) in sorted(refused.items()):
