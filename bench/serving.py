@@ -38,7 +38,7 @@ from tritonclient.grpc import aio as grpc_aio
 from tritonclient.grpc import model_config_pb2
 
 from deploy.local import triton_command
-from deploy.process import free_port, is_alive, spawn, stop, tail
+from deploy.process import descendants, free_port, is_alive, spawn, stop, tail
 from postlens.schemas import ModelRef
 from postlens.settings import Settings, get_settings
 from stream.infer import InferRequest, TritonInferer
@@ -86,11 +86,36 @@ CONFIGS = (
 )
 
 
+@dataclass(frozen=True)
+class CpuClock:
+    """CPU seconds used so far by the benchmark's own processes (this client and the Triton tree) and by the
+    whole machine, so a round can tell how many cores it got and how many other processes took."""
+
+    ours: float
+    machine: float
+
+    @classmethod
+    def read(cls, triton_pid: int) -> CpuClock:
+        tick = os.sysconf("SC_CLK_TCK")
+        triton = 0
+        for pid in [triton_pid, *descendants(triton_pid)]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            triton += int(fields[11]) + int(fields[12])  # utime, stime
+        times = os.times()
+        cpu = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        busy = sum(cpu) - cpu[3] - cpu[4]  # all but idle and iowait
+        return cls(ours=triton / tick + times.user + times.system, machine=busy / tick)
+
+
 @dataclass
 class Load:
     """One mode on one server, over several rounds."""
 
     round_throughputs: list[float] = field(default_factory=list)  # posts/s per round
+    round_cores: list[tuple[float, float]] = field(default_factory=list)  # (ours, other processes') busy cores
     latencies_ms: list[float] = field(default_factory=list)
     posts: int = 0
     executions: int = 0
@@ -98,6 +123,14 @@ class Load:
     @property
     def throughput(self) -> float:
         return float(np.median(self.round_throughputs))
+
+    @property
+    def cores_ours(self) -> float:
+        return float(np.median([ours for ours, _ in self.round_cores]))
+
+    @property
+    def cores_others(self) -> float:
+        return float(np.median([others for _, others in self.round_cores]))
 
     @property
     def mean_batch(self) -> float:
@@ -188,8 +221,8 @@ def write_config(source: Path, target: Path, config: ServingConfig) -> None:
 
 
 @contextmanager
-def triton_serving(version_dir: Path, config: ServingConfig, workdir: Path) -> Iterator[str]:
-    """A Triton on free ports serving ``version_dir`` as version 1 under ``config``; yields its gRPC address."""
+def triton_serving(version_dir: Path, config: ServingConfig, workdir: Path) -> Iterator[tuple[str, int]]:
+    """A Triton on free ports serving ``version_dir`` as version 1 under ``config``; yields its gRPC address and pid."""
     repo = Path(tempfile.mkdtemp(prefix="repo-", dir=workdir))
     model_root = repo / "postlens"
     model_root.mkdir()
@@ -208,7 +241,7 @@ def triton_serving(version_dir: Path, config: ServingConfig, workdir: Path) -> I
                 break
             except OSError:
                 time.sleep(1.0)
-        yield f"localhost:{grpc_port}"
+        yield f"localhost:{grpc_port}", pid
     finally:
         stop(pid)
 
@@ -219,19 +252,33 @@ async def _counts(client: grpc_aio.InferenceServerClient) -> tuple[int, int]:
     return sum(int(m.get("inference_count", 0)) for m in stats), sum(int(m.get("execution_count", 0)) for m in stats)
 
 
-async def _round(load: Load, send: Callable[[], Awaitable[None]], posts: int, statistics: grpc_aio.InferenceServerClient) -> None:
+async def _round(
+    load: Load, send: Callable[[], Awaitable[None]], posts: int, statistics: grpc_aio.InferenceServerClient, triton_pid: int
+) -> None:
     before = await _counts(statistics)
+    clock = CpuClock.read(triton_pid)
     started = time.perf_counter()
     await send()
-    load.round_throughputs.append(posts / (time.perf_counter() - started))
+    seconds = time.perf_counter() - started
+    used = CpuClock.read(triton_pid)
+    load.round_throughputs.append(posts / seconds)
+    ours = (used.ours - clock.ours) / seconds
+    load.round_cores.append((ours, max((used.machine - clock.machine) / seconds - ours, 0.0)))
     after = await _counts(statistics)
     load.posts += after[0] - before[0]
     load.executions += after[1] - before[1]
 
 
 async def measure(
-    url: str, config: ServingConfig, requests: Sequence[InferRequest], rounds: int, sequential_posts: int, concurrent_posts: int, in_flight: int
+    server: tuple[str, int],
+    config: ServingConfig,
+    requests: Sequence[InferRequest],
+    rounds: int,
+    sequential_posts: int,
+    concurrent_posts: int,
+    in_flight: int,
 ) -> ConfigResult:
+    url, triton_pid = server
     result = ConfigResult(config)
     inferer = await TritonInferer.connect(Settings(triton_url=url))
     statistics = grpc_aio.InferenceServerClient(url)
@@ -259,8 +306,8 @@ async def measure(
     try:
         await asyncio.gather(*(inferer.infer([request]) for request in requests[:in_flight]))  # warm-up
         for _ in range(rounds):
-            await _round(result.sequential, one_at_a_time, sequential_posts, statistics)
-            await _round(result.concurrent, many_in_flight, concurrent_posts, statistics)
+            await _round(result.sequential, one_at_a_time, sequential_posts, statistics, triton_pid)
+            await _round(result.concurrent, many_in_flight, concurrent_posts, statistics, triton_pid)
     finally:
         progress.close()
         await statistics.close()
@@ -413,21 +460,24 @@ def report(
         "",
         f"## Triton entry model `postlens` (one request per post through `stream.infer`; concurrent = {in_flight} in flight)",
         "",
-        "| configuration | batch-1 posts/s | p50 ms | p99 ms | concurrent posts/s | p50 ms | p99 ms | mean batch | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | batch-1 posts/s | p50 ms | p99 ms | cores | concurrent posts/s | p50 ms | p99 ms | mean batch "
+        "| cores | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         sequential, concurrent = result.sequential, result.concurrent
         lines.append(
             f"| {result.config.label} | {sequential.throughput:.1f} | {sequential.percentile(50):.1f} | "
-            f"{sequential.percentile(99):.1f} | {concurrent.throughput:.1f} | {concurrent.percentile(50):.1f} | "
-            f"{concurrent.percentile(99):.1f} | {concurrent.mean_batch:.1f} | {result.ratio:.2f}× |"
+            f"{sequential.percentile(99):.1f} | {sequential.cores_ours:.2f} (+{sequential.cores_others:.2f}) | "
+            f"{concurrent.throughput:.1f} | {concurrent.percentile(50):.1f} | {concurrent.percentile(99):.1f} | "
+            f"{concurrent.mean_batch:.1f} | {concurrent.cores_ours:.2f} (+{concurrent.cores_others:.2f}) | {result.ratio:.2f}× |"
         )
     lines += [
         "",
         f"**{best.sentence()}.** The ratio column compares the two modes on one "
         "server; in rows with a queue delay every batch-1 request waits out the delay, so the headline takes its "
-        "batch-1 figure from a configuration without one.",
+        "batch-1 figure from a configuration without one. *cores*: CPU cores busy with the client and Triton "
+        "(+ busy with other processes on the machine) during that mode.",
         "",
         "## Where a post's time goes (in-process, one model instance, one-image posts; ms per post)",
         "",
@@ -491,16 +541,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         version_dir = export_model(checkpoint, workdir / "export")
         requests = load_requests(posts_file, read_model_config(version_dir).vision_encoder.image_size)
         for config in CONFIGS:
-            with triton_serving(version_dir, config, workdir) as url:
+            with triton_serving(version_dir, config, workdir) as server:
                 result = asyncio.run(
-                    measure(url, config, requests, args.rounds, args.sequential, args.requests, args.concurrency)
+                    measure(server, config, requests, args.rounds, args.sequential, args.requests, args.concurrency)
                 )
             results.append(result)
             print(
                 f"{config.label:<48} batch 1: {result.sequential.throughput:6.1f} posts/s "
                 f"(p50 {result.sequential.percentile(50):5.1f} ms) | concurrent: {result.concurrent.throughput:6.1f} posts/s "
                 f"(p50 {result.concurrent.percentile(50):6.1f} ms, p99 {result.concurrent.percentile(99):6.1f} ms, "
-                f"mean batch {result.concurrent.mean_batch:4.1f}) | {result.ratio:.2f}×",
+                f"mean batch {result.concurrent.mean_batch:4.1f}, {result.concurrent.cores_ours:.2f} cores ours, "
+                f"{result.concurrent.cores_others:.2f} others') | {result.ratio:.2f}×",
                 flush=True,
             )
         stages = [stage_times(version_dir, requests, batch, args.in_process_seconds) for batch in (1, 32)]

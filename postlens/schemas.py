@@ -7,9 +7,9 @@ shared between them.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
 # Datasets spell the fourth class differently; everything inside PostLens says MISC.
@@ -22,6 +22,16 @@ def canonical_type(name: str) -> str:
     return TYPE_ALIASES.get(upper, upper)
 
 
+def _number_as_string(value: Any) -> Any:
+    # Numeric ids are common in tweet dumps; they name the same post as their string form.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+PostId = Annotated[str, BeforeValidator(_number_as_string), Field(min_length=1, max_length=256)]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Input: posts (topic postlens.posts)
 # --------------------------------------------------------------------------------------------------------
@@ -32,21 +42,13 @@ class Post(BaseModel):
 
     model_config = ConfigDict(extra="allow", str_strip_whitespace=False)
 
-    id: str = Field(min_length=1, max_length=256)
+    id: PostId
     text: str
     images: list[str] = Field(default_factory=list)
     created_at: datetime | None = None
     author: str | None = None
     lang: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_as_string(cls, value: Any) -> Any:
-        # Numeric ids are common in tweet dumps; they name the same post as their string form.
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        return value
 
     @model_validator(mode="after")
     def _unknown_fields_into_meta(self) -> Post:
@@ -102,7 +104,7 @@ class Label(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str = Field(min_length=1)
+    id: PostId
     text: str | None = None
     images: list[str] = Field(default_factory=list)
     entities: list[EntitySpan] | None = None
@@ -110,13 +112,6 @@ class Label(BaseModel):
     tags: list[str] | None = None
     boxes: list[Box] = Field(default_factory=list)
     subsets: list[str] = Field(default_factory=list)
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_as_string(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        return value
 
     @model_validator(mode="after")
     def _one_consistent_form(self) -> Label:

@@ -55,10 +55,11 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _wait(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.search import wait_for_posts
+    from stream.search import parse_since, wait_for_posts
 
     try:
-        indexed = asyncio.run(wait_for_posts(settings, args.count, args.timeout))
+        since = parse_since(args.since) if args.since else None
+        indexed = asyncio.run(wait_for_posts(settings, args.count, args.timeout, since))
     except TimeoutError as error:
         print(error, file=sys.stderr)
         return 1
@@ -96,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     wait = commands.add_parser("wait", help="wait until N posts are indexed")
     wait.add_argument("--count", type=int, required=True)
     wait.add_argument("--timeout", type=float, default=600.0, help="seconds (exit 1 when reached)")
+    wait.add_argument("--since", help="count only posts indexed since: 1h, 30m or an ISO time (re-runs of old posts)")
     wait.set_defaults(run=_wait)
     return root
 

@@ -76,15 +76,17 @@ async def search_entities(settings: Settings, query: dict[str, Any], limit: int)
     return [hit["_source"] for hit in response["hits"]["hits"]]
 
 
-async def wait_for_posts(settings: Settings, count: int, timeout_s: float) -> int:
-    """Poll the posts index until it holds ``count`` documents; returns the final count (raises on timeout)."""
+async def wait_for_posts(settings: Settings, count: int, timeout_s: float, since: datetime | None = None) -> int:
+    """Poll the posts index until it holds ``count`` documents (indexed at or after ``since``, when given);
+    returns the final count (raises on timeout)."""
     deadline = time.monotonic() + timeout_s
+    query = {"range": {"indexed_at": {"gte": since.isoformat()}}} if since else {"match_all": {}}
     async with es_client(settings) as es:
         with tqdm(total=count, desc="indexed posts", unit="post") as progress:
             while True:
                 try:
                     await es.indices.refresh(index=settings.es_index_posts)
-                    indexed = (await es.count(index=settings.es_index_posts))["count"]
+                    indexed = (await es.count(index=settings.es_index_posts, query=query))["count"]
                 except NotFoundError:
                     indexed = 0
                 progress.update(indexed - progress.n)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from postlens.schemas import ModelRef, PostPrediction
 from trainer.data.examples import Example, load_examples
 from trainer.evaluate import build_report, gold_grounding, predicted_grounding
-from trainer.metrics import calibration, grounding_accuracy
+from trainer.metrics import grounding_accuracy
 from trainer.model.batching import Batch, ExampleEncoder
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
 from trainer.model.config import ModelConfig
@@ -136,17 +136,6 @@ def decode_all(raws: Sequence[RawBatch], decoder: Decoder) -> list[PostPredictio
     return [prediction for raw in raws for prediction in raw.decode(decoder)]
 
 
-def entity_outcomes(examples: Sequence[Example], predictions: Sequence[PostPrediction]) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence of every predicted entity and whether it is exactly right."""
-    confidences, correct = [], []
-    for example, prediction in zip(examples, predictions):
-        gold = {(e.start, e.end, e.type) for e in example.entities}
-        for entity in prediction.entities:
-            confidences.append(entity.confidence)
-            correct.append((entity.start, entity.end, entity.type) in gold)
-    return np.asarray(confidences, dtype=np.float64), np.asarray(correct, dtype=np.float64)
-
-
 def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder) -> tuple[float, float, float]:
     """The temperature with the lowest entity-confidence ECE on valid → (temperature, ECE before, after).
 
@@ -155,15 +144,14 @@ def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decod
     """
 
     def ece(temperature: float) -> float:
-        confidence, correct = entity_outcomes(examples, decode_all(raws, decoder.with_calibration(temperature=temperature)))
-        return calibration(confidence, correct.astype(bool)).ece if confidence.size else 0.0
+        predictions = decode_all(raws, decoder.with_calibration(temperature=temperature))
+        return build_report(examples, predictions).report.ece or 0.0
 
     before = ece(1.0)
     if before <= WELL_CALIBRATED_ECE:
         return 1.0, before, before
-    scored = [(round(ece(float(t)), 3), abs(np.log(t)), float(t)) for t in TEMPERATURES]
-    after, _, best = min(scored)
-    return best, before, after
+    _, _, best = min((round(ece(float(t)), 3), abs(np.log(t)), float(t)) for t in TEMPERATURES)
+    return best, before, ece(best)
 
 
 def fit_grounding_threshold(raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder) -> tuple[float, float]:

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from tests.fixtures_model import ServedModel
 
 
-
 def test_a_request_holds_at_most_four_rgb_images() -> None:
     with pytest.raises(ValidationError, match="at most 4 images"):
         InferRequest(text="five pictures", images=empty_images(5, 8))

@@ -99,13 +99,9 @@ async def test_end_to_end_with_kcat(
     await pipeline.create_topics()
     worker = pipeline.start_worker()
     worker.wait_ready()
-    started = time.monotonic()
     pipeline.publish_with_kcat(records)
     expected = valid + faulty
     await pipeline.wait_indexed(es, len(expected))
-    elapsed = time.monotonic() - started
-    print(f"\nend to end: {len(records)} messages ({len(expected)} posts indexed) in {elapsed:.1f} s "
-          f"= {len(records) / elapsed:.1f} posts/s (one worker, incl. image fetch and Triton)")
 
     await assert_indexed_exactly(pipeline, es, expected)
     post_docs = await pipeline.documents(es, pipeline.settings.es_index_posts)

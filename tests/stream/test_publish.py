@@ -36,7 +36,8 @@ def test_relative_images_are_put_under_the_base_url() -> None:
 async def test_publish_puts_every_line_on_the_topic_keyed_by_id(
     settings: Settings, kafka_admin: AIOKafkaAdminClient, tmp_path: Path
 ) -> None:
-    unique = settings.model_copy(update={"topic_posts": f"test.publish.{uuid.uuid4().hex[:8]}", "topic_partitions": 3})
+    topic = f"test.publish.{uuid.uuid4().hex[:8]}"
+    unique = settings.model_copy(update={"topic_posts": topic, "topic_dlq": f"{topic}.dlq", "topic_partitions": 3})
     lines = [json.dumps({"id": i, "text": f"post {i}", "images": ["img/a.png"]}) for i in range(20)] + ["{broken"]
     path = tmp_path / "posts.jsonl"
     path.write_text("\n".join(lines) + "\n\n")
