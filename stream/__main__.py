@@ -27,8 +27,9 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
     from stream.publish import publish_file
 
-    count = asyncio.run(publish_file(settings, args.file, rate=args.rate, image_base=args.image_base))
-    print(f"published {count} posts to {settings.topic_posts}")
+    topic = args.topic or settings.topic_posts
+    count = asyncio.run(publish_file(settings, args.file, rate=args.rate, image_base=args.image_base, topic=topic))
+    print(f"published {count} messages to {topic}")
     return 0
 
 
@@ -80,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     publish.add_argument("file", type=Path)
     publish.add_argument("--rate", type=float, help="posts per second (default: as fast as possible)")
     publish.add_argument("--image-base", help="base URL for relative image paths in the file")
+    publish.add_argument("--topic", help="topic (default: the posts topic; the labels topic feeds trainer.retrain)")
     publish.set_defaults(run=_publish)
 
     search = commands.add_parser("search", help="search indexed entities")

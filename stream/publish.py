@@ -1,4 +1,4 @@
-"""``python -m stream publish``: put posts from a JSONL file on the posts topic, keyed by post id.
+"""``python -m stream publish``: put posts (or labels, with ``--topic``) from a JSONL file on a topic, keyed by id.
 
 Lines are sent as they are (the worker validates them, so a bad line becomes a dead letter, as it would from any
 producer); only ``--image-base`` rewrites a line, turning relative image paths into URLs under that base.
@@ -35,8 +35,11 @@ def with_image_base(line: bytes, image_base: str) -> bytes:
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
 
-async def publish_file(settings: Settings, path: Path, rate: float | None = None, image_base: str | None = None) -> int:
-    """Publish every non-blank line of ``path``; ``rate`` caps posts per second. Returns the number published."""
+async def publish_file(
+    settings: Settings, path: Path, rate: float | None = None, image_base: str | None = None, topic: str | None = None
+) -> int:
+    """Publish every non-blank line of ``path`` to ``topic`` (default: the posts topic); ``rate`` caps messages per
+    second. Returns the number published."""
     lines = [line for line in path.read_bytes().splitlines() if line.strip()]
     await ensure_topics(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
@@ -49,7 +52,7 @@ async def publish_file(settings: Settings, path: Path, rate: float | None = None
             if rate:
                 await asyncio.sleep(max(0.0, started + count / rate - loop.time()))
             value = with_image_base(line, image_base) if image_base and post_key(line) else line
-            deliveries.append(await producer.send(settings.topic_posts, value=value, key=post_key(line)))
+            deliveries.append(await producer.send(topic or settings.topic_posts, value=value, key=post_key(line)))
         await asyncio.gather(*deliveries)
     finally:
         await producer.stop()
