@@ -12,6 +12,8 @@ SYSTEM_PYTHON := /usr/bin/python3.11
 VENV := $(POSTLENS_HOME)/venv-debian-py311
 PY := .venv/bin/python
 UV_VERSION := 0.13.9
+# uv in a folder of its own: no dependence on which Python owns pip, or on a system install PEP 668 refuses.
+UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
 
 .PHONY: setup system-packages test test-unit demo bench bench-model bench-serving up down status clean-cache
@@ -20,8 +22,8 @@ setup: system-packages .venv/.synced
 
 # The venv lives outside the clone (it is large and shared by clones); .venv is a link to it.
 .venv/.synced: pyproject.toml uv.lock
-	@python3 -m uv --version 2>/dev/null | grep -q "$(UV_VERSION)" || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	UV_PROJECT_ENVIRONMENT=$(VENV) python3 -m uv sync --frozen --extra dev --python $(SYSTEM_PYTHON)
+	@test -x $(UV) || python3 -m pip install --quiet --target $(POSTLENS_HOME)/uv-$(UV_VERSION) "uv==$(UV_VERSION)"
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --extra dev --python $(SYSTEM_PYTHON)
 	ln -sfn $(VENV) .venv
 	touch $(VENV)/.synced
 
