@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 DLQ_PARTITIONS = 1
 
 
-async def ensure_topics(settings: Settings) -> None:
-    wanted = {settings.topic_posts: settings.topic_partitions, settings.topic_dlq: DLQ_PARTITIONS}
+async def ensure_topics(settings: Settings, wanted: dict[str, int] | None = None) -> None:
+    """Create the ``wanted`` topics (name → partitions; default: the posts topic and its DLQ) that do not exist."""
+    if wanted is None:
+        wanted = {settings.topic_posts: settings.topic_partitions, settings.topic_dlq: DLQ_PARTITIONS}
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:

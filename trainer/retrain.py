@@ -42,8 +42,8 @@ from typing import Literal
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 from tqdm import tqdm
@@ -53,6 +53,7 @@ from postlens.settings import Settings, get_settings
 from stream.deadletter import RawMessage, dead_letter
 from stream.fetch import OK, FetchError, ImageFetcher, decode_image
 from stream.image_cache import ImageCache
+from stream.topics import ensure_topics
 from trainer.data.examples import Example, load_examples
 from trainer.data.jsonl import example_from_label
 from trainer.evaluate import EvaluationReport, build_report, predict_all
@@ -392,26 +393,10 @@ async def ingest(settings: Settings, options: RetrainOptions, image_size: int, m
     return result
 
 
-async def ensure_rejected_topic(settings: Settings) -> None:
-    """Create the rejected-labels topic (one partition) unless it exists; a broker's auto-creation may be off."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        if settings.topic_labels_rejected in await admin.list_topics():
-            return
-        new = NewTopic(settings.topic_labels_rejected, REJECTED_PARTITIONS, settings.topic_replication)
-        response = await admin.create_topics([new])
-        for name, code, *detail in response.topic_errors:
-            if code != 0 and for_code(code) is not TopicAlreadyExistsError:
-                raise for_code(code)(f"cannot create topic {name}: {detail[0] if detail else ''}")
-    finally:
-        await admin.close()
-
-
 async def settle(settings: Settings, rejected: Sequence[DeadLetter], offsets: dict[TopicPartition, int]) -> None:
     """Publish the refused labels, then — once Kafka has them — commit the consumed offsets."""
     if rejected:
-        await ensure_rejected_topic(settings)
+        await ensure_topics(settings, {settings.topic_labels_rejected: REJECTED_PARTITIONS})
         producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
         await producer.start()
         try:
