@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
 # Datasets spell the fourth class differently; everything inside PostLens says MISC.
@@ -27,6 +27,11 @@ def _number_as_string(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
+
+
+def validation_summary(error: ValidationError, subject: str) -> str:
+    """One line naming each field that failed and why; ``subject`` names a failure of the whole document."""
+    return "; ".join(f"{'.'.join(str(part) for part in item['loc']) or subject}: {item['msg']}" for item in error.errors())
 
 
 PostId = Annotated[str, BeforeValidator(_number_as_string), Field(min_length=1, max_length=256)]

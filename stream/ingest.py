@@ -10,7 +10,7 @@ import json
 
 from pydantic import ValidationError
 
-from postlens.schemas import Post
+from postlens.schemas import Post, validation_summary
 from postlens.settings import Settings
 
 
@@ -20,11 +20,6 @@ class InvalidPost(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-def _schema_summary(error: ValidationError) -> str:
-    problems = [f"{'.'.join(str(part) for part in item['loc']) or 'post'}: {item['msg']}" for item in error.errors()]
-    return "; ".join(problems)
 
 
 def parse_post(value: bytes | None, settings: Settings) -> Post:
@@ -44,7 +39,7 @@ def parse_post(value: bytes | None, settings: Settings) -> Post:
     try:
         post = Post.model_validate(document)
     except ValidationError as error:
-        raise InvalidPost("schema", _schema_summary(error)) from error
+        raise InvalidPost("schema", validation_summary(error, "post")) from error
     if not post.text.strip():
         raise InvalidPost("empty_text", "the post has no text to find entities in")
     if len(post.text) > settings.max_text_chars:

@@ -48,7 +48,7 @@ from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 from tqdm import tqdm
 
-from postlens.schemas import DeadLetter, Label
+from postlens.schemas import DeadLetter, Label, validation_summary
 from postlens.settings import Settings, get_settings
 from stream.deadletter import RawMessage, dead_letter
 from stream.fetch import OK, FetchError, ImageFetcher, decode_image
@@ -158,10 +158,6 @@ class RetrainSummary(BaseModel):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _schema_summary(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(part) for part in item['loc']) or 'label'}: {item['msg']}" for item in error.errors())
-
-
 def parse_label(value: bytes | None) -> Label:
     """A message value → a :class:`Label`, or :class:`InvalidLabel` (``invalid_json`` — not UTF-8 JSON — or
     ``schema``)."""
@@ -171,7 +167,7 @@ def parse_label(value: bytes | None) -> Label:
         return Label.model_validate_json(value)
     except ValidationError as error:
         kind = "invalid_json" if any(item["type"] == "json_invalid" for item in error.errors()) else "schema"
-        raise InvalidLabel(kind, _schema_summary(error)) from error
+        raise InvalidLabel(kind, validation_summary(error, "label")) from error
 
 
 def label_example(label: Label, image_root: Path, max_text_chars: int) -> tuple[Example, list[str]]:
@@ -725,7 +721,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             **{name: value for name, value in vars(args).items() if name != "json"},
         )
     except ValidationError as error:
-        parser.error(_schema_summary(error))
+        parser.error(validation_summary(error, "label"))
     summary = retrain(options, settings)
     print(summary_text(summary))
     if args.json:
