@@ -34,12 +34,13 @@ from tqdm import tqdm
 from postlens.schemas import ModelRef, PostPrediction, PredictedEntity
 from postlens.settings import get_settings
 from trainer.data.examples import Example, load_examples
-from trainer.data.schemes import spans_from_tags
+from postlens.runtime.schemes import spans_from_tags
 from trainer.evaluate import EvaluationReport, build_report, embed_all, predict_all
 from trainer.model.batching import ExampleEncoder
-from trainer.model.decode import TagScheme
-from trainer.model.preprocess import Preprocessor
+from postlens.runtime.decode import TagScheme
+from postlens.runtime.preprocess import Preprocessor
 from trainer.model.text_encoder import TextEncoder, build_text_encoder
+from trainer.model.tokenizer import subword_tokenizer
 from trainer.predict import Predictor
 from trainer.synth import generate
 from trainer.train import RunConfig, build_optimizer, chunks, resolve_config, seed_everything, train
@@ -113,7 +114,9 @@ def train_softmax(
     scheme = TagScheme(config.model.scheme)
     model = SoftmaxTagger(text_encoder, len(scheme.labels), config.model.fusion.dropout)
     # Images are never used here; the preprocessor's image geometry only has to be valid.
-    preprocessor = Preprocessor(tokenizer, 64, (0.5,) * 3, (0.5,) * 3, config.model.max_words, config.model.max_subtokens)
+    preprocessor = Preprocessor(
+        subword_tokenizer(tokenizer), 64, (0.5,) * 3, (0.5,) * 3, config.model.max_words, config.model.max_subtokens
+    )
     encoder = ExampleEncoder(preprocessor, scheme, (1, 1), 0, annotates_boxes=False)
     valid_batches = [(chunk, encoder.encode(chunk)) for chunk in chunks(valid_examples, settings.eval_batch_size)]
     steps = -(-len(train_examples) // settings.batch_size) * settings.epochs

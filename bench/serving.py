@@ -1,7 +1,7 @@
 """Serving benchmark: ``python -m bench.serving [--model DIR]`` (``make bench`` runs it).
 
 1. The entry model ``postlens`` on a Triton of its own (a temporary repository, free ports — the shared one is
-   never touched), through the stream's client (``stream.infer``), one request per post. For each serving
+   never touched), through the stream's client (``stream.stages.infer``), one request per post. For each serving
    configuration tried (queue delay, max batch size, instances × ONNX Runtime threads), one server runs
    alternating rounds of
    - batch 1, sequential: one post at a time (the batcher has nothing to group), and
@@ -41,10 +41,11 @@ from deploy.local import triton_command
 from deploy.process import descendants, free_port, is_alive, spawn, stop, tail
 from postlens.schemas import ModelRef
 from postlens.settings import Settings, get_settings
-from stream.infer import InferRequest, TritonInferer
-from trainer.export import MODEL_SOURCE, ExportedModel, execution_providers, export_model, read_model_config
+from stream.stages.infer import InferRequest, TritonInferer
+from postlens.runtime.exported import ExportedModel, execution_providers, read_model_config
+from trainer.export import MODEL_SOURCE, export_model
 from trainer.model.checkpoint import load_checkpoint
-from trainer.model.preprocess import load_images, stack_images
+from postlens.runtime.images import load_images, stack_images
 from trainer.predict import read_posts
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
@@ -458,7 +459,7 @@ def report(
         "CPU cores shared by the client, Triton and whatever else runs. Posts/s are medians over alternating rounds "
         "of the two modes on the same server.",
         "",
-        f"## Triton entry model `postlens` (one request per post through `stream.infer`; concurrent = {in_flight} in flight)",
+        f"## Triton entry model `postlens` (one request per post through `stream.stages.infer`; concurrent = {in_flight} in flight)",
         "",
         "| configuration | batch-1 posts/s | p50 ms | p99 ms | cores | concurrent posts/s | p50 ms | p99 ms | mean batch "
         "| cores | ratio |",

@@ -7,7 +7,7 @@ shared between them.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -32,6 +32,19 @@ def _number_as_string(value: Any) -> Any:
 def validation_summary(error: ValidationError, subject: str) -> str:
     """One line naming each field that failed and why; ``subject`` names a failure of the whole document."""
     return "; ".join(f"{'.'.join(str(part) for part in item['loc']) or subject}: {item['msg']}" for item in error.errors())
+
+
+def text_refusal(text: str, max_chars: int) -> tuple[str, str] | None:
+    """Why a text cannot go to the model, as ``(kind, message)``, or None when it can.
+
+    The one rule the ingest stage, the served model, ``trainer.predict`` and ``trainer.retrain`` all apply, so a
+    post is refused the same way wherever it arrives.
+    """
+    if not text.strip():
+        return "empty_text", "empty text"
+    if len(text) > max_chars:
+        return "oversize", f"text of {len(text)} characters is over the limit of {max_chars}"
+    return None
 
 
 PostId = Annotated[str, BeforeValidator(_number_as_string), Field(min_length=1, max_length=256)]
@@ -190,6 +203,7 @@ class PostPrediction(BaseModel):
 
 # "label": a label trainer.retrain refused (topic postlens.labels.rejected).
 Stage = Literal["ingest", "fetch", "infer", "index", "label"]
+PIPELINE_STAGES: tuple[Stage, ...] = ("ingest", "fetch", "infer", "index")  # the worker's, in flow order
 
 
 class ErrorInfo(BaseModel):

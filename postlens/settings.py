@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -83,15 +83,15 @@ class Settings(BaseSettings):
     retrain_tune: float = Field(0.10, gt=0, lt=0.5)
     retrain_tolerance: float = Field(0.0, ge=0, le=1, description="promote when candidate F1 ≥ base F1 − this")
     retrain_min_labels: int = Field(20, ge=3, description="fewer valid new labels → no retraining")
-    checkpoints_dir: Path = Path("~/.cache/postlens/checkpoints").expanduser()  # retrained checkpoints
+    checkpoints_dir: Path | None = None  # retrained checkpoints; None = POSTLENS_HOME/checkpoints
 
     # --- Local stack (python -m deploy.local) ----------------------------------------------------------
     home: Path = Path("~/.cache/postlens").expanduser()
     kafka_version: str = "4.3.1"
     elasticsearch_version: str = "8.19.21"
     maven_repo_url: str = "https://repo1.maven.org/maven2"
-    # JDK for Kafka and Elasticsearch (ES 8.19 needs 17+); None = the JDK of the `java` on PATH.
-    java_home: Path | None = None
+    # JDK for Kafka and Elasticsearch (ES 8.19 needs 17+): POSTLENS_JAVA_HOME, else JAVA_HOME, else the `java` on PATH.
+    java_home: Path | None = Field(None, validation_alias=AliasChoices("POSTLENS_JAVA_HOME", "JAVA_HOME"))
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"
@@ -104,12 +104,29 @@ class Settings(BaseSettings):
     service_start_timeout_s: float = Field(180.0, gt=0, description="per service, downloads excluded")
     triton_grpc_port: int = 8001
     triton_http_port: int = 8000
+    # Where trainer.export/retrain ask Triton to load a new version; None = the local stack's Triton, and only when
+    # the repository written is the one it serves.
+    triton_http_url: str | None = None
     triton_metrics_port: int = 8002
     model_repository: Path = Path(__file__).resolve().parent.parent / "model_repository"
 
     # --- Benchmarks (make bench) ---------------------------------------------------------------------
     # Read-only shared data beside the clone (twitter2015/, twitter2017/ in CoNLL layout); never copied in.
     shared_data_dir: Path = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+    @model_validator(mode="after")
+    def _paths_under_home(self) -> Settings:
+        if self.checkpoints_dir is None:
+            self.checkpoints_dir = self.home / "checkpoints"
+        return self
+
+    def triton_load_url(self, repository: Path) -> str | None:
+        """The Triton HTTP endpoint to tell about a new version written to ``repository``, or None for none."""
+        if self.triton_http_url is not None:
+            return self.triton_http_url.rstrip("/")
+        if repository.resolve() == self.model_repository.resolve():
+            return f"http://localhost:{self.triton_http_port}"
+        return None
 
 
 @lru_cache(maxsize=1)

@@ -8,14 +8,14 @@ import logging
 import sys
 from pathlib import Path
 
-from postlens.schemas import ENTITY_TYPES
+from postlens.schemas import ENTITY_TYPES, PIPELINE_STAGES
 from postlens.settings import Settings, get_settings
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust  # imported here: Faust is heavy, the other commands do not need it
 
-    from stream.topics import ensure_topics
+    from postlens.io.kafka import ensure_topics
     from stream.worker import build_worker
 
     asyncio.run(ensure_topics(settings))
@@ -25,7 +25,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.publish import publish_file
+    from stream.commands.publish import publish_file
 
     topic = args.topic or settings.topic_posts
     count = asyncio.run(publish_file(settings, args.file, rate=args.rate, image_base=args.image_base, topic=topic))
@@ -34,7 +34,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _search(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.search import entity_query, format_table, parse_since, search_entities
+    from stream.commands.search import entity_query, format_table, parse_since, search_entities
 
     since = parse_since(args.since) if args.since else None
     query = entity_query(args.text, args.type, args.min_confidence, since)
@@ -45,7 +45,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.replay import replay_dead_letters
+    from stream.commands.replay import replay_dead_letters
 
     report = asyncio.run(replay_dead_letters(settings, stage=args.stage))
     print(
@@ -56,7 +56,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _wait(settings: Settings, args: argparse.Namespace) -> int:
-    from stream.search import parse_since, wait_for_posts
+    from stream.commands.search import parse_since, wait_for_posts
 
     try:
         since = parse_since(args.since) if args.since else None
@@ -93,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
     search.set_defaults(run=_search)
 
     replay = commands.add_parser("replay-dlq", help="re-publish dead letters' original messages to the posts topic")
-    replay.add_argument("--stage", choices=("ingest", "fetch", "infer", "index"), help="only letters of this stage")
+    replay.add_argument("--stage", choices=PIPELINE_STAGES, help="only letters of this stage")
     replay.set_defaults(run=_replay)
 
     wait = commands.add_parser("wait", help="wait until N posts are indexed")

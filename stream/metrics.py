@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from postlens.schemas import PIPELINE_STAGES
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-STAGES = ("ingest", "fetch", "infer", "index")
+from postlens.schemas import PIPELINE_STAGES
+
 THROUGHPUT_WINDOW_S = 60.0
 
 

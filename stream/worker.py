@@ -18,18 +18,18 @@ import numpy as np
 from elasticsearch import AsyncElasticsearch
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from postlens.images import empty_images
+from postlens.runtime.images import empty_images
 from postlens.schemas import DeadLetter, Post, PostPrediction, Region
 from postlens.settings import Settings
 from stream.app import WorkerApp, create_app
-from stream.deadletter import RawMessage, dead_letter
-from stream.fetch import OK, SKIPPED, FetchedImage, ImageFetcher
-from stream.image_cache import ImageCache
-from stream.index import Indexer, ProcessedPost, es_client
-from stream.infer import InferenceUnavailable, InferRequest, TritonInferer
-from stream.ingest import InvalidPost, parse_post
+from postlens.io.deadletter import RawMessage, dead_letter
+from postlens.io.fetch import OK, SKIPPED, FetchedImage, ImageFetcher
+from postlens.io.image_cache import ImageCache
+from stream.stages.index import Indexer, ProcessedPost, es_client
+from stream.stages.infer import InferenceUnavailable, InferRequest, TritonInferer
+from stream.stages.ingest import InvalidPost, parse_post
 from stream.metrics import Metrics
-from stream.retry import retry_forever
+from postlens.io.retry import retry_forever
 
 log = logging.getLogger(__name__)
 Letter = tuple[RawMessage, DeadLetter]  # a dead letter and the message it is about (for its exact key bytes)

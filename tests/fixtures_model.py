@@ -33,7 +33,7 @@ TRITON_START_TIMEOUT_S = 300.0  # the Python backend imports torch/transformers 
 class ServedModel:
     """A Triton serving one repository: where to reach it and what it serves."""
 
-    url: str  # gRPC host:port, what stream.infer talks to
+    url: str  # gRPC host:port, what stream.stages.infer talks to
     http_url: str
     repo: Path
     log: Path

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from postlens.schemas import ENTITY_TYPES, Post, PostPrediction, canonical_type
 from trainer.data.examples import Example, covering_words, load_examples
-from trainer.data.schemes import Span, spans_from_tags
+from postlens.runtime.schemes import Span, spans_from_tags
 from trainer.metrics import (
     PRF,
     Calibration,

@@ -1,21 +1,12 @@
 """A checkpoint → a new version of the Triton entry model: ``python -m trainer.export --model DIR --repo REPO``.
 
-The version folder ``REPO/postlens/N/`` holds everything the served model needs, and nothing needs torch:
-
-- ``network.onnx`` — the fusion network (dynamic batch, sub-token length, word count and image count 0–4),
-  checked against PyTorch with ONNX Runtime on several input shapes before anything is written;
-- ``crf.npz`` — the label list and the constrained CRF scores (start, transitions, end) the NumPy decoder uses;
-- ``tokenizer/`` and ``config.yaml`` — the checkpoint's sub-word tokenizer and resolved configuration, so
-  preprocessing and decoding are exactly the training ones;
-- ``model_card.json`` — where the weights came from, their metrics, when/how they were exported;
-- ``model.py`` — the Triton Python-backend code, copied from the one source file ``model_repository/postlens/model.py``.
+Writes the version folder that :mod:`postlens.runtime.exported` describes and reads back: the network as ONNX,
+checked against PyTorch with ONNX Runtime on several input shapes before anything is written, the CRF arrays, the
+tokenizer and config, a model card, and a copy of the one source file ``model_repository/postlens/model.py``.
 
 The folder is assembled under a hidden staging name and renamed into place, so Triton never sees half a version.
 If a Triton serving this repository answers, it is asked to load the model again: the new version comes up while
 the old one keeps answering (version policy "latest 1").
-
-This module also reads a version folder back (:class:`ExportedModel`): Triton's ``model.py`` and the benchmark
-use that half, which is why torch is imported only inside the writing functions.
 """
 
 from __future__ import annotations
@@ -34,33 +25,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-import yaml
+import torch
+from torch.export import Dim
 
-from postlens.schemas import MAX_MODEL_IMAGES, ModelRef, PostPrediction
+from postlens.runtime.config import ModelConfig
+from postlens.runtime.exported import (
+    CARD_FILE,
+    CONFIG_FILE,
+    CRF_FILE,
+    INPUT_NAMES,
+    ONNX_FILE,
+    OUTPUT_NAMES,
+    TOKENIZER_DIR,
+    TRITON_CODE_FILE,
+    TRITON_CONFIG_FILE,
+    ExportedModel,
+)
+from postlens.runtime.preprocess import Preprocessor
+from postlens.schemas import MAX_MODEL_IMAGES, ModelRef
 from postlens.settings import get_settings
-from trainer.data.examples import Word
-from trainer.data.tokenize import WORD_TOKENIZER_VERSION
-from trainer.model.config import ModelConfig
-from trainer.model.decode import CrfParams, Decoder
-from trainer.model.preprocess import Preprocessor, load_tokenizer
-
-if TYPE_CHECKING:
-    from trainer.model.network import NerNetwork
+from trainer.model.checkpoint import load_checkpoint
+from trainer.model.network import NerNetwork
+from trainer.model.tokenizer import subword_tokenizer
 
 MODEL_SOURCE = Path(__file__).resolve().parent.parent / "model_repository" / "postlens"
-ONNX_FILE = "network.onnx"
-CRF_FILE = "crf.npz"
-CARD_FILE = "model_card.json"
-CONFIG_FILE = "config.yaml"  # the same names as in a checkpoint (trainer.model.checkpoint)
-TOKENIZER_DIR = "tokenizer"
-TRITON_CODE_FILE = "model.py"
-TRITON_CONFIG_FILE = "config.pbtxt"
-INPUT_NAMES = ("input_ids", "attention_mask", "word_index", "word_mask", "pixel_values", "image_mask")
-OUTPUT_NAMES = ("emissions", "word_patch_attention", "image_relevance")
 # ONNX Runtime and PyTorch sum in different orders; float32 round-off stays far below this.
 PARITY_TOLERANCE = 1e-4
 _IMAGES_DIMS = re.compile(r'(name:\s*"IMAGES"[^}]*?dims:\s*\[\s*4\s*,\s*)(\d+)(\s*,\s*)(\d+)(\s*,\s*3\s*\])')
@@ -68,105 +60,6 @@ _IMAGES_DIMS = re.compile(r'(name:\s*"IMAGES"[^}]*?dims:\s*\[\s*4\s*,\s*)(\d+)(\
 
 class ExportError(RuntimeError):
     """The export was refused; nothing was written to the repository."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Reading a version folder (torch-free)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def execution_providers(name: str, device_id: int = 0) -> list[Any]:
-    """ONNX Runtime providers for ``name`` ("cpu", "cuda", "tensorrt"), falling back along the chain on ops the
-    faster provider lacks; refuses a provider this onnxruntime build does not have, rather than silently using CPU."""
-    chains: dict[str, list[Any]] = {
-        "cpu": ["CPUExecutionProvider"],
-        "cuda": [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"],
-        "tensorrt": [
-            ("TensorrtExecutionProvider", {"device_id": device_id}),
-            ("CUDAExecutionProvider", {"device_id": device_id}),
-            "CPUExecutionProvider",
-        ],
-    }
-    if name not in chains:
-        raise ValueError(f"unknown execution provider {name!r}; expected one of {', '.join(chains)}")
-    chain = chains[name]
-    wanted = chain[0] if isinstance(chain[0], str) else chain[0][0]
-    if wanted not in ort.get_available_providers():
-        raise ValueError(f"onnxruntime {ort.__version__} here has no {wanted} (it has {ort.get_available_providers()})")
-    return chain
-
-
-@dataclass
-class ExportedModel:
-    """A version folder, runnable: preprocessing, the ONNX network in ONNX Runtime, and the NumPy decoder."""
-
-    preprocessor: Preprocessor
-    session: ort.InferenceSession
-    decoder: Decoder
-
-    @classmethod
-    def load(
-        cls, version_dir: Path, model: ModelRef, providers: Sequence[Any] = ("CPUExecutionProvider",), intra_op_threads: int = 0
-    ) -> ExportedModel:
-        config = read_model_config(version_dir)
-        tokenizer = load_tokenizer(str(version_dir / TOKENIZER_DIR))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        # Idle ONNX Runtime threads would spin for the next batch on cores that the tokenizer, the decoder and
-        # other model instances need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(version_dir / ONNX_FILE), options, providers=list(providers))
-        with np.load(version_dir / CRF_FILE) as arrays:
-            crf = CrfParams(start=arrays["start"], transitions=arrays["transitions"], end=arrays["end"])
-        decoder = Decoder.from_config(config, crf, model)
-        return cls(Preprocessor.from_config(config, tokenizer), session, decoder)
-
-    @property
-    def image_size(self) -> int:
-        return self.preprocessor.image_size
-
-    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The network's outputs (emissions, word_patch_attention, image_relevance) for encoded inputs."""
-        return self.session.run(list(OUTPUT_NAMES), {name: inputs[name] for name in INPUT_NAMES})
-
-    def decode(
-        self, texts: Sequence[str], words: Sequence[Sequence[Word]], inputs: dict[str, np.ndarray], outputs: Sequence[np.ndarray]
-    ) -> list[PostPrediction]:
-        """Entities, confidences and regions from the network's ``outputs`` for encoded ``inputs``."""
-        emissions, attention, relevance = outputs
-        offsets = [[(word.start, word.end) for word in post_words] for post_words in words]
-        return self.decoder.decode(texts, offsets, emissions, inputs["word_mask"], attention, inputs["image_mask"], relevance)
-
-    def predict(self, texts: Sequence[str], images: np.ndarray, image_mask: np.ndarray) -> list[PostPrediction]:
-        """Predictions for posts with uint8 [B, 4, S, S, 3] images and their [B, 4] mask, in order.
-
-        Posts run in groups by image slots used: the vision encoder encodes every slot of a batch, masked or not,
-        so one four-image post would make every post batched with it pay for four images (and a text-only group
-        skips the vision encoder). Masking makes each post's result independent of its group.
-        """
-        images = np.asarray(images)
-        image_mask = np.asarray(image_mask, dtype=bool)
-        # Slots used by each post = its last unmasked slot + 1, so image indices stay those of the request.
-        slots_used = np.where(image_mask.any(axis=1), image_mask.shape[1] - np.argmax(image_mask[:, ::-1], axis=1), 0)
-        by_row: dict[int, PostPrediction] = {}
-        for slots in np.unique(slots_used):
-            rows = np.flatnonzero(slots_used == slots)
-            group_texts = [texts[row] for row in rows]
-            inputs, words = self.preprocessor.encode(group_texts, images[rows, :slots], image_mask[rows, :slots])
-            by_row.update(zip(rows.tolist(), self.decode(group_texts, words, inputs, self.run(inputs))))
-        return [by_row[row] for row in range(len(texts))]
-
-
-def read_model_config(version_dir: Path) -> ModelConfig:
-    """The exported model's config; refuses one trained with a different word tokenizer than this code's."""
-    config = ModelConfig.model_validate(yaml.safe_load((version_dir / CONFIG_FILE).read_text())["model"])
-    if config.word_tokenizer_version != WORD_TOKENIZER_VERSION:
-        raise ValueError(
-            f"{version_dir} was trained with word tokenizer version {config.word_tokenizer_version}, this code has "
-            f"{WORD_TOKENIZER_VERSION}; retrain and export again"
-        )
-    return config
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -190,8 +83,6 @@ def next_version(model_root: Path) -> int:
 
 def export_model(model_dir: Path, repo: Path, version: int | None = None) -> Path:
     """Export checkpoint ``model_dir`` as a new version of the entry model in ``repo``; returns the version folder."""
-    from trainer.model.checkpoint import load_checkpoint  # torch: the writing half only
-
     model_root = repo / get_settings().triton_model
     version = version if version is not None else next_version(model_root)
     target = model_root / str(version)
@@ -209,7 +100,7 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None) -> Pat
     staging.mkdir()
     try:
         started = time.perf_counter()
-        _write_onnx(network, Preprocessor.from_config(config, tokenizer), staging / ONNX_FILE)
+        _write_onnx(network, Preprocessor.from_config(config, subword_tokenizer(tokenizer)), staging / ONNX_FILE)
         crf = network.crf.numpy_params()
         np.savez(staging / CRF_FILE, labels=np.array(config.labels), start=crf.start, transitions=crf.transitions, end=crf.end)
         shutil.copytree(model_dir / TOKENIZER_DIR, staging / TOKENIZER_DIR)
@@ -246,9 +137,6 @@ def _triton_config(model_root: Path, image_size: int) -> str:
 
 
 def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> None:
-    import torch
-    from torch.export import Dim
-
     batch = Dim("batch", min=1)
     subtokens = Dim("subtokens", min=1, max=preprocessor.max_subtokens)
     words = Dim("words", min=1, max=preprocessor.max_words)
@@ -282,7 +170,7 @@ def random_inputs(preprocessor: Preprocessor, batch: int, images: int, seed: int
     """Encoded random posts (vocabulary words, random pixels, ragged image counts) of the given shape; ``long``
     posts run past the word and sub-token limits."""
     rng = np.random.default_rng(seed)
-    vocabulary = sorted(token for token in preprocessor.tokenizer.get_vocab() if token.isalpha())
+    vocabulary = sorted(token for token in preprocessor.tokenizer.vocabulary if token.isalpha())
     most = preprocessor.max_words * 2 if long else 12
     texts = [" ".join(rng.choice(vocabulary, size=int(rng.integers(2, most + 1)))) for _ in range(batch)]
     size = preprocessor.image_size
@@ -297,8 +185,6 @@ def random_inputs(preprocessor: Preprocessor, batch: int, images: int, seed: int
 
 def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
     """Run the written version with ONNX Runtime and the network with PyTorch on several shapes; raise on mismatch."""
-    import torch
-
     exported = ExportedModel.load(version_dir, ModelRef(name="parity", version="0"))
     shapes = [(1, 0, False), (3, 1, False), (2, 4, False), (5, 3, False), (4, 2, True), (1, 4, True)]
     cases = []
@@ -327,7 +213,6 @@ def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
 
 def _model_card(model_dir: Path, checkpoint_version: str, version: int, config: ModelConfig, cases: list[ParityCase], seconds: float) -> dict[str, Any]:
     import onnx
-    import torch
     import transformers
 
     metrics = model_dir / "metrics.json"
@@ -412,8 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     worst = max(case["max_abs_error"] for case in card["parity"]["cases"])
     print(f"wrote {target} (ONNX Runtime vs PyTorch: max |Δ| {worst:.2g} over {len(card['parity']['cases'])} shapes)")
 
-    serves_repo = args.repo.resolve() == settings.model_repository.resolve()
-    http_url = args.triton_http or (f"http://localhost:{settings.triton_http_port}" if serves_repo else None)
+    http_url = args.triton_http or settings.triton_load_url(args.repo)
     if args.no_load or http_url is None:
         print("Triton not contacted; it serves the new version when it (re)loads the model")
         return

@@ -4,7 +4,7 @@ Definitions:
 
 - **Entity P/R/F1** — micro over all posts, an entity counts when its start, end and type equal a gold entity's
   (CoNLL/seqeval convention; from tags, invalid sequences are read as conlleval does, see
-  :mod:`trainer.data.schemes`). Per type the same, restricted to one type.
+  :mod:`postlens.runtime.schemes`). Per type the same, restricted to one type.
 - **Token F1** — over words: a word is labelled with the type of the entity covering it (B/I prefixes ignored)
   or nothing; precision = words whose predicted type equals the gold type / words with a predicted type,
   recall = the same / words with a gold type. It gives partial credit to half-found entities.
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from trainer.data.schemes import OUTSIDE, Scheme, Span, spans_from_tags
+from postlens.runtime.schemes import OUTSIDE, Scheme, Span, spans_from_tags
 
 # (image index, [x0, y0, x1, y1] normalized)
 ImageBox = tuple[int, tuple[float, float, float, float]]

@@ -19,15 +19,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from postlens.images import empty_images, to_model_pixels
-from postlens.schemas import ModelRef, Post, PostPrediction
+from postlens.runtime.images import empty_images, to_model_pixels
+from postlens.schemas import ModelRef, Post, PostPrediction, text_refusal
 from postlens.settings import get_settings
-from trainer.data.examples import Word
+from postlens.runtime.words import Word
 from trainer.data.jsonl import resolve_image
 from trainer.model.checkpoint import load_checkpoint
-from trainer.model.decode import Decoder
+from postlens.runtime.decode import Decoder
 from trainer.model.network import ALIGNMENT_DIM, NerNetwork
-from trainer.model.preprocess import Preprocessor, load_images, stack_images
+from trainer.model.tokenizer import subword_tokenizer
+from postlens.runtime.images import load_images, stack_images
+from postlens.runtime.preprocess import Preprocessor
 
 
 @dataclass
@@ -67,7 +69,7 @@ class Predictor:
         network, tokenizer, config, version = load_checkpoint(Path(model_dir))
         model = ModelRef(name=get_settings().triton_model, version=version)
         decoder = Decoder.from_config(config, network.crf.numpy_params(), model)
-        return cls(network, Preprocessor.from_config(config, tokenizer), decoder)
+        return cls(network, Preprocessor.from_config(config, subword_tokenizer(tokenizer)), decoder)
 
     @contextmanager
     def _inference(self) -> Iterator[None]:
@@ -136,10 +138,9 @@ class Predictor:
         pixels: dict[int, np.ndarray] = {}
         predictions = [PostPrediction(model=self.decoder.model) for _ in posts]
         for index, post in enumerate(posts):
-            if not post.text.strip():
-                error = "empty text"
-            elif len(post.text) > limit:
-                error = f"text of {len(post.text)} characters is over the limit of {limit}"
+            refusal = text_refusal(post.text, limit)
+            if refusal is not None:
+                error = refusal[1]
             else:
                 try:
                     if images is None:

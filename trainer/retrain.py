@@ -48,16 +48,17 @@ from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 from tqdm import tqdm
 
-from postlens.schemas import DeadLetter, Label, validation_summary
+from postlens.schemas import DeadLetter, Label, text_refusal, validation_summary
 from postlens.settings import Settings, get_settings
-from stream.deadletter import RawMessage, dead_letter
-from stream.fetch import OK, FetchError, ImageFetcher, decode_image
-from stream.image_cache import ImageCache
-from stream.topics import ensure_topics
+from postlens.io.deadletter import RawMessage, dead_letter
+from postlens.io.fetch import OK, FetchError, ImageFetcher, decode_image
+from postlens.io.image_cache import ImageCache
+from postlens.io.kafka import ensure_topics
 from trainer.data.examples import Example, load_examples
 from trainer.data.jsonl import example_from_label
 from trainer.evaluate import EvaluationReport, build_report, predict_all
-from trainer.export import CARD_FILE, ExportError, export_model, load_in_triton, next_version
+from postlens.runtime.exported import CARD_FILE
+from trainer.export import ExportError, export_model, load_in_triton, next_version
 from trainer.model.checkpoint import model_config, read_config
 from trainer.predict import Predictor
 from trainer.train import RunConfig, apply_overrides, train
@@ -176,10 +177,8 @@ def label_example(label: Label, image_root: Path, max_text_chars: int) -> tuple[
         example, notes = example_from_label(label, image_root)
     except ValueError as error:  # pydantic's ValidationError is a ValueError
         raise InvalidLabel("conversion", str(error)) from error
-    if not example.words:
-        raise InvalidLabel("empty_text", "the label has no words to tag")
-    if len(example.text) > max_text_chars:
-        raise InvalidLabel("oversize", f"text has {len(example.text)} characters; the limit is {max_text_chars}")
+    if refusal := text_refusal(example.text, max_text_chars):
+        raise InvalidLabel(*refusal)
     return example, notes
 
 
@@ -651,8 +650,7 @@ def retrain(options: RetrainOptions, settings: Settings) -> RetrainSummary:
 
 def tell_triton(options: RetrainOptions, settings: Settings, version: int) -> tuple[str, bool]:
     """Ask the Triton serving the repository to load the new version → (what happened, whether Triton refused)."""
-    serves_repo = options.repo.resolve() == settings.model_repository.resolve()
-    http_url = options.triton_http or (f"http://localhost:{settings.triton_http_port}" if serves_repo else None)
+    http_url = options.triton_http or settings.triton_load_url(options.repo)
     if http_url is None:
         return "Triton not contacted (it does not serve this repository); it serves the version when it loads it", False
     try:

@@ -34,12 +34,13 @@ from trainer.evaluate import build_report, gold_grounding, predicted_grounding
 from trainer.metrics import grounding_accuracy
 from trainer.model.batching import Batch, ExampleEncoder
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
-from trainer.model.config import ModelConfig
-from trainer.model.decode import Decoder
+from postlens.runtime.config import ModelConfig
+from postlens.runtime.decode import Decoder
 from trainer.model.fusion import fusion_names
 from trainer.model.losses import LossConfig, total_loss
 from trainer.model.network import NerNetwork
-from trainer.model.preprocess import Preprocessor
+from trainer.model.tokenizer import subword_tokenizer
+from postlens.runtime.preprocess import Preprocessor
 from trainer.predict import Predictor, RawBatch
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,7 @@ def train(
     else:
         network, tokenizer, model_config, _ = load_checkpoint(Path(init_from))
     config = config.model_copy(update={"model": model_config})
-    preprocessor = Preprocessor.from_config(model_config, tokenizer)
+    preprocessor = Preprocessor.from_config(model_config, subword_tokenizer(tokenizer))
     encoder = ExampleEncoder(
         preprocessor,
         network.scheme,

@@ -66,7 +66,5 @@ def java_home(settings: Settings) -> Path:
     """The JDK that runs Kafka and Elasticsearch (installed from apt when there is none)."""
     if settings.java_home is not None:
         return settings.java_home
-    if os.environ.get("JAVA_HOME"):
-        return Path(os.environ["JAVA_HOME"])
     ensure_binaries({"java": "openjdk-17-jre-headless"})
     return Path(os.path.realpath(shutil.which("java"))).parent.parent  # type: ignore[arg-type]

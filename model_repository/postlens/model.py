@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from postlens.schemas import ModelRef
+from postlens.schemas import ModelRef, text_refusal
 from postlens.settings import get_settings
-from trainer.export import ExportedModel, execution_providers
+from postlens.runtime.exported import ExportedModel, execution_providers
 
 
 class InvalidInput(ValueError):
@@ -77,10 +77,7 @@ class TritonPythonModel:
                 text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
             except UnicodeDecodeError as error:
                 raise InvalidInput(f"TEXT is not valid UTF-8: {error}") from None
-            # The same refusals as trainer.predict, so in-process and served predictions agree.
-            if not text.strip():
-                raise InvalidInput("empty text")
-            if len(text) > self.max_text_chars:
-                raise InvalidInput(f"text of {len(text)} characters is over the limit of {self.max_text_chars}")
+            if refusal := text_refusal(text, self.max_text_chars):
+                raise InvalidInput(refusal[1])
             texts.append(text)
         return texts, images, masks

@@ -17,8 +17,8 @@ from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from postlens.schemas import Post, PostPrediction
-from stream.infer import InferRequest, TritonInferer
-from trainer.model.preprocess import load_images
+from stream.stages.infer import InferRequest, TritonInferer
+from postlens.runtime.images import load_images
 from trainer.predict import Predictor, read_posts
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from tests.stream.image_server import ImageServer
+from tests.support.image_server import ImageServer
 from tests.stream.pipeline_run import PipelineRun
 
 from postlens.settings import Settings

@@ -14,13 +14,13 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from tests.stream.kafka_io import read_topic
-from tests.stream.tcp_proxy import free_port
+from tests.support.kafka_io import read_topic
+from tests.support.tcp_proxy import free_port
 from tests.stream.workers import WorkerProcess
 
 from postlens.schemas import DeadLetter
 from postlens.settings import Settings
-from stream.topics import ensure_topics
+from postlens.io.kafka import ensure_topics
 
 
 class PipelineRun:

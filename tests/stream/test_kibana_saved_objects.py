@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stream.index_templates import ENTITIES_MAPPINGS, POSTS_MAPPINGS
+from stream.stages.index_templates import ENTITIES_MAPPINGS, POSTS_MAPPINGS
 
 SAVED_OBJECTS = Path(__file__).resolve().parents[2] / "deploy" / "kibana" / "postlens.ndjson"
 MAPPINGS = {"postlens-entities": ENTITIES_MAPPINGS, "postlens-posts": POSTS_MAPPINGS}

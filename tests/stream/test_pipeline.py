@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from tests.stream.own_redis import OwnRedis
-from tests.stream.image_server import ImageServer
+from tests.support.own_redis import OwnRedis
+from tests.support.image_server import ImageServer
 from tests.stream.pipeline_run import PipelineRun
-from tests.stream.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy
 
 from postlens.schemas import ENTITY_TYPES
-from stream.deadletter import original_bytes
+from postlens.io.deadletter import original_bytes
 
 if TYPE_CHECKING:  # a pytest plugin (tests/conftest.py): imported here only for the type
     from tests.fixtures_model import ServedModel

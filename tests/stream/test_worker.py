@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
-from stream.fetch import FetchedImage, FetchOutcome
+from postlens.io.fetch import FetchedImage, FetchOutcome
 from stream.worker import grounded_in_post, model_input
 
 SIZE = 8

@@ -17,7 +17,8 @@ import yaml
 
 from postlens.schemas import ModelRef
 from trainer import export
-from trainer.export import ExportedModel, ExportError, export_model, next_version, random_inputs, verify_parity
+from postlens.runtime.exported import ExportedModel
+from trainer.export import ExportError, export_model, next_version, random_inputs, verify_parity
 from trainer.model.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
-from trainer.data.schemes import convert
+from postlens.runtime.schemes import convert
 from trainer.metrics import (
     calibration,
     entity_scores,

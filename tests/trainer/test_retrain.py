@@ -24,9 +24,9 @@ from PIL import Image
 
 from postlens.schemas import DeadLetter, Label
 from postlens.settings import Settings
-from stream.deadletter import RawMessage
+from postlens.io.deadletter import RawMessage
 from trainer.data.examples import load_examples
-from trainer.export import CARD_FILE
+from postlens.runtime.exported import CARD_FILE
 from trainer.retrain import (
     EXIT_TOO_FEW_LABELS,
     InvalidLabel,

@@ -1,6 +1,6 @@
 """The dataset example every trainer part works on, and the one entry point that loads a dataset file.
 
-An :class:`Example` is a post split into words (by :func:`trainer.data.tokenize.word_tokenize`, or by the dataset's
+An :class:`Example` is a post split into words (by :func:`postlens.runtime.words.word_tokenize`, or by the dataset's
 own tokens for CoNLL files) with one BIO tag per word. Entities are derived from the tags, never stored twice.
 """
 
@@ -11,20 +11,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from postlens.runtime.words import Word
 from postlens.schemas import Box, EntitySpan
-from trainer.data.schemes import convert, detect_scheme, spans_from_tags
+from postlens.runtime.schemes import convert, detect_scheme, spans_from_tags
 
 log = logging.getLogger(__name__)
-
-
-class Word(BaseModel):
-    """One word of a post: ``text == post_text[start:end]``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    text: str
-    start: int
-    end: int
 
 
 def covering_words(words: list[Word], start: int, end: int) -> tuple[int, int] | None:

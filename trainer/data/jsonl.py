@@ -3,7 +3,7 @@
 Each line is one of:
 
 - the label form — ``text`` plus character-span ``entities`` (and optional ``boxes``, ``subsets``, ``images``);
-  the text is split by :func:`~trainer.data.tokenize.word_tokenize` and each span mapped to the words it covers;
+  the text is split by :func:`~postlens.runtime.words.word_tokenize` and each span mapped to the words it covers;
 - the token/tag form — ``tokens`` and ``tags`` (BIO, BIOES or BMES, detected), with or without ``text``;
 - a plain post (``id``, ``text``, no labels) — an unlabeled example.
 
@@ -25,8 +25,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from postlens.schemas import Box, Label, Post
 from trainer.data.examples import Example, covering_words
-from trainer.data.schemes import tags_from_spans
-from trainer.data.tokenize import word_tokenize
+from postlens.runtime.schemes import tags_from_spans
+from postlens.runtime.words import word_tokenize
 
 LabelForm = Literal["spans", "tags"]
 

@@ -1,7 +1,7 @@
 """Labeled examples → network inputs and training targets (tags in the model's scheme, gold-box patches).
 
 Images are read once per file and kept (the synthetic and benchmark sets are small); the network sees exactly
-what serving would send (:func:`postlens.images.to_model_pixels`).
+what serving would send (:func:`postlens.runtime.images.to_model_pixels`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import numpy as np
 import torch
 
 from postlens.schemas import Box
-from trainer.data.examples import Example, Word
-from trainer.data.schemes import Span, spans_from_tags, tags_from_spans
-from trainer.model.decode import TagScheme
+from postlens.runtime.words import Word
+from trainer.data.examples import Example
+from postlens.runtime.schemes import Span, spans_from_tags, tags_from_spans
+from postlens.runtime.decode import TagScheme
 from trainer.model.losses import Targets
-from trainer.model.preprocess import Preprocessor, load_images, stack_images
+from postlens.runtime.images import load_images, stack_images
+from postlens.runtime.preprocess import Preprocessor
 
 # A patch belongs to a gold box when the box covers at least this share of it.
 BOX_PATCH_COVERAGE = 0.5

@@ -14,13 +14,11 @@ import torch
 import yaml
 from transformers import PreTrainedTokenizerBase
 
-from trainer.data.tokenize import WORD_TOKENIZER_VERSION
-from trainer.model.config import ModelConfig
+from postlens.runtime.config import ModelConfig
+from postlens.runtime.exported import CONFIG_FILE, TOKENIZER_DIR, read_model_config
 from trainer.model.network import NerNetwork
 
-CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.pt"
-TOKENIZER_DIR = "tokenizer"
 
 
 def save_checkpoint(out: Path, run_config: dict[str, Any], network: NerNetwork, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -44,12 +42,7 @@ def read_config(model_dir: Path) -> dict[str, Any]:
 
 def model_config(model_dir: Path) -> ModelConfig:
     """The checkpoint's model config, with the tokenizer pointing at its saved copy; refuses another word tokenizer."""
-    config = ModelConfig.model_validate(read_config(model_dir)["model"])
-    if config.word_tokenizer_version != WORD_TOKENIZER_VERSION:
-        raise ValueError(
-            f"{model_dir} was trained with word tokenizer version {config.word_tokenizer_version}, "
-            f"this code has {WORD_TOKENIZER_VERSION}; retrain the model"
-        )
+    config = read_model_config(Path(model_dir))
     text = config.text_encoder.model_copy(update={"tokenizer": str(Path(model_dir) / TOKENIZER_DIR)})
     return config.model_copy(update={"text_encoder": text})
 

@@ -1,6 +1,6 @@
 """The linear-chain CRF's parameters and its training loss (negative log-likelihood, differentiable).
 
-Decoding (Viterbi, marginals, span confidences) lives in :mod:`trainer.model.decode`, in NumPy, so serving does not
+Decoding (Viterbi, marginals, span confidences) lives in :mod:`postlens.runtime.decode`, in NumPy, so serving does not
 need torch. The scheme's constraints (no ``O → I-PER``, …) are fixed penalties added to the learned scores; the
 ``start``/``transitions``/``end`` properties include them, and those are what gets exported.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.model.decode import FORBIDDEN, CrfParams, TagScheme
+from postlens.runtime.decode import FORBIDDEN, CrfParams, TagScheme
 
 
 class LinearChainCrf(nn.Module):
@@ -44,7 +44,7 @@ class LinearChainCrf(nn.Module):
         return self.end_scores + self.end_penalty
 
     def numpy_params(self) -> CrfParams:
-        """The constrained scores as float64 arrays, for :mod:`trainer.model.decode` and export."""
+        """The constrained scores as float64 arrays, for :mod:`postlens.runtime.decode` and export."""
         with torch.no_grad():
             return CrfParams(
                 start=self.start.double().cpu().numpy(),

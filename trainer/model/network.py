@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from trainer.data.tokenize import WORD_TOKENIZER_VERSION
-from trainer.model.config import ModelConfig
+from postlens.runtime.words import WORD_TOKENIZER_VERSION
+from postlens.runtime.config import ModelConfig
 from trainer.model.crf import LinearChainCrf
-from trainer.model.decode import TagScheme
+from postlens.runtime.decode import TagScheme
 from trainer.model.fusion import EncoderDims, FusionInputs, build_fusion
 from trainer.model.fusion.base import masked_mean
 from trainer.model.text_encoder import TextEncoder, build_text_encoder

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, PreTrainedTokenizerBase
 
-from trainer.model.config import TINY_TEXT, TextEncoderConfig
-from trainer.model.preprocess import from_pretrained_kwargs, load_tokenizer, resolve_source
+from postlens.runtime.config import TINY_TEXT, TextEncoderConfig
+from trainer.model.tokenizer import from_pretrained_kwargs, load_tokenizer, resolve_source
 
 
 class TextEncoder(nn.Module):

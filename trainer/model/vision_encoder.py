@@ -13,7 +13,7 @@ import open_clip
 import torch
 from torch import nn
 
-from trainer.model.config import VisionEncoderConfig
+from postlens.runtime.config import VisionEncoderConfig
 
 _CONFIG_DIR = Path(__file__).resolve().parent / "open_clip_configs"
 open_clip.add_model_config(_CONFIG_DIR)

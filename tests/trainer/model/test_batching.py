@@ -10,11 +10,12 @@ from PIL import Image
 
 from postlens.schemas import Box
 from trainer.data.examples import Example
-from trainer.data.schemes import tags_from_spans
-from trainer.data.tokenize import word_tokenize
+from postlens.runtime.schemes import tags_from_spans
+from postlens.runtime.words import word_tokenize
 from trainer.model.batching import ExampleEncoder, box_patch_mask
-from trainer.model.decode import TagScheme
-from trainer.model.preprocess import Preprocessor, load_tokenizer
+from postlens.runtime.decode import TagScheme
+from postlens.runtime.preprocess import Preprocessor
+from trainer.model.tokenizer import load_tokenizer, subword_tokenizer
 
 GRID = (4, 4)
 
@@ -36,7 +37,7 @@ def example(tmp_path: Path, text: str, spans: list[tuple[int, int, str]], boxes:
 
 @pytest.mark.parametrize("scheme", ["bio", "bioes"])
 def test_targets(tmp_path: Path, scheme: str) -> None:
-    tokenizer = load_tokenizer("tiny")
+    tokenizer = subword_tokenizer(load_tokenizer("tiny"))
     encoder = ExampleEncoder(
         Preprocessor(tokenizer, 64, (0.5,) * 3, (0.5,) * 3, 64, 64), TagScheme(scheme), GRID, 4, annotates_boxes=True
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainer.model.crf import LinearChainCrf
-from trainer.model.decode import CrfParams, TagScheme, forward_backward, span_marginal, token_marginals, viterbi
+from postlens.runtime.decode import CrfParams, TagScheme, forward_backward, span_marginal, token_marginals, viterbi
 
 TYPES = ("A", "B")
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.model.config import FusionConfig, ModelConfig
+from postlens.runtime.config import FusionConfig, ModelConfig
 from trainer.model.fusion import fusion_names
 from trainer.model.network import NerNetwork
-from trainer.model.preprocess import Preprocessor
+from trainer.model.tokenizer import subword_tokenizer
+from postlens.runtime.preprocess import Preprocessor
 
 TEXTS = ["Jordan is trending right now", "Visited the old town of Lake Como today with @friend #travel 🎉"]
 
@@ -19,7 +20,7 @@ TEXTS = ["Jordan is trending right now", "Visited the old town of Lake Como toda
 def network(request) -> tuple[NerNetwork, Preprocessor]:
     torch.manual_seed(0)
     network, tokenizer, config = NerNetwork.build(ModelConfig(fusion=FusionConfig(name=request.param, hidden=32)))
-    return network.eval(), Preprocessor.from_config(config, tokenizer)
+    return network.eval(), Preprocessor.from_config(config, subword_tokenizer(tokenizer))
 
 
 def test_all_strategies_are_registered() -> None:

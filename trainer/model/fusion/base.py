@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from trainer.model.config import FusionConfig
+from postlens.runtime.config import FusionConfig
 from trainer.model.text_encoder import TextEncoder
 
 

@@ -1,0 +1,217 @@
+"""Fetching a post's images: URL → model pixels, safely, or a recorded failure kind.
+
+Every URL gets a :class:`FetchOutcome` (``ok`` or why not); a failed image never fails its post, the post is then
+processed with the images that did load. Limits, in the order a fetch meets them: the SSRF policy (every hop),
+concurrency (global and per host, via the connection pool), connect/read/total timeouts, redirects (followed by
+hand so each hop is re-checked), response size, content sniffing by Pillow (the Content-Type header is ignored),
+pixel count before decoding (decompression bombs), then EXIF orientation and resizing to the model's input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import warnings
+from dataclasses import dataclass
+
+import aiohttp
+import numpy as np
+from aiohttp.abc import AbstractResolver
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+from yarl import URL
+
+from postlens.runtime.images import to_model_pixels
+from postlens.settings import Settings
+from postlens.io.image_cache import CachedFailure, ImageCache
+from postlens.io.ssrf import AddressPolicy, BlockedAddress, GuardedResolver
+
+OK = "ok"
+SKIPPED = "skipped"  # beyond the images the model takes; recorded, not fetched
+# Formats Pillow may decode; anything else (SVG, TIFF, PDF, HTML…) is "not_image".
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+CHUNK_BYTES = 64 * 1024
+
+
+class FetchOutcome(BaseModel):
+    """What happened to one image URL; ``status`` is ``ok``, ``skipped`` or a failure kind."""
+
+    url: str
+    status: str
+    message: str | None = None
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    outcome: FetchOutcome
+    pixels: np.ndarray | None  # uint8 [S, S, 3] when status is ok
+
+
+class FetchError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Image bytes → upright ``size``×``size`` RGB pixels, refusing non-images and decompression bombs."""
+    with warnings.catch_warnings():
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a bomb is an error here at any size.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        except UnidentifiedImageError as error:
+            raise FetchError("not_image", f"not a {'/'.join(IMAGE_FORMATS)} image ({len(data)} bytes)") from error
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise FetchError("bomb", str(error)) from error
+        # Opening read only the header; refuse before the pixels are decompressed.
+        pixels = image.width * image.height
+        if pixels > max_pixels:
+            raise FetchError("bomb", f"{image.width}x{image.height} = {pixels} pixels exceeds {max_pixels}")
+        try:
+            return to_model_pixels(image, size)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise FetchError("bomb", str(error)) from error
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
+            kind = "truncated" if "truncated" in str(error) else "corrupt"
+            raise FetchError(kind, f"cannot decode {image.format} image: {error}") from error
+
+
+def _http_kind(status: int) -> str:
+    if status == 404:
+        return "http_404"
+    if status >= 500:
+        return "http_5xx"
+    if status >= 400:
+        return "http_4xx"
+    return "http_error"
+
+
+def _client_error_kind(error: aiohttp.ClientError) -> str:
+    if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, BlockedAddress):  # raised by the guarded resolver
+            return "ssrf_blocked"
+        if isinstance(error, aiohttp.ClientConnectorDNSError):
+            return "dns_error"
+        return "connect_error"
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return "truncated"
+    if isinstance(error, aiohttp.InvalidURL):
+        return "invalid_url"
+    if isinstance(error, aiohttp.TooManyRedirects):
+        return "too_many_redirects"
+    return "http_error"
+
+
+class ImageFetcher:
+    """Fetches image URLs into model pixels with a Redis cache. Create and use inside a running event loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        image_size: int,
+        cache: ImageCache | None = None,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
+        self._settings = settings
+        self._image_size = image_size
+        self._cache = cache
+        self._policy = AddressPolicy.from_allowlist(settings.fetch_allowlist)
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self._policy, resolver),
+            # The pool's limits are the fetch concurrency limits: a request waits for a free connection.
+            limit=settings.fetch_concurrency,
+            limit_per_host=settings.fetch_per_host_concurrency,
+            use_dns_cache=False,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                sock_connect=settings.fetch_connect_timeout_s, sock_read=settings.fetch_read_timeout_s
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),  # posts must not share cookies
+            headers={"User-Agent": "PostLens-image-fetcher/1", "Accept": "image/*"},
+        )
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    async def fetch_post_images(self, urls: list[str]) -> list[FetchedImage]:
+        """One result per URL, in order; URLs beyond ``max_images_per_post`` are recorded as skipped."""
+        limit = self._settings.max_images_per_post
+        fetched = await asyncio.gather(*(self.fetch(url) for url in urls[:limit]))
+        skipped = [
+            FetchedImage(FetchOutcome(url=url, status=SKIPPED, message=f"only the first {limit} images are used"), None)
+            for url in urls[limit:]
+        ]
+        return [*fetched, *skipped]
+
+    async def fetch(self, url: str) -> FetchedImage:
+        if self._cache is not None:
+            cached = await self._cache.get(url)
+            if isinstance(cached, np.ndarray):
+                return FetchedImage(FetchOutcome(url=url, status=OK, cached=True), cached)
+            if isinstance(cached, CachedFailure):
+                return FetchedImage(FetchOutcome(url=url, status=cached.kind, message=cached.message, cached=True), None)
+        try:
+            pixels = await self._fetch_uncached(url)
+        except FetchError as error:
+            if self._cache is not None:
+                await self._cache.put_failure(url, CachedFailure(error.kind, str(error)))
+            return FetchedImage(FetchOutcome(url=url, status=error.kind, message=str(error)), None)
+        if self._cache is not None:
+            await self._cache.put_pixels(url, pixels)
+        return FetchedImage(FetchOutcome(url=url, status=OK), pixels)
+
+    async def _fetch_uncached(self, url: str) -> np.ndarray:
+        settings = self._settings
+        try:
+            async with asyncio.timeout(settings.fetch_total_timeout_s):
+                data = await self._download(url)
+        except TimeoutError as error:  # aiohttp's connect/read timeouts are TimeoutErrors too
+            raise FetchError("timeout", f"{type(error).__name__}: {error or 'no answer in time'}") from error
+        except BlockedAddress as error:
+            raise FetchError("ssrf_blocked", str(error)) from error
+        except aiohttp.ClientError as error:
+            kind = _client_error_kind(error)
+            reason = error.os_error if kind == "ssrf_blocked" else error  # type: ignore[attr-defined]
+            raise FetchError(kind, f"{type(reason).__name__}: {reason}") from error
+        except ValueError as error:  # yarl/aiohttp reject malformed URLs with ValueError subclasses
+            raise FetchError("invalid_url", str(error)) from error
+        # Decoding is CPU work; a thread keeps the event loop (and the Kafka heartbeat) responsive.
+        return await asyncio.to_thread(decode_image, data, self._image_size, settings.fetch_max_pixels)
+
+    async def _download(self, url: str) -> bytes:
+        """The body at ``url``, following redirects by hand so the SSRF policy sees every hop."""
+        max_bytes = self._settings.fetch_max_bytes
+        current = URL(url)
+        visited = {str(current)}
+        for _hop in range(self._settings.fetch_max_redirects + 1):
+            self._policy.check_url(str(current))
+            async with self._session.get(current, allow_redirects=False) as response:
+                if response.status in REDIRECT_STATUSES:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise FetchError("http_error", f"HTTP {response.status} without a Location header")
+                    current = current.join(URL(location))
+                    if str(current) in visited:
+                        raise FetchError("redirect_loop", f"redirect back to {current}")
+                    visited.add(str(current))
+                    continue
+                if response.status != 200:
+                    raise FetchError(_http_kind(response.status), f"HTTP {response.status} from {current}")
+                if response.content_length is not None and response.content_length > max_bytes:
+                    raise FetchError("too_large", f"Content-Length {response.content_length} exceeds {max_bytes}")
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                    body += chunk
+                    if len(body) > max_bytes:
+                        raise FetchError("too_large", f"body exceeds {max_bytes} bytes")
+                return bytes(body)
+        raise FetchError("too_many_redirects", f"more than {self._settings.fetch_max_redirects} redirects")
+
+    async def close(self) -> None:
+        await self._session.close()

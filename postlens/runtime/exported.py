@@ -1,0 +1,139 @@
+"""An exported model version, runnable without torch: preprocessing, the ONNX network, the NumPy CRF decoder.
+
+A version folder (written by ``trainer.export``; the Triton entry model serves it) holds:
+
+- ``network.onnx`` — the fusion network (dynamic batch, sub-token length, word count and image count 0–4);
+- ``crf.npz`` — the label list and the constrained CRF scores (start, transitions, end) the decoder uses;
+- ``tokenizer/`` and ``config.yaml`` — the sub-word tokenizer and resolved configuration, so preprocessing and
+  decoding are exactly the training ones;
+- ``model_card.json`` — where the weights came from, their metrics, when/how they were exported;
+- ``model.py`` — the Triton Python-backend code.
+
+A training checkpoint uses the same names for its config and tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import yaml
+
+from postlens.runtime.config import ModelConfig
+from postlens.runtime.decode import CrfParams, Decoder
+from postlens.runtime.preprocess import Preprocessor, SubwordTokenizer
+from postlens.runtime.words import WORD_TOKENIZER_VERSION, Word
+from postlens.schemas import ModelRef, PostPrediction
+
+ONNX_FILE = "network.onnx"
+CRF_FILE = "crf.npz"
+CARD_FILE = "model_card.json"
+CONFIG_FILE = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+TRITON_CODE_FILE = "model.py"
+TRITON_CONFIG_FILE = "config.pbtxt"
+INPUT_NAMES = ("input_ids", "attention_mask", "word_index", "word_mask", "pixel_values", "image_mask")
+OUTPUT_NAMES = ("emissions", "word_patch_attention", "image_relevance")
+
+
+def execution_providers(name: str, device_id: int = 0) -> list[Any]:
+    """ONNX Runtime providers for ``name`` ("cpu", "cuda", "tensorrt"), falling back along the chain on ops the
+    faster provider lacks; refuses a provider this onnxruntime build does not have, rather than silently using CPU."""
+    chains: dict[str, list[Any]] = {
+        "cpu": ["CPUExecutionProvider"],
+        "cuda": [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"],
+        "tensorrt": [
+            ("TensorrtExecutionProvider", {"device_id": device_id}),
+            ("CUDAExecutionProvider", {"device_id": device_id}),
+            "CPUExecutionProvider",
+        ],
+    }
+    if name not in chains:
+        raise ValueError(f"unknown execution provider {name!r}; expected one of {', '.join(chains)}")
+    chain = chains[name]
+    wanted = chain[0] if isinstance(chain[0], str) else chain[0][0]
+    if wanted not in ort.get_available_providers():
+        raise ValueError(f"onnxruntime {ort.__version__} here has no {wanted} (it has {ort.get_available_providers()})")
+    return chain
+
+
+@dataclass
+class ExportedModel:
+    """A version folder, runnable: preprocessing, the ONNX network in ONNX Runtime, and the NumPy decoder."""
+
+    preprocessor: Preprocessor
+    session: ort.InferenceSession
+    decoder: Decoder
+
+    @classmethod
+    def load(
+        cls, version_dir: Path, model: ModelRef, providers: Sequence[Any] = ("CPUExecutionProvider",), intra_op_threads: int = 0
+    ) -> ExportedModel:
+        config = read_model_config(version_dir)
+        tokenizer = SubwordTokenizer.load(version_dir / TOKENIZER_DIR)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        # Idle ONNX Runtime threads would spin for the next batch on cores that the tokenizer, the decoder and
+        # other model instances need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(str(version_dir / ONNX_FILE), options, providers=list(providers))
+        with np.load(version_dir / CRF_FILE) as arrays:
+            crf = CrfParams(start=arrays["start"], transitions=arrays["transitions"], end=arrays["end"])
+        decoder = Decoder.from_config(config, crf, model)
+        return cls(Preprocessor.from_config(config, tokenizer), session, decoder)
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessor.image_size
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The network's outputs (emissions, word_patch_attention, image_relevance) for encoded inputs."""
+        return self.session.run(list(OUTPUT_NAMES), {name: inputs[name] for name in INPUT_NAMES})
+
+    def decode(
+        self, texts: Sequence[str], words: Sequence[Sequence[Word]], inputs: dict[str, np.ndarray], outputs: Sequence[np.ndarray]
+    ) -> list[PostPrediction]:
+        """Entities, confidences and regions from the network's ``outputs`` for encoded ``inputs``."""
+        emissions, attention, relevance = outputs
+        offsets = [[(word.start, word.end) for word in post_words] for post_words in words]
+        return self.decoder.decode(texts, offsets, emissions, inputs["word_mask"], attention, inputs["image_mask"], relevance)
+
+    def predict(self, texts: Sequence[str], images: np.ndarray, image_mask: np.ndarray) -> list[PostPrediction]:
+        """Predictions for posts with uint8 [B, 4, S, S, 3] images and their [B, 4] mask, in order.
+
+        Posts run in groups by image slots used: the vision encoder encodes every slot of a batch, masked or not,
+        so one four-image post would make every post batched with it pay for four images (and a text-only group
+        skips the vision encoder). Masking makes each post's result independent of its group.
+        """
+        images = np.asarray(images)
+        image_mask = np.asarray(image_mask, dtype=bool)
+        # Slots used by each post = its last unmasked slot + 1, so image indices stay those of the request.
+        slots_used = np.where(image_mask.any(axis=1), image_mask.shape[1] - np.argmax(image_mask[:, ::-1], axis=1), 0)
+        by_row: dict[int, PostPrediction] = {}
+        for slots in np.unique(slots_used):
+            rows = np.flatnonzero(slots_used == slots)
+            group_texts = [texts[row] for row in rows]
+            inputs, words = self.preprocessor.encode(group_texts, images[rows, :slots], image_mask[rows, :slots])
+            by_row.update(zip(rows.tolist(), self.decode(group_texts, words, inputs, self.run(inputs))))
+        return [by_row[row] for row in range(len(texts))]
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    """The model config of a version folder or checkpoint; refuses one trained with another word tokenizer."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a checkpoint or model version: no {CONFIG_FILE}")
+    config = ModelConfig.model_validate(yaml.safe_load(path.read_text())["model"])
+    if config.word_tokenizer_version != WORD_TOKENIZER_VERSION:
+        raise ValueError(
+            f"{directory} was trained with word tokenizer version {config.word_tokenizer_version}, this code has "
+            f"{WORD_TOKENIZER_VERSION}; retrain (and export) again"
+        )
+    return config
+
+

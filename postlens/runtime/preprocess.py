@@ -1,0 +1,130 @@
+"""Posts → the network's input arrays (CONTRACTS §C), identically for training, prediction and serving.
+
+Torch-free and transformers-free: sub-word tokenization runs on the Hugging Face ``tokenizers`` library directly, so
+the served model loads neither. Texts are split by the shared word tokenizer; each word is represented by its first
+sub-token. Words past ``max_words``, or whose first sub-token falls past ``max_subtokens``, are not tagged (the
+words list returned says which were).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from postlens.runtime.config import ModelConfig
+from postlens.runtime.words import Word, word_tokenize
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+
+@dataclass(frozen=True)
+class SubwordTokenizer:
+    """A fast tokenizer's pipeline (normalizer, pre-tokenizer, model, special tokens) and its padding token."""
+
+    backend: Tokenizer
+    pad_token: str
+
+    @classmethod
+    def load(cls, directory: Path) -> SubwordTokenizer:
+        """The tokenizer a checkpoint or version folder saved (``tokenizer.json`` + ``tokenizer_config.json``)."""
+        backend = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+        pad_token = json.loads((directory / TOKENIZER_CONFIG_FILE).read_text()).get("pad_token")
+        if isinstance(pad_token, dict):  # older tokenizer_config files store an AddedToken
+            pad_token = pad_token.get("content")
+        if not pad_token or backend.token_to_id(pad_token) is None:
+            raise ValueError(f"{directory}: the tokenizer names no padding token it knows ({pad_token!r})")
+        return cls(backend, pad_token)
+
+    @property
+    def vocabulary(self) -> dict[str, int]:
+        return self.backend.get_vocab()
+
+    def truncating(self, max_length: int) -> Tokenizer:
+        """A copy that adds special tokens, truncates to ``max_length`` and pads a batch to its longest post."""
+        # A copy: truncation and padding are settings of the Tokenizer object itself.
+        backend = Tokenizer.from_str(self.backend.to_str())
+        backend.enable_truncation(max_length)
+        backend.enable_padding(pad_id=backend.token_to_id(self.pad_token), pad_token=self.pad_token)
+        return backend
+
+
+class Preprocessor:
+    def __init__(
+        self,
+        tokenizer: SubwordTokenizer,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        max_words: int,
+        max_subtokens: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self._subwords = tokenizer.truncating(max_subtokens)
+        self.image_size = image_size
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3, 1, 1)
+        self.max_words = max_words
+        self.max_subtokens = max_subtokens
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, tokenizer: SubwordTokenizer) -> Preprocessor:
+        vision = config.vision_encoder
+        if vision.image_size is None or vision.mean is None or vision.std is None:
+            raise ValueError("the model config's vision encoder is not resolved (no image size/mean/std)")
+        return cls(tokenizer, vision.image_size, vision.mean, vision.std, config.max_words, config.max_subtokens)
+
+    def encode(
+        self, texts: Sequence[str], images: np.ndarray, image_mask: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], list[list[Word]]]:
+        """Raw texts (+ uint8 [B, N, S, S, 3] images, bool [B, N] mask) → forward inputs and the words tagged."""
+        return self.encode_words([word_tokenize(text) for text in texts], images, image_mask)
+
+    def encode_words(
+        self, words: Sequence[Sequence[Word]], images: np.ndarray, image_mask: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], list[list[Word]]]:
+        """Like :meth:`encode` for posts already split into words (training examples)."""
+        words = [list(post_words[: self.max_words]) for post_words in words]
+        encodings = self._subwords.encode_batch(
+            [[word.text for word in post_words] for post_words in words], is_pretokenized=True, add_special_tokens=True
+        )
+        kept: list[list[Word]] = []
+        first_subtoken: list[dict[int, int]] = []
+        for post_words, encoding in zip(words, encodings):
+            firsts: dict[int, int] = {}
+            for position, word_id in enumerate(encoding.word_ids):
+                if word_id is not None and word_id not in firsts:
+                    firsts[word_id] = position
+            # Truncation cuts the tail; a word with no sub-token at all (rare symbols) points at [CLS] instead.
+            kept.append(post_words[: max(firsts, default=-1) + 1])
+            first_subtoken.append(firsts)
+        width = max(1, max((len(post_words) for post_words in kept), default=0))
+        word_index = np.zeros((len(kept), width), dtype=np.int64)
+        word_mask = np.zeros((len(kept), width), dtype=bool)
+        for row, (post_words, firsts) in enumerate(zip(kept, first_subtoken)):
+            word_index[row, : len(post_words)] = [firsts.get(i, 0) for i in range(len(post_words))]
+            word_mask[row, : len(post_words)] = True
+        inputs = {
+            "input_ids": np.array([encoding.ids for encoding in encodings], dtype=np.int64),
+            "attention_mask": np.array([encoding.attention_mask for encoding in encodings], dtype=np.int64),
+            "word_index": word_index,
+            "word_mask": word_mask,
+            **self.pixels(images, image_mask),
+        }
+        return inputs, kept
+
+    def pixels(self, images: np.ndarray, image_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 [B, N, S, S, 3] → normalized float32 [B, N, 3, S, S] (masked slots zeroed) and the bool mask."""
+        images = np.asarray(images)
+        if images.ndim != 5 or images.shape[2:] != (self.image_size, self.image_size, 3):
+            raise ValueError(f"images must be uint8 [B, N, {self.image_size}, {self.image_size}, 3], got {images.shape}")
+        mask = np.asarray(image_mask, dtype=bool)
+        scaled = images.transpose(0, 1, 4, 2, 3).astype(np.float32) / 255.0
+        normalized = (scaled - self.mean) / self.std
+        normalized *= mask[:, :, None, None, None]
+        return {"pixel_values": normalized.astype(np.float32), "image_mask": mask}

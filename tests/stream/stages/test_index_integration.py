@@ -1,0 +1,116 @@
+"""Indexing against the real Elasticsearch: re-processing leaves exactly the latest entities, refused documents are
+reported for dead-lettering, and an outage is waited out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+from elasticsearch import AsyncElasticsearch
+from tests.support.tcp_proxy import TcpProxy
+
+from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity
+from postlens.settings import Settings
+from postlens.io.deadletter import RawMessage
+from postlens.io.fetch import FetchOutcome
+from stream.stages.index import Indexer, ProcessedPost, es_client
+from stream.metrics import Metrics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def index_settings(settings: Settings, es: AsyncElasticsearch) -> AsyncIterator[Settings]:
+    prefix = f"postlens-test-{uuid.uuid4().hex[:8]}"
+    unique = settings.model_copy(
+        update={"es_index_entities": f"{prefix}-entities", "es_index_posts": f"{prefix}-posts", "retry_backoff_max_s": 1.0}
+    )
+    yield unique
+    await es.indices.delete(index=f"{prefix}-*", allow_no_indices=True)
+    await es.indices.delete_index_template(name=f"{prefix}-*")
+
+
+@pytest.fixture
+async def indexer(index_settings: Settings) -> AsyncIterator[Indexer]:
+    async with es_client(index_settings) as client:
+        indexer = Indexer(client, index_settings, Metrics())
+        await indexer.install_templates()
+        yield indexer
+
+
+def processed(post_id: str, *names: str, text: str = "Jordan and Paris and Acme") -> ProcessedPost:
+    entities = [
+        PredictedEntity(text=name, type="PER", start=text.index(name), end=text.index(name) + len(name), confidence=0.8)
+        for name in names
+    ]
+    return ProcessedPost(
+        raw=RawMessage(value=b"{}", key=post_id.encode(), topic="posts", partition=0, offset=0),
+        post=Post(id=post_id, text=text),
+        prediction=PostPrediction(entities=entities, model=ModelRef(name="postlens", version="1")),
+        images=[FetchOutcome(url="http://img/x.png", status="timeout")],
+    )
+
+
+async def entity_ids(es: AsyncElasticsearch, settings: Settings, post_id: str) -> list[str]:
+    await es.indices.refresh(index=settings.es_index_entities)
+    response = await es.search(index=settings.es_index_entities, query={"term": {"post_id": post_id}}, size=100)
+    return sorted(hit["_id"] for hit in response["hits"]["hits"])
+
+
+async def test_reprocessing_leaves_exactly_the_latest_entities(
+    indexer: Indexer, es: AsyncElasticsearch, index_settings: Settings
+) -> None:
+    assert await indexer.index([processed("p1", "Jordan", "Paris", "Acme")]) == []
+    assert await entity_ids(es, index_settings, "p1") == ["p1:0-6", "p1:11-16", "p1:21-25"]
+
+    # Immediately (no refresh in between): the stale ids come from the post document, read in real time.
+    assert await indexer.index([processed("p1", "Paris")]) == []
+    assert await entity_ids(es, index_settings, "p1") == ["p1:11-16"]
+    post = await es.get(index=index_settings.es_index_posts, id="p1")
+    assert post["_source"]["entity_count"] == 1
+    assert post["_source"]["image_fetch"] == [
+        {"url": "http://img/x.png", "status": "timeout", "message": None, "cached": False}
+    ]
+
+
+async def test_same_post_twice_in_a_batch_keeps_the_later(
+    indexer: Indexer, es: AsyncElasticsearch, index_settings: Settings
+) -> None:
+    assert await indexer.index([processed("p2", "Jordan"), processed("p2", "Acme")]) == []
+    assert await entity_ids(es, index_settings, "p2") == ["p2:21-25"]
+
+
+async def test_documents_elasticsearch_refuses_are_returned_for_the_dead_letter_topic(
+    index_settings: Settings, es: AsyncElasticsearch
+) -> None:
+    # An entities index created by someone else with a conflicting field type: retrying can never fix that.
+    await es.indices.create(
+        index=index_settings.es_index_entities, mappings={"properties": {"confidence": {"type": "boolean"}}}
+    )
+    async with es_client(index_settings) as client:
+        indexer = Indexer(client, index_settings, Metrics())
+        await indexer.install_templates()
+        failures = await indexer.index([processed("bad", "Jordan"), processed("fine")])
+    assert [(failure.item.post.id, failure.kind) for failure in failures] == [("bad", "document_parsing_exception")]
+    assert "confidence" in failures[0].message
+    await es.indices.refresh(index=index_settings.es_index_posts)
+    assert (await es.get(index=index_settings.es_index_posts, id="fine"))["found"]
+
+
+async def test_outage_is_waited_out(index_settings: Settings, es: AsyncElasticsearch) -> None:
+    target = urlsplit(index_settings.es_url)
+    with TcpProxy(target.hostname or "localhost", target.port or 9200) as proxy:
+        via_proxy = index_settings.model_copy(update={"es_url": proxy.url})
+        async with es_client(via_proxy) as client:
+            indexer = Indexer(client, via_proxy, Metrics())
+            await indexer.install_templates()
+            proxy.close()
+            indexing = asyncio.create_task(indexer.index([processed("p3", "Jordan")]))
+            await asyncio.sleep(3)
+            assert not indexing.done()  # still holding the batch, not giving up
+            proxy.open()
+            assert await asyncio.wait_for(indexing, timeout=30) == []
+    assert await entity_ids(es, index_settings, "p3") == ["p3:0-6"]

@@ -1,0 +1,78 @@
+"""Ingest: which messages become posts, and why the others are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from postlens.settings import Settings
+from stream.stages.ingest import InvalidPost, parse_post
+
+
+@pytest.fixture
+def limits() -> Settings:
+    return Settings(max_post_bytes=1024, max_text_chars=100)
+
+
+def encode(document: object) -> bytes:
+    return json.dumps(document).encode("utf-8")
+
+
+def test_valid_post_is_parsed(limits: Settings) -> None:
+    post = parse_post(
+        encode({"id": "p1", "text": "Jordan in Paris", "images": ["https://example.com/a.jpg"],
+                "created_at": "2026-11-22T10:00:00Z", "author": "ann", "lang": "en"}),
+        limits,
+    )
+    assert (post.id, post.text, post.images, post.author) == ("p1", "Jordan in Paris", ["https://example.com/a.jpg"], "ann")
+    assert post.created_at is not None and post.created_at.year == 2026
+
+
+def test_numeric_id_names_the_same_post_as_its_string(limits: Settings) -> None:
+    assert parse_post(encode({"id": 1015799, "text": "hi"}), limits).id == "1015799"
+
+
+def test_unknown_fields_are_kept_in_meta(limits: Settings) -> None:
+    post = parse_post(encode({"id": "p", "text": "hi", "retweets": 3, "meta": {"source": "x"}}), limits)
+    assert post.meta == {"retweets": 3, "source": "x"}
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (None, "empty"),
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe\x00garbage", "invalid_utf8"),
+        (b'["a", "list"]', "schema"),
+        (b'{"text": "no id"}', "schema"),
+        (b'{"id": "p", "images": []}', "schema"),
+        (b'{"id": true, "text": "a boolean id"}', "schema"),
+        (b'{"id": "p", "text": "x", "images": "not-a-list"}', "schema"),
+        (b'{"id": "p", "text": "x", "created_at": "yesterday-ish"}', "schema"),
+        (b'{"id": "p", "text": "   "}', "empty_text"),
+    ],
+)
+def test_invalid_messages_are_refused_with_a_kind(limits: Settings, value: bytes | None, kind: str) -> None:
+    with pytest.raises(InvalidPost) as refused:
+        parse_post(value, limits)
+    assert refused.value.kind == kind
+    assert str(refused.value)  # a human-readable reason goes into the dead letter
+
+
+def test_schema_errors_name_the_field(limits: Settings) -> None:
+    with pytest.raises(InvalidPost, match="text"):
+        parse_post(b'{"id": "p"}', limits)
+
+
+def test_oversize_message_is_refused_before_parsing(limits: Settings) -> None:
+    value = encode({"id": "p", "text": "x", "pad": "y" * 2000})
+    with pytest.raises(InvalidPost, match="1024") as refused:
+        parse_post(value, limits)
+    assert refused.value.kind == "oversize"
+
+
+def test_text_over_the_character_limit_is_refused(limits: Settings) -> None:
+    with pytest.raises(InvalidPost, match="101 characters") as refused:
+        parse_post(encode({"id": "p", "text": "a" * 101}), limits)
+    assert refused.value.kind == "oversize"
