@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1.7
+# Training, export and periodic retraining (`python -m trainer.retrain`): the core and the `trainer` extra
+# (torch, open_clip) from uv.lock. Build from the repository root:
+#   docker build -f deploy/docker/trainer.Dockerfile -t postlens-trainer .
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+
+FROM ${PYTHON_IMAGE} AS build
+COPY --from=uv /uv /usr/local/bin/uv
+ENV UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
+WORKDIR /src
+RUN --mount=type=cache,target=/root/.cache/uv \
+    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
+    --mount=type=bind,source=uv.lock,target=uv.lock \
+    uv sync --frozen --no-default-groups --extra trainer --no-install-project
+COPY pyproject.toml uv.lock README.md ./
+COPY postlens/ postlens/
+COPY trainer/ trainer/
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-default-groups --extra trainer --no-editable
+
+FROM ${PYTHON_IMAGE}
+RUN useradd --system --uid 10001 --home-dir /home/postlens --create-home postlens
+COPY --from=build /opt/venv /opt/venv
+# /models: the model repository Triton serves, mounted read-write (new versions are exported into it).
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 POSTLENS_HOME=/home/postlens/.cache/postlens \
+    POSTLENS_MODEL_REPOSITORY=/models
+USER postlens
+WORKDIR /home/postlens
+CMD ["python", "-m", "trainer.retrain"]
