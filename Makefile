@@ -16,7 +16,7 @@ UV_VERSION := 0.13.9
 UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
 
-.PHONY: setup system-packages test test-unit demo bench bench-model bench-serving up down status clean-cache
+.PHONY: setup system-packages deploy-tools test test-unit demo bench bench-model bench-serving up down status clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -43,11 +43,11 @@ status: setup
 down:
 	$(PY) -m deploy.local down
 
-test: setup
+test: setup deploy-tools
 	$(PY) -m deploy.local up
 	$(PY) -m pytest
 
-test-unit: setup
+test-unit: setup deploy-tools
 	$(PY) -m pytest -m "not integration and not slow"
 
 demo: setup
@@ -62,3 +62,36 @@ bench-model: setup
 bench-serving: setup
 	$(PY) -m deploy.local up
 	$(PY) -m bench.serving
+
+# Tools the deploy/ checks drive (tests/deploy): helm and the Docker Compose CLI plugin built from their Go modules
+# (Go >= 1.26.8 on PATH), kubernetes-validate (Kubernetes schemas bundled, works offline) and KEDA's CRDs from its Go
+# module. Compose's go.mod has exclude directives, which `go install module@version` refuses: it is built in a copy.
+HELM_VERSION := v3.22.0
+COMPOSE_VERSION := v5.6.0
+KEDA_VERSION := v2.18.3
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+DEPLOY_TOOLS := $(POSTLENS_HOME)/deploy-tools
+
+deploy-tools: $(DEPLOY_TOOLS)/.helm-$(HELM_VERSION) $(DEPLOY_TOOLS)/.compose-$(COMPOSE_VERSION) \
+              $(DEPLOY_TOOLS)/.keda-$(KEDA_VERSION) $(DEPLOY_TOOLS)/.kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION)
+
+$(DEPLOY_TOOLS)/.helm-$(HELM_VERSION):
+	GOBIN=$(DEPLOY_TOOLS)/bin GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	touch $@
+
+$(DEPLOY_TOOLS)/.compose-$(COMPOSE_VERSION):
+	src=$$(GOFLAGS=-mod=mod go mod download -json github.com/docker/compose/v5@$(COMPOSE_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p') && test -n "$$src" && \
+	build=$$(mktemp -d) && cp -r "$$src/." "$$build" && chmod -R u+w "$$build" && \
+	(cd "$$build" && GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w -X github.com/docker/compose/v5/internal.Version=$(COMPOSE_VERSION)" \
+	  -o $(DEPLOY_TOOLS)/docker/cli-plugins/docker-compose ./cmd); status=$$?; rm -rf "$$build"; exit $$status
+	touch $@
+
+$(DEPLOY_TOOLS)/.keda-$(KEDA_VERSION):
+	src=$$(GOFLAGS=-mod=mod go mod download -json github.com/kedacore/keda/v2@$(KEDA_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p') && test -n "$$src" && \
+	mkdir -p $(DEPLOY_TOOLS)/crds && cp "$$src"/config/crd/bases/keda.sh_*.yaml $(DEPLOY_TOOLS)/crds/
+	touch $@
+
+$(DEPLOY_TOOLS)/.kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION): | .venv/.synced
+	UV_TOOL_DIR=$(DEPLOY_TOOLS)/uv-tools UV_TOOL_BIN_DIR=$(DEPLOY_TOOLS)/bin \
+	  $(UV) tool install --force --python $(SYSTEM_PYTHON) kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
+	touch $@
