@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="POSTLENS_", env_file=".env", extra="ignore")
+    # Errors never echo their input: a whole-model check would print every setting, secrets included.
+    model_config = SettingsConfigDict(
+        env_prefix="POSTLENS_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- Kafka -------------------------------------------------------------------------------------
     kafka_bootstrap: str = "localhost:9092"
@@ -26,6 +30,13 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(6, ge=1, description="partitions created for the posts topic")
     consumer_group: str = "postlens-workers"
     topic_replication: int = Field(1, ge=1, description="replication factor of topics PostLens creates")
+    # Secured clusters: SASL (PLAIN or SCRAM) and/or TLS, verified against kafka_ssl_cafile (None: system CAs).
+    # postlens.io.connections turns these into client options.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
 
     # --- Redis (image cache) -------------------------------------------------------------------------
     redis_url: str = "redis://localhost:6379/0"
@@ -61,6 +72,8 @@ class Settings(BaseSettings):
     es_url: str = "http://localhost:9200"
     es_username: str | None = None
     es_password: SecretStr | None = None
+    es_api_key: SecretStr | None = None  # the base64 "id:key" Elasticsearch returns as `encoded`; or username/password
+    es_ca_certs: Path | None = None  # CA bundle for an https es_url with a private CA (None: system CAs)
     es_index_entities: str = "postlens-entities"
     es_index_posts: str = "postlens-posts"
     es_request_timeout_s: float = Field(30.0, gt=0)
@@ -113,6 +126,15 @@ class Settings(BaseSettings):
     # --- Benchmarks (make bench) ---------------------------------------------------------------------
     # Read-only shared data beside the clone (twitter2015/, twitter2017/ in CoNLL layout); never copied in.
     shared_data_dir: Path = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"{self.kafka_security_protocol} needs kafka_sasl_username and kafka_sasl_password")
+        if self.es_api_key and (self.es_username or self.es_password):
+            raise ValueError("set either es_api_key or es_username/es_password, not both")
+        return self
 
     @model_validator(mode="after")
     def _paths_under_home(self) -> Settings:
