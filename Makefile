@@ -88,7 +88,8 @@ $(DEPLOY_TOOLS)/.compose-$(COMPOSE_VERSION):
 
 $(DEPLOY_TOOLS)/.keda-$(KEDA_VERSION):
 	src=$$(GOFLAGS=-mod=mod go mod download -json github.com/kedacore/keda/v2@$(KEDA_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p') && test -n "$$src" && \
-	mkdir -p $(DEPLOY_TOOLS)/crds && cp "$$src"/config/crd/bases/keda.sh_*.yaml $(DEPLOY_TOOLS)/crds/
+	mkdir -p $(DEPLOY_TOOLS)/keda && cp "$$src"/config/crd/bases/keda.sh_*.yaml $(DEPLOY_TOOLS)/keda/ && \
+	cp "$$src"/pkg/scalers/kafka_scaler.go $(DEPLOY_TOOLS)/keda/  # the trigger metadata names KEDA reads
 	touch $@
 
 $(DEPLOY_TOOLS)/.kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION): | .venv/.synced
