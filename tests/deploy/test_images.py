@@ -1,0 +1,175 @@
+"""deploy/docker: what each image installs (read from its Dockerfile, resolved by uv from uv.lock), pinned bases,
+unprivileged final stages, and build contexts that hold what the Dockerfiles copy.
+
+No container engine here, so no image is built: the install lines are replayed through `uv export`, which resolves
+exactly the packages `uv sync` would install from the same lock with the same flags.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from postlens.settings import get_settings
+from tests.deploy.tools import DEPLOY, REPO, installed, output_of
+
+DOCKERFILES = {path.name.removesuffix(".Dockerfile"): path for path in sorted((DEPLOY / "docker").glob("*.Dockerfile"))}
+MAKEFILE_UV_VERSION = re.search(r"(?m)^UV_VERSION := (\S+)", (REPO / "Makefile").read_text())[1]
+UV = get_settings().home / f"uv-{MAKEFILE_UV_VERSION}" / "bin" / "uv"
+# torch, what needs it, and the CUDA wheels it pulls in (nvidia-cu*; not nvidia-pytriton, the serving extra's server).
+TORCH = re.compile(r"^(torch|torchvision|open-clip-torch|triton|nvidia-cu[\w-]+)==", re.MULTILINE)
+# What each image must install (extras of pyproject.toml) and whether torch may be among it.
+EXPECTED = {"worker": ({"worker"}, False), "trainer": ({"trainer"}, True), "triton": ({"serving"}, False)}
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages of a Dockerfile (continuation lines joined, comments dropped)."""
+    text = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", path.read_text())
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        keyword, _, rest = line.strip().partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            words = rest.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], words[0])
+            stages.append(Stage(base, words[2] if len(words) > 2 and words[1].upper() == "AS" else None))
+        elif keyword == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name.strip()] = default.strip()
+        elif stages:
+            stages[-1].instructions.append((keyword, rest.strip()))
+    return args, stages
+
+
+def uv_sync_lines(stages: list[Stage]) -> list[list[str]]:
+    return [shlex.split(run[run.index("uv sync"):])[2:] for stage in stages for keyword, run in stage.instructions
+            if keyword == "RUN" and "uv sync" in run]
+
+
+def ignore_pattern(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as a regex (Go's filepath.Match syntax, plus ** for any number of folders)."""
+    regex, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            regex, i = regex + "(.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            regex, i = regex + ".*", i + 2
+        elif pattern[i] == "*":
+            regex, i = regex + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            regex, i = regex + "[^/]", i + 1
+        elif pattern[i] == "[":
+            end = pattern.index("]", i)
+            regex, i = regex + pattern[i : end + 1], end + 1
+        else:
+            regex, i = regex + re.escape(pattern[i]), i + 1
+    return re.compile(regex)
+
+
+def dockerignore_excludes(relative: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
+    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
+    rules = [(line.startswith("!"), ignore_pattern(line.lstrip("!").strip("/")))
+             for line in lines if line and not line.startswith("#")]
+    parts = Path(relative).parts
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for negated, pattern in rules:
+        if any(pattern.fullmatch(candidate) for candidate in candidates):
+            excluded = not negated
+    return excluded
+
+
+@pytest.mark.parametrize("image", list(DOCKERFILES))
+def test_bases_are_pinned_and_builds_multi_stage(image: str) -> None:
+    _, stages = parse(DOCKERFILES[image])
+    names = {stage.name for stage in stages if stage.name}
+    assert len(stages) >= 2, "build tools stay out of the final image only with a build stage"
+    for stage in stages:
+        if stage.base in names:
+            continue
+        assert "@sha256:" in stage.base or re.search(r":[\w.-]+$", stage.base), f"unpinned base {stage.base}"
+        assert not stage.base.endswith(":latest"), stage.base
+    final = stages[-1]
+    assert not any(keyword == "COPY" and "--from=uv" in rest for keyword, rest in final.instructions), \
+        "uv in the final image"
+
+
+@pytest.mark.parametrize("image", list(DOCKERFILES))
+def test_final_stage_runs_unprivileged(image: str) -> None:
+    _, stages = parse(DOCKERFILES[image])
+    users = [rest for keyword, rest in stages[-1].instructions if keyword == "USER"]
+    assert users and users[-1] not in {"root", "0", "0:0"}
+
+
+@pytest.mark.parametrize("image", list(DOCKERFILES))
+def test_uv_is_the_version_make_setup_installs(image: str) -> None:
+    _, stages = parse(DOCKERFILES[image])
+    uv_images = {stage.base for stage in stages if stage.base.startswith("ghcr.io/astral-sh/uv:")}
+    assert uv_images == {f"ghcr.io/astral-sh/uv:{MAKEFILE_UV_VERSION}"}
+
+
+@pytest.mark.parametrize("image", list(DOCKERFILES))
+def test_installs_its_extra_from_the_lock_and_torch_only_where_it_trains(image: str) -> None:
+    extras, torch_expected = EXPECTED[image]
+    lines = uv_sync_lines(parse(DOCKERFILES[image])[1])
+    assert lines, "no uv sync line"
+    for flags in lines:
+        assert "--frozen" in flags, "installs must come from uv.lock as it is"
+        assert {flags[i + 1] for i, flag in enumerate(flags) if flag == "--extra"} == extras
+        # The packages `uv sync` with these flags installs, as uv resolves them from the lock.
+        export_flags = [flag for flag in flags if flag not in {"--no-install-project", "--no-editable"}]
+        packages = output_of([installed(UV), "export", *export_flags, "--no-hashes", "--no-emit-project",
+                              "--offline", "--quiet"])
+        assert "pydantic-settings==" in packages  # the core is in every image
+        found = TORCH.findall(packages)
+        if torch_expected:
+            assert "torch" in found, "the trainer image needs torch; the check would not see it otherwise"
+        else:
+            assert not found, f"{image} image would install {found}"
+
+
+@pytest.mark.parametrize("image", list(DOCKERFILES))
+def test_copied_sources_are_in_the_build_context(image: str) -> None:
+    _, stages = parse(DOCKERFILES[image])
+    sources = []
+    for stage in stages:
+        for keyword, rest in stage.instructions:
+            if keyword == "COPY" and "--from=" not in rest:
+                sources += shlex.split(rest)[:-1]
+            sources += re.findall(r"--mount=type=bind,source=([^,\s]+)", rest)
+    assert sources
+    for source in sources:
+        assert (REPO / source).exists(), f"{source} does not exist"
+        assert not dockerignore_excludes(source.rstrip("/")), f"{source} is excluded by .dockerignore"
+        # Whole folders too: some file inside must survive the ignore rules.
+        if (REPO / source).is_dir():
+            files = [p for p in (REPO / source).rglob("*.py")]
+            assert any(not dockerignore_excludes(str(p.relative_to(REPO))) for p in files), source
+
+
+def test_the_build_context_leaves_out_what_images_must_not_carry() -> None:
+    for path in (".venv/bin/python", "tests/conftest.py", "model_repository/postlens/1/network.onnx",
+                 "stream/__pycache__/app.cpython-311.pyc", "reports/model.md"):
+        assert dockerignore_excludes(path), path
+    assert not dockerignore_excludes("model_repository/postlens/config.pbtxt")
+
+
+def test_the_worker_image_carries_no_trainer_code() -> None:
+    _, stages = parse(DOCKERFILES["worker"])
+    copied = " ".join(rest for stage in stages for keyword, rest in stage.instructions if keyword == "COPY")
+    assert "trainer" not in copied and "stream/" in copied
