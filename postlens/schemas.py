@@ -217,6 +217,11 @@ class DeadLetter(BaseModel):
 
     original: str | None = None  # the message value, when it is valid UTF-8
     original_b64: str | None = None  # otherwise, base64 of the raw bytes
+    # Set when the whole original would not fit in a Kafka message: ``original``/``original_b64`` then hold only a
+    # prefix, and these identify the original (its size in bytes and sha256).
+    original_truncated: bool = False
+    original_size: int | None = None
+    original_sha256: str | None = None
     key: str | None = None
     source_topic: str
     source_partition: int | None = None

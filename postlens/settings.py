@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(6, ge=1, description="partitions created for the posts topic")
     consumer_group: str = "postlens-workers"
     topic_replication: int = Field(1, ge=1, description="replication factor of topics PostLens creates")
+    # Under the broker's message.max.bytes (1 MiB by default): a larger dead letter keeps its reason, a prefix and the
+    # digest of the original instead of the whole message.
+    dlq_max_bytes: int = Field(900_000, ge=64 * 1024)
     # Secured clusters: SASL (PLAIN or SCRAM) and/or TLS, verified against kafka_ssl_cafile (None: system CAs).
     # postlens.io.connections turns these into client options.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -61,6 +64,7 @@ class Settings(BaseSettings):
     max_images_per_post: int = Field(4, ge=0, le=4, description="images fed to the model; the rest are recorded")
     max_post_bytes: int = Field(64 * 1024, ge=256, description="larger Kafka messages are dead-lettered")
     max_text_chars: int = Field(5000, ge=1)
+    max_post_depth: int = Field(32, ge=2, description="deeper-nested JSON posts are dead-lettered")
 
     # --- Triton ------------------------------------------------------------------------------------
     triton_url: str = "localhost:8001"  # gRPC
@@ -84,8 +88,13 @@ class Settings(BaseSettings):
     worker_web_port: int = Field(6066, ge=1, le=65535)
     # How long the consumer group waits for a silent (crashed) worker before giving its partitions to others.
     worker_session_timeout_s: float = Field(30.0, ge=6, description="Kafka's group.min.session.timeout.ms is 6 s")
-    # Messages a worker holds beyond the batch in flight; when indexing stalls, Kafka keeps the rest (backpressure).
+    # Micro-batches one worker runs at once: the fetch of one overlaps the inference and indexing of others, and
+    # batches_in_flight × batch_size posts keep Triton's dynamic batcher fed.
+    worker_batches_in_flight: int = Field(4, ge=1)
+    # Messages a worker holds beyond its batches in flight; when indexing stalls, Kafka keeps the rest (backpressure).
+    # At most (worker_batches_in_flight + 1) × batch_size + worker_buffer_max messages are in a worker's memory.
     worker_buffer_max: int = Field(256, ge=1)
+    worker_commit_interval_s: float = Field(1.0, gt=0, description="how often finished offsets are committed")
     retry_backoff_max_s: float = Field(15.0, gt=0, description="cap of the backoff while Triton or ES is unavailable")
 
     # --- Retraining (python -m trainer.retrain) -------------------------------------------------------

@@ -6,11 +6,16 @@ message becomes a dead letter instead of a deserialization crash inside Faust.
 
 from __future__ import annotations
 
+import logging
+import socket
 from dataclasses import dataclass
 
 import faust
 
+from postlens.io.connections import faust_broker_options
 from postlens.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,18 +25,42 @@ class WorkerApp:
     dead_letters: faust.TopicT
 
 
-def broker_urls(bootstrap: str) -> list[str]:
-    return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
+def web_port(settings: Settings, requested: int | None) -> int:
+    """The port of the worker's web page (``/metrics``).
+
+    A port asked for (``--web-port`` or ``POSTLENS_WORKER_WEB_PORT``) is used as is; by default the worker takes
+    ``worker_web_port`` when it is free and any free port otherwise, so a second worker on the machine just starts.
+    """
+    if requested is not None:
+        return requested
+    if "worker_web_port" in settings.model_fields_set or _is_free(settings.worker_web_port):
+        return settings.worker_web_port
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    log.warning("web port %d is taken (another worker?); serving /metrics on port %d", settings.worker_web_port, port)
+    return port
 
 
-def create_app(settings: Settings, web_port: int | None = None) -> WorkerApp:
-    port = web_port or settings.worker_web_port
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT does not count
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def create_app(settings: Settings, requested_web_port: int | None = None) -> WorkerApp:
+    port = web_port(settings, requested_web_port)
+    log.info("web page (/metrics) on port %d", port)
     # Per worker: several workers may share a machine (and a working directory).
     datadir = settings.home / "faust" / f"{settings.consumer_group}-{port}"
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.consumer_group,  # Faust's app id is the Kafka consumer group
-        broker=broker_urls(settings.kafka_bootstrap),
+        **faust_broker_options(settings),
         store="memory://",  # stateless pipeline: no tables to persist
         web_port=port,
         web_enabled=True,
@@ -41,14 +70,15 @@ def create_app(settings: Settings, web_port: int | None = None) -> WorkerApp:
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
         stream_buffer_maxsize=settings.worker_buffer_max,
-        # Stopping or rebalancing does not wait for the batch in flight (it may be stuck on an outage): only offsets
-        # of finished batches are ever acked, so the next owner simply processes the unfinished ones again.
+        # Stopping or rebalancing does not wait for the batches in flight (they may be stuck on an outage): only
+        # offsets of finished messages are ever committed, so the next owner processes the unfinished ones again.
         stream_wait_empty=False,
         consumer_auto_offset_reset="earliest",  # a new consumer group processes what is already on the topic
         producer_acks=-1,  # dead letters survive a broker failover
     )
     posts = app.topic(
         settings.topic_posts,
+        acks=False,  # offsets are committed by the worker's own ledger, in partition order (stream.commits)
         partitions=settings.topic_partitions,
         key_type=bytes,
         value_type=bytes,

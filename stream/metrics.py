@@ -8,10 +8,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from postlens.schemas import PIPELINE_STAGES
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-from postlens.schemas import PIPELINE_STAGES
 
 THROUGHPUT_WINDOW_S = 60.0
 
@@ -51,6 +48,17 @@ class Metrics:
         )
         self.triton_seconds = Histogram(
             "postlens_triton_seconds", "Triton inference time per micro-batch", registry=registry
+        )
+        self.agent_crashes = Counter(
+            "postlens_agent_crashes", "Times the pipeline agent raised (Faust then restarts it); 0 when healthy",
+            registry=registry,
+        )
+        self.batch_splits = Counter(
+            "postlens_batch_splits", "Micro-batches split in halves to find the one post an unforeseen fault is about",
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "postlens_messages_in_flight", "Messages received and not yet indexed or dead-lettered", registry=registry
         )
         self.model = Gauge("postlens_model_info", "Model version serving this worker (value 1)", ["name", "version"],
                            registry=registry)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from postlens.schemas import DeadLetter, ErrorInfo, Stage
+
+# What a dead letter too large for Kafka keeps of its original; with the message bound below the letter stays
+# under 64 KiB even when JSON escaping multiplies every byte by six.
+KEPT_PREFIX_BYTES = 8 * 1024
+MAX_ERROR_MESSAGE_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -20,17 +26,22 @@ class RawMessage:
     offset: int | None = None
 
 
+def _original_fields(value: bytes) -> dict[str, str | None]:
+    try:
+        return {"original": value.decode("utf-8"), "original_b64": None}
+    except UnicodeDecodeError:
+        return {"original": None, "original_b64": base64.b64encode(value).decode("ascii")}
+
+
 def dead_letter(raw: RawMessage, stage: Stage, kind: str, message: str) -> DeadLetter:
-    original: str | None = None
-    original_b64: str | None = None
-    if raw.value is not None:
-        try:
-            original = raw.value.decode("utf-8")
-        except UnicodeDecodeError:
-            original_b64 = base64.b64encode(raw.value).decode("ascii")
+    if len(message) > MAX_ERROR_MESSAGE_CHARS:  # an error may quote its input; the original is kept apart anyway
+        message = message[:MAX_ERROR_MESSAGE_CHARS] + "…"
+    # Quoted input may hold lone surrogates, which no JSON encoder of the letter takes.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    original = _original_fields(raw.value) if raw.value is not None else {}
     return DeadLetter(
-        original=original,
-        original_b64=original_b64,
+        **original,
+        original_size=len(raw.value) if raw.value is not None else None,
         key=raw.key.decode("utf-8", errors="backslashreplace") if raw.key is not None else None,
         source_topic=raw.topic,
         source_partition=raw.partition,
@@ -40,8 +51,32 @@ def dead_letter(raw: RawMessage, stage: Stage, kind: str, message: str) -> DeadL
     )
 
 
+def letter_bytes(letter: DeadLetter, max_bytes: int) -> bytes:
+    """The letter as a Kafka message value of at most ``max_bytes``.
+
+    A letter whose original would not fit keeps its reason, the first ``KEPT_PREFIX_BYTES`` of the original and the
+    original's size and sha256: it must never be lost to a "message too large" error.
+    """
+    encoded = letter.model_dump_json().encode("utf-8")
+    value = original_bytes(letter)
+    if len(encoded) <= max_bytes or value is None:
+        return encoded
+    bounded = letter.model_copy(
+        update={
+            # A cut through a UTF-8 character makes the prefix base64, like any other non-UTF-8 original.
+            **_original_fields(value[:KEPT_PREFIX_BYTES]),
+            "original_truncated": True,
+            "original_size": len(value),
+            "original_sha256": hashlib.sha256(value).hexdigest(),
+        }
+    )
+    return bounded.model_dump_json().encode("utf-8")
+
+
 def original_bytes(letter: DeadLetter) -> bytes | None:
-    """The message value exactly as it was first published (for replaying it)."""
+    """The message value exactly as it was first published (for replaying it); None when not kept whole."""
+    if letter.original_truncated:
+        return None
     if letter.original is not None:
         return letter.original.encode("utf-8")
     if letter.original_b64 is not None:

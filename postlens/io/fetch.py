@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ SKIPPED = "skipped"  # beyond the images the model takes; recorded, not fetched
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
+log = logging.getLogger(__name__)
 
 
 class FetchOutcome(BaseModel):
@@ -56,27 +58,31 @@ class FetchError(Exception):
 
 
 def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
-    """Image bytes → upright ``size``×``size`` RGB pixels, refusing non-images and decompression bombs."""
+    """Image bytes → upright ``size``×``size`` RGB pixels, refusing non-images and decompression bombs.
+
+    Raises only :class:`FetchError`: Pillow's decoders raise nearly anything on crafted files (``OSError``,
+    ``SyntaxError``, ``struct.error``, ``IndexError``, ``ZeroDivisionError``, ``MemoryError``…), and a bad image must
+    cost only that image.
+    """
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a bomb is an error here at any size.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            # Opening read only the header; refuse before the pixels are decompressed.
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                raise FetchError("bomb", f"{image.width}x{image.height} = {pixels} pixels exceeds {max_pixels}")
+            return to_model_pixels(image, size)
+        except FetchError:
+            raise
         except UnidentifiedImageError as error:
             raise FetchError("not_image", f"not a {'/'.join(IMAGE_FORMATS)} image ({len(data)} bytes)") from error
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise FetchError("bomb", str(error)) from error
-        # Opening read only the header; refuse before the pixels are decompressed.
-        pixels = image.width * image.height
-        if pixels > max_pixels:
-            raise FetchError("bomb", f"{image.width}x{image.height} = {pixels} pixels exceeds {max_pixels}")
-        try:
-            return to_model_pixels(image, size)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise FetchError("bomb", str(error)) from error
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
+        except Exception as error:  # noqa: BLE001 — see the docstring
             kind = "truncated" if "truncated" in str(error) else "corrupt"
-            raise FetchError(kind, f"cannot decode {image.format} image: {error}") from error
+            raise FetchError(kind, f"cannot decode image: {type(error).__name__}: {error}") from error
 
 
 def _http_kind(status: int) -> str:
@@ -159,12 +165,18 @@ class ImageFetcher:
         try:
             pixels = await self._fetch_uncached(url)
         except FetchError as error:
-            if self._cache is not None:
-                await self._cache.put_failure(url, CachedFailure(error.kind, str(error)))
-            return FetchedImage(FetchOutcome(url=url, status=error.kind, message=str(error)), None)
+            return await self._failed(url, error)
+        except Exception as error:  # noqa: BLE001 — a fault nobody foresaw (a library's, on a crafted URL) costs only this image
+            log.warning("fetching %r failed unexpectedly", url, exc_info=True)
+            return await self._failed(url, FetchError("fetch_error", f"{type(error).__name__}: {error}"))
         if self._cache is not None:
             await self._cache.put_pixels(url, pixels)
         return FetchedImage(FetchOutcome(url=url, status=OK), pixels)
+
+    async def _failed(self, url: str, error: FetchError) -> FetchedImage:
+        if self._cache is not None:
+            await self._cache.put_failure(url, CachedFailure(error.kind, str(error)))
+        return FetchedImage(FetchOutcome(url=url, status=error.kind, message=str(error)), None)
 
     async def _fetch_uncached(self, url: str) -> np.ndarray:
         settings = self._settings

@@ -12,7 +12,7 @@ from elasticsearch import NotFoundError
 from tqdm import tqdm
 
 from postlens.settings import Settings
-from stream.stages.index import es_client
+from postlens.io.connections import es_client
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

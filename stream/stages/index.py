@@ -2,10 +2,15 @@
 
 Document ids are deterministic (entity ``{post_id}:{start}-{end}``, post ``{post_id}``), so a replay overwrites
 instead of duplicating. A post processed again may predict fewer entities than before; the entity documents it no
-longer has are deleted in the same bulk request (their ids are read from the post's previous document), so the
-index ends exactly as the latest processing. Retriable failures (Elasticsearch down, 429, 5xx) are retried until
-they succeed — the worker's batch waits, and its offsets stay uncommitted; item failures that retrying cannot fix
-(mapping errors) are returned for dead-lettering.
+longer has are deleted in the same bulk request (their ids are read from the post's previous document, by
+:meth:`Indexer.previous_entity_ids`, which the worker runs while the batch is still being fetched and inferred), so
+the index ends exactly as the latest processing.
+
+Retriable failures (Elasticsearch down, 429, 5xx) are retried until they succeed — the worker's batch waits, and
+its offsets stay uncommitted. A post is indexed whole or not at all: when Elasticsearch refuses one of its documents
+for good (a mapping error), its other documents are deleted and it is returned for dead-lettering. A whole request
+refused for good (400, 413, a document the client cannot serialize) is split in halves until the post at fault is
+alone.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
+from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, SerializationError, TransportError
 from elasticsearch.helpers import async_streaming_bulk
 
 from postlens.schemas import PredictedEntity, Post, PostPrediction
@@ -34,6 +39,14 @@ T = TypeVar("T")
 
 class ElasticsearchUnavailable(Exception):
     """Elasticsearch could not take the request now (down, overloaded, not ready); try again later."""
+
+
+class RequestRefused(Exception):
+    """Elasticsearch (or its client) refused a whole request for good; one of its documents is at fault."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -102,27 +115,17 @@ def _retriable_status(status: int) -> bool:
 
 @contextmanager
 def _outages_as_unavailable() -> Iterator[None]:
-    """Turn connection failures, 429 and 5xx into :class:`ElasticsearchUnavailable`; other errors are bugs."""
+    """Connection failures, 429 and 5xx → :class:`ElasticsearchUnavailable`; other refusals → :class:`RequestRefused`."""
     try:
         yield
+    except SerializationError as error:  # before TransportError, its base class: the documents are at fault
+        raise RequestRefused("serialization", str(error)) from error
     except TransportError as error:
         raise ElasticsearchUnavailable(f"{type(error).__name__}: {error}") from error
     except ApiError as error:
         if _retriable_status(error.status_code):
             raise ElasticsearchUnavailable(f"{type(error).__name__}: {error}") from error
-        raise
-
-
-def es_client(settings: Settings) -> AsyncElasticsearch:
-    auth = (
-        (settings.es_username, settings.es_password.get_secret_value())
-        if settings.es_username and settings.es_password
-        else None
-    )
-    # No client-side retries: callers retry outages themselves (postlens.io.retry), with backoff and without giving up.
-    return AsyncElasticsearch(
-        settings.es_url, basic_auth=auth, request_timeout=settings.es_request_timeout_s, max_retries=0
-    )
+        raise RequestRefused(f"http_{error.status_code}", str(error)) from error
 
 
 class Indexer:
@@ -130,6 +133,9 @@ class Indexer:
         self._es = es
         self._settings = settings
         self._metrics = metrics
+
+    async def close(self) -> None:
+        await self._es.close()
 
     async def install_templates(self) -> None:
         """Install both index templates and create the indices (waits while Elasticsearch is unavailable)."""
@@ -144,33 +150,81 @@ class Indexer:
 
         await self._retry(install, "installing Elasticsearch index templates")
 
-    async def index(self, batch: list[ProcessedPost]) -> list[IndexFailure]:
-        """Index ``batch``; returns the posts Elasticsearch refused for good. Returns only when all are settled."""
+    async def previous_entity_ids(self, post_ids: list[str]) -> dict[str, set[str]]:
+        """Per post id already indexed: the entity ids its document lists (waits while Elasticsearch is down)."""
+        return await self._retry(lambda: self._read_entity_ids(post_ids), "reading previous entities")
+
+    async def index(
+        self, batch: list[ProcessedPost], previous: dict[str, set[str]] | None = None
+    ) -> list[IndexFailure]:
+        """Index ``batch``; returns the posts refused for good, none of whose documents remain. Returns only when
+        every post is settled. ``previous``: :meth:`previous_entity_ids` of the posts, when already read."""
         # A post twice in one batch (a replay): its latest processing is the one that stands.
-        latest = {item.post.id: item for item in batch}
-        stale = await self._retry(lambda: self._stale_entity_ids(list(latest.values())), "reading previous entities")
-        indexed_at = datetime.now(UTC)
-        pending: dict[tuple[str, str, str], tuple[dict[str, Any], str]] = {}  # (op, index, _id) → (action, post id)
+        latest = list({item.post.id: item for item in batch}.values())
+        if previous is None:
+            previous = await self.previous_entity_ids([item.post.id for item in latest])
+        return await self._index_whole(latest, previous, datetime.now(UTC))
+
+    async def _index_whole(
+        self, items: list[ProcessedPost], previous: dict[str, set[str]], indexed_at: datetime
+    ) -> list[IndexFailure]:
+        try:
+            refused = await self._apply(self._actions(items, previous, indexed_at))
+        except RequestRefused as error:
+            if len(items) > 1:
+                half = len(items) // 2
+                return [
+                    *await self._index_whole(items[:half], previous, indexed_at),
+                    *await self._index_whole(items[half:], previous, indexed_at),
+                ]
+            refused = {items[0].post.id: (error.kind, str(error))}
+        if not refused:
+            return []
+        failed = [item for item in items if item.post.id in refused]
+        await self._remove(failed, previous)
+        return [IndexFailure(item, *refused[item.post.id]) for item in failed]
+
+    def _actions(
+        self, items: list[ProcessedPost], previous: dict[str, set[str]], indexed_at: datetime
+    ) -> list[tuple[dict[str, Any], str]]:
+        """(bulk action, post id): each post's entities, deletes of entities it no longer has, then its post document."""
         entities_index, posts_index = self._settings.es_index_entities, self._settings.es_index_posts
-
-        def add(action: dict[str, Any], post_id: str) -> None:
-            pending[(action["_op_type"], action["_index"], action["_id"])] = (action, post_id)
-
-        for post_id, item in latest.items():
+        actions: list[tuple[dict[str, Any], str]] = []
+        for item in items:
+            post_id = item.post.id
+            new_ids = {entity_id(post_id, entity) for entity in item.prediction.entities}
             for entity in item.prediction.entities:
-                source = entity_document(item, entity, indexed_at)
-                add({"_op_type": "index", "_index": entities_index, "_id": entity_id(post_id, entity),
-                     "_source": source}, post_id)
-            for stale_id in stale.get(post_id, ()):
-                add({"_op_type": "delete", "_index": entities_index, "_id": stale_id}, post_id)
-            add({"_op_type": "index", "_index": posts_index, "_id": post_id,
-                 "_source": post_document(item, indexed_at)}, post_id)
+                actions.append(({"_op_type": "index", "_index": entities_index, "_id": entity_id(post_id, entity),
+                                 "_source": entity_document(item, entity, indexed_at)}, post_id))
+            for stale_id in sorted(previous.get(post_id, set()) - new_ids):
+                actions.append(({"_op_type": "delete", "_index": entities_index, "_id": stale_id}, post_id))
+            actions.append(({"_op_type": "index", "_index": posts_index, "_id": post_id,
+                             "_source": post_document(item, indexed_at)}, post_id))
+        return actions
 
-        failures: dict[str, IndexFailure] = {}
+    async def _remove(self, items: list[ProcessedPost], previous: dict[str, set[str]]) -> None:
+        """Delete every document the posts may have in the indices: this processing's and the previous one's."""
+        entities_index, posts_index = self._settings.es_index_entities, self._settings.es_index_posts
+        deletes: list[tuple[dict[str, Any], str]] = []
+        for item in items:
+            post_id = item.post.id
+            ids = previous.get(post_id, set()) | {entity_id(post_id, e) for e in item.prediction.entities}
+            deletes += [({"_op_type": "delete", "_index": entities_index, "_id": id_}, post_id) for id_ in sorted(ids)]
+            deletes.append(({"_op_type": "delete", "_index": posts_index, "_id": post_id}, post_id))
+        try:
+            if refused := await self._apply(deletes):
+                log.error("could not remove the documents of refused posts %s", refused)
+        except RequestRefused as error:  # ids Elasticsearch refuses are ids it never stored
+            log.error("could not remove the documents of refused posts: %s", error)
+
+    async def _apply(self, actions: list[tuple[dict[str, Any], str]]) -> dict[str, tuple[str, str]]:
+        """Run the actions until each succeeded or was refused for good; per refused post id, (kind, reason)."""
+        pending = {(a["_op_type"], a["_index"], a["_id"]): (a, post_id) for a, post_id in actions}
+        refused: dict[str, tuple[str, str]] = {}
         backoff = Backoff(self._settings.retry_backoff_max_s)
         while pending:
-            actions = [action for action, _ in pending.values()]
-            results = await self._retry(lambda: self._bulk(actions), "bulk indexing")
+            batch = [action for action, _ in pending.values()]
+            results = await self._retry(lambda: self._bulk(batch), "bulk indexing")
             for op_type, result in results:
                 key = (op_type, result["_index"], result["_id"])
                 status = result.get("status", 500)
@@ -183,27 +237,19 @@ class Indexer:
                 self._metrics.bulk_errors.labels(kind, str(retriable).lower()).inc()
                 if not retriable:
                     post_id = pending.pop(key)[1]
-                    failures.setdefault(post_id, IndexFailure(latest[post_id], kind, error.get("reason", str(error))))
+                    refused.setdefault(post_id, (kind, error.get("reason", str(error))))
             if pending:
                 log.warning("%d bulk items were rejected for now (e.g. 429); retrying", len(pending))
                 await backoff.wait()
-        return list(failures.values())
+        return refused
 
-    async def _stale_entity_ids(self, items: list[ProcessedPost]) -> dict[str, set[str]]:
-        """Per post: entity ids its previous document lists that the new prediction no longer has."""
+    async def _read_entity_ids(self, post_ids: list[str]) -> dict[str, set[str]]:
         with _outages_as_unavailable():
             try:
-                response = await self._es.mget(
-                    index=self._settings.es_index_posts, ids=[item.post.id for item in items], source=["entity_ids"]
-                )
+                response = await self._es.mget(index=self._settings.es_index_posts, ids=post_ids, source=["entity_ids"])
             except NotFoundError:
                 return {}  # no posts index yet: nothing was indexed before
-        new_ids = {item.post.id: {entity_id(item.post.id, e) for e in item.prediction.entities} for item in items}
-        stale: dict[str, set[str]] = {}
-        for doc in (doc for doc in response["docs"] if doc.get("found")):
-            if gone := set(doc["_source"].get("entity_ids", [])) - new_ids[doc["_id"]]:
-                stale[doc["_id"]] = gone
-        return stale
+        return {doc["_id"]: set(doc["_source"].get("entity_ids", [])) for doc in response["docs"] if doc.get("found")}
 
     async def _bulk(self, actions: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         """(op type, item result) per action; the request as a whole either reaches Elasticsearch or raises."""

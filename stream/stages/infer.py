@@ -5,6 +5,10 @@ posts from every worker share a model execution. A post the model refuses (empty
 image tensor) comes back as a :class:`PostPrediction` with ``error`` set; a server that cannot answer raises
 :class:`InferenceUnavailable` after the retries, so the caller keeps the posts and tries again later.
 
+A request failing with any other status (``INTERNAL``…) may be the fault of one post that shared its model
+execution with others, so every such post is asked again alone, one at a time: a post that still fails alone, while
+the model is ready, comes back as a :class:`ModelFault` (the worker dead-letters it); the others are answered.
+
 Torch-free on purpose: the stream worker imports it.
 """
 
@@ -13,27 +17,43 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
-from tritonclient.grpc import InferInput
+from tritonclient.grpc import InferInput, InferResult
 from tritonclient.grpc import aio as grpc_aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from postlens.io.fetch import FetchedImage
 from postlens.runtime.images import empty_images
-from postlens.schemas import MAX_MODEL_IMAGES, ModelRef, PostPrediction
+from postlens.schemas import MAX_MODEL_IMAGES, ModelRef, Post, PostPrediction, Region
 from postlens.settings import Settings
 
 # Status codes that mean "this input is at fault": answered per post, never retried.
 _PER_POST_CODES = frozenset({"StatusCode.INVALID_ARGUMENT"})
 # Status codes that mean "the server is (re)starting or the model is between versions": worth waiting for.
 _TRANSIENT_CODES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND"})
+# A timed-out request says nothing about the post: Triton is overloaded or gone.
+_AVAILABILITY_CODES = _TRANSIENT_CODES | {"StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"}
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
 
 
 class InferenceUnavailable(RuntimeError):
     """Triton could not answer (down, timed out, or failed internally) — the posts should be retried later."""
+
+
+@dataclass(frozen=True)
+class ModelFault:
+    """Triton failed this one post (even alone, with the model ready), or answered it with something unreadable."""
+
+    kind: str  # "model_error" (a gRPC status) or "bad_answer"
+    message: str
+
+
+InferOutcome = PostPrediction | ModelFault
 
 
 class InferRequest(BaseModel):
@@ -92,9 +112,20 @@ class TritonInferer:
         version = max(metadata["versions"], key=int)
         return cls(client, settings, image_size, version)
 
-    async def infer(self, batch: list[InferRequest]) -> list[PostPrediction]:
-        """Predictions in the order of ``batch``; refused posts carry ``error``. Raises
-        :class:`InferenceUnavailable` (and stops the batch's other requests) when Triton cannot answer."""
+    async def infer(self, batch: Sequence[InferRequest]) -> list[InferOutcome]:
+        """Results in the order of ``batch``: predictions (refused posts carry ``error``) and :class:`ModelFault`
+        for posts Triton fails alone. Raises :class:`InferenceUnavailable` (and stops the batch's other requests)
+        when Triton cannot answer."""
+        results: list[InferOutcome] = await self._all_at_once(batch)
+        for position, result in enumerate(results):
+            if isinstance(result, ModelFault) and result.kind == "model_error":
+                # Alone, so the dynamic batcher cannot put it in one execution with another post.
+                results[position] = await self._infer_one(batch[position])
+        if any(isinstance(result, ModelFault) and result.kind == "model_error" for result in results):
+            await self._ensure_ready()  # a failing server is an outage, not the posts' fault
+        return results
+
+    async def _all_at_once(self, batch: Sequence[InferRequest]) -> list[InferOutcome]:
         requests = [asyncio.ensure_future(self._infer_one(request)) for request in batch]
         try:
             return list(await asyncio.gather(*requests))
@@ -104,10 +135,18 @@ class TritonInferer:
             await asyncio.gather(*requests, return_exceptions=True)
             raise
 
+    async def _ensure_ready(self) -> None:
+        try:
+            ready = await self._client.is_model_ready(self._model, client_timeout=self._timeout_s)
+        except InferenceServerException as error:
+            raise InferenceUnavailable(f"Triton model {self._model!r}: {error.message()}") from error
+        if not ready:
+            raise InferenceUnavailable(f"Triton model {self._model!r} is not ready")
+
     async def close(self) -> None:
         await self._client.close()
 
-    async def _infer_one(self, request: InferRequest) -> PostPrediction:
+    async def _infer_one(self, request: InferRequest) -> InferOutcome:
         try:
             inputs = self._inputs(request)
         except UnicodeEncodeError as error:  # lone surrogates, e.g. from a "\ud800" JSON escape
@@ -121,6 +160,8 @@ class TritonInferer:
                 status = error.status()
                 if status in _PER_POST_CODES:
                     return self._refused(error.message())
+                if status not in _AVAILABILITY_CODES:
+                    return ModelFault("model_error", f"{status} {error.message()}")
                 if status not in _TRANSIENT_CODES or attempt > self._retries:
                     raise InferenceUnavailable(
                         f"Triton model {self._model!r} failed after {attempt} attempt(s): {status} {error.message()}"
@@ -130,7 +171,14 @@ class TritonInferer:
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 attempt += 1
             else:
-                return PostPrediction.model_validate_json(result.as_numpy("RESULT")[0][0])
+                return self._answer(result)
+
+    @staticmethod
+    def _answer(result: InferResult) -> InferOutcome:
+        try:
+            return PostPrediction.model_validate_json(result.as_numpy("RESULT")[0][0])
+        except (ValueError, TypeError, IndexError) as error:  # pydantic's ValidationError is a ValueError
+            return ModelFault("bad_answer", f"the model's answer is not a prediction: {error}")
 
     def _refused(self, reason: str) -> PostPrediction:
         return PostPrediction(model=ModelRef(name=self._model, version=self._version), error=reason)
@@ -155,3 +203,27 @@ class TritonInferer:
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         return inputs
+
+
+def model_input(post: Post, images: list[FetchedImage], image_size: int) -> tuple[InferRequest, list[int]]:
+    """The model's request for ``post`` and, per image slot, the index of that image in the post."""
+    fed = [index for index, image in enumerate(images) if image.pixels is not None]
+    pixels = np.stack([images[index].pixels for index in fed]) if fed else empty_images(0, image_size)
+    return InferRequest(text=post.text, images=pixels), fed
+
+
+def grounded_in_post(prediction: PostPrediction, fed: Sequence[int], urls: Sequence[str]) -> PostPrediction:
+    """Re-number regions from the model's image slots (only images that loaded) to the post's own image list."""
+    entities = [
+        entity.model_copy(
+            update={
+                "regions": [
+                    Region(image_index=fed[region.image_index], box=region.box, score=region.score,
+                           image_url=urls[fed[region.image_index]])
+                    for region in entity.regions
+                ]
+            }
+        )
+        for entity in prediction.entities
+    ]
+    return prediction.model_copy(update={"entities": entities})

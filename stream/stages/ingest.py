@@ -1,17 +1,24 @@
 """Ingest: a Kafka message's bytes → a validated :class:`postlens.schemas.Post`, or the reason it is refused.
 
-Everything the model must never see is refused here (the worker dead-letters it): messages over the size limit,
-bytes that are not UTF-8 JSON objects, posts that do not match the schema, empty or over-long text.
+Everything the model or Elasticsearch must never see is refused here (the worker dead-letters it): messages over
+the size limit, bytes that are not strict UTF-8 JSON objects (no NaN/Infinity/1e400, no lone surrogates from ``\\ud800``
+escapes, nesting within ``max_post_depth``), posts that do not match the schema, ids Elasticsearch cannot take,
+empty or over-long text.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 from pydantic import ValidationError
 
 from postlens.schemas import Post, text_refusal, validation_summary
 from postlens.settings import Settings
+
+# Elasticsearch refuses a whole bulk request holding an _id over 512 bytes; entity ids append ":{start}-{end}".
+MAX_ID_BYTES = 480
 
 
 class InvalidPost(Exception):
@@ -22,24 +29,64 @@ class InvalidPost(Exception):
         self.kind = kind
 
 
+def _refuse_constant(name: str) -> Any:
+    raise InvalidPost("invalid_json", f"{name} is not JSON")
+
+
+def _finite(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):  # 1e400: valid JSON, but an infinity no JSON encoder writes back
+        raise InvalidPost("invalid_json", f"number {literal[:40]} is out of range")
+    return number
+
+
+def _depth(document: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (the value may be nested thousands deep)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _load_json(value: bytes, max_depth: int) -> Any:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidPost("invalid_utf8", f"message is not UTF-8: {error}") from error
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+    except json.JSONDecodeError as error:
+        raise InvalidPost("invalid_json", f"message is not JSON: {error}") from error
+    except RecursionError as error:
+        raise InvalidPost("too_deep", f"JSON nested deeper than the parser allows ({len(value)} bytes)") from error
+    if (depth := _depth(document)) > max_depth:
+        raise InvalidPost("too_deep", f"JSON nested {depth} deep; the limit is {max_depth}")
+    try:
+        # Valid JSON may still escape lone surrogates ("\ud800"): no UTF-8 encoder (Triton's, Elasticsearch's) takes them.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidPost("invalid_unicode", f"message has text that is not valid Unicode: {error.reason}") from error
+    return document
+
+
 def parse_post(value: bytes | None, settings: Settings) -> Post:
     """Validate one message value; raise :class:`InvalidPost` when it cannot be processed."""
     if value is None:
         raise InvalidPost("empty", "the message has no value")
     if len(value) > settings.max_post_bytes:
         raise InvalidPost("oversize", f"message is {len(value)} bytes; the limit is {settings.max_post_bytes}")
-    try:
-        document = json.loads(value.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise InvalidPost("invalid_utf8", f"message is not UTF-8: {error}") from error
-    except json.JSONDecodeError as error:
-        raise InvalidPost("invalid_json", f"message is not JSON: {error}") from error
+    document = _load_json(value, settings.max_post_depth)
     if not isinstance(document, dict):
         raise InvalidPost("schema", f"a post is a JSON object, got {type(document).__name__}")
     try:
         post = Post.model_validate(document)
     except ValidationError as error:
         raise InvalidPost("schema", validation_summary(error, "post")) from error
+    if len(post.id.encode("utf-8")) > MAX_ID_BYTES:
+        raise InvalidPost("schema", f"id: over {MAX_ID_BYTES} bytes in UTF-8")
     if refusal := text_refusal(post.text, settings.max_text_chars):
         raise InvalidPost(*refusal)
     return post

@@ -1,8 +1,12 @@
-"""Dead letters keep the original message exactly, whatever its bytes."""
+"""Dead letters keep the original message exactly, whatever its bytes — or, when too large for Kafka, its reason,
+a prefix and the digest."""
 
 from __future__ import annotations
 
-from postlens.io.deadletter import RawMessage, dead_letter, original_bytes
+import hashlib
+
+from postlens.io.deadletter import KEPT_PREFIX_BYTES, RawMessage, dead_letter, letter_bytes, original_bytes
+from postlens.schemas import DeadLetter
 
 
 def test_utf8_message_is_kept_as_text() -> None:
@@ -25,3 +29,22 @@ def test_binary_message_is_kept_as_base64() -> None:
 def test_message_without_value_has_nothing_to_replay() -> None:
     letter = dead_letter(RawMessage(value=None, key=b"k", topic="posts"), "ingest", "empty", "no value")
     assert original_bytes(letter) is None
+
+
+def test_a_letter_too_large_for_kafka_keeps_its_reason_a_prefix_and_the_digest() -> None:
+    value = b"\x00" * 1_000_000  # JSON-escaped, six times larger
+    letter = dead_letter(RawMessage(value=value, key=b"k", topic="posts"), "ingest", "oversize", "too big " * 10_000)
+    encoded = letter_bytes(letter, max_bytes=900_000)
+    assert len(encoded) < 64 * 1024
+    kept = DeadLetter.model_validate_json(encoded)
+    assert (kept.error.stage, kept.error.kind) == ("ingest", "oversize") and kept.error.message.startswith("too big")
+    assert kept.original_truncated and kept.original_size == len(value)
+    assert kept.original_sha256 == hashlib.sha256(value).hexdigest()
+    assert kept.original == "\x00" * KEPT_PREFIX_BYTES
+    assert original_bytes(kept) is None  # a prefix is not the message: never replayed
+
+
+def test_a_letter_that_fits_is_kept_whole() -> None:
+    letter = dead_letter(RawMessage(value=b"{}", key=None, topic="posts"), "ingest", "schema", "\ud800 quoted")
+    kept = DeadLetter.model_validate_json(letter_bytes(letter, max_bytes=900_000))
+    assert not kept.original_truncated and original_bytes(kept) == b"{}"

@@ -16,7 +16,8 @@ from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity
 from postlens.settings import Settings
 from postlens.io.deadletter import RawMessage
 from postlens.io.fetch import FetchOutcome
-from stream.stages.index import Indexer, ProcessedPost, es_client
+from postlens.io.connections import es_client
+from stream.stages.index import Indexer, ProcessedPost
 from stream.metrics import Metrics
 
 pytestmark = pytest.mark.integration
@@ -98,6 +99,23 @@ async def test_documents_elasticsearch_refuses_are_returned_for_the_dead_letter_
     assert "confidence" in failures[0].message
     await es.indices.refresh(index=index_settings.es_index_posts)
     assert (await es.get(index=index_settings.es_index_posts, id="fine"))["found"]
+    # Whole or nothing: the refused post's document, written in the same request, was taken back.
+    assert not await es.exists(index=index_settings.es_index_posts, id="bad")
+
+
+async def test_a_post_that_fails_the_whole_request_is_isolated(
+    indexer: Indexer, es: AsyncElasticsearch, index_settings: Settings
+) -> None:
+    # An _id over 512 bytes makes Elasticsearch refuse the whole bulk request. Ingest refuses such ids; should one
+    # get past it, only its post may pay.
+    broken = processed("\U0001f600" * 200, "Jordan")
+    batch = [processed("a", "Jordan"), processed("b", "Paris"), broken, processed("c", "Acme")]
+    failures = await indexer.index(batch)
+    assert [failure.item.post.id for failure in failures] == [broken.post.id]
+    await es.indices.refresh(index=index_settings.es_index_posts)
+    for post_id in ("a", "b", "c"):
+        assert await es.exists(index=index_settings.es_index_posts, id=post_id)
+    assert failures[0].kind == "http_400"
 
 
 async def test_outage_is_waited_out(index_settings: Settings, es: AsyncElasticsearch) -> None:

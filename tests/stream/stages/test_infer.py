@@ -4,6 +4,7 @@ posts answered in place, retries while the server is unreachable, a clear failur
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from tests.support.tcp_proxy import TcpProxy
 from deploy.process import free_port
 from postlens.runtime.images import empty_images
 from postlens.settings import Settings
-from stream.stages.infer import InferenceUnavailable, InferRequest, TritonInferer
+from stream.stages.infer import InferenceUnavailable, InferRequest, ModelFault, TritonInferer
 from postlens.runtime.exported import read_model_config
 from postlens.runtime.images import load_images
 from trainer.predict import read_posts
@@ -119,3 +120,27 @@ async def test_connect_to_no_server_fails_with_the_address() -> None:
     with pytest.raises(InferenceUnavailable, match=url):
         await TritonInferer.connect(Settings(triton_url=url, triton_timeout_s=1.0))
     assert time.monotonic() - started < 5.0
+
+
+@pytest.fixture(scope="module")
+def faulty_model(tmp_path_factory: pytest.TempPathFactory, start_triton) -> ServedModel:  # noqa: ANN001 — fixture
+    """A Triton serving tests/stream/stages/faulty_model as ``postlens`` version 1."""
+    repo = tmp_path_factory.mktemp("faulty-repository")
+    shutil.copytree(Path(__file__).parent / "faulty_model", repo / "postlens")
+    (repo / "postlens" / "1").mkdir()
+    shutil.move(repo / "postlens" / "model.py", repo / "postlens" / "1" / "model.py")
+    return start_triton(repo)
+
+
+@pytest.mark.integration
+async def test_a_post_that_fails_its_model_execution_is_isolated_and_the_others_answered(faulty_model: ServedModel) -> None:
+    inferer = await TritonInferer.connect(faulty_model.settings())
+    try:
+        texts = ["Lyon is a city", "POISON pill", "Paris in spring", "GARBLE me", "Rome"]
+        batch = [InferRequest(text=text, images=empty_images(0, inferer.image_size)) for text in texts]
+        results = await inferer.infer(batch)  # one execution at first: all five fail, then each is asked alone
+    finally:
+        await inferer.close()
+    faults = {texts[i]: result.kind for i, result in enumerate(results) if isinstance(result, ModelFault)}
+    assert faults == {"POISON pill": "model_error", "GARBLE me": "bad_answer"}
+    assert all(result.error is None for result in results if not isinstance(result, ModelFault))

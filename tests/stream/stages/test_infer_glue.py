@@ -6,7 +6,7 @@ import numpy as np
 
 from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
 from postlens.io.fetch import FetchedImage, FetchOutcome
-from stream.worker import grounded_in_post, model_input
+from stream.stages.infer import grounded_in_post, model_input
 
 SIZE = 8
 
