@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
 from postlens.settings import Settings
+from postlens.io.connections import kafka_client_options
 from postlens.io.kafka import ensure_topics
 
 
@@ -42,7 +43,7 @@ async def publish_file(
     second. Returns the number published."""
     lines = [line for line in path.read_bytes().splitlines() if line.strip()]
     await ensure_topics(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all", linger_ms=5)
     await producer.start()
     loop = asyncio.get_running_loop()
     started = loop.time()
