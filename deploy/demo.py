@@ -29,6 +29,8 @@ from postlens.settings import Settings, get_settings
 
 DEMO_PRESET = "tiny"
 DEMO_STRATEGY = "cross"
+DEMO_POSTS = 600  # synthetic posts generated (the test split is published)
+DEMO_SEED = 7
 WORKER_PORTS = (6066, 6067)
 
 
@@ -153,7 +155,7 @@ def workers(logs: Path, env: dict[str, str]) -> Iterator[list[subprocess.Popen]]
 
 async def indexed_predictions(settings: Settings, post_ids: Sequence[str]) -> dict[str, PostPrediction]:
     """What the index says about each post, rebuilt as model outputs so the trainer's metrics can score them."""
-    from stream.search import es_client
+    from stream.commands.search import es_client
 
     async with es_client(settings) as es:
         await es.indices.refresh(index=settings.es_index_entities)
@@ -173,8 +175,9 @@ async def indexed_predictions(settings: Settings, post_ids: Sequence[str]) -> di
 
 
 def report(settings: Settings, data: Path, out: Path) -> None:
-    from trainer.data.examples import load_examples
-    from trainer.evaluate import build_report, plot_grounding, summary_table
+    from trainer.data.load import load_examples
+    from trainer.evaluate import build_report, summary_table
+    from trainer.plots import plot_grounding
 
     examples = load_examples(data / "test.jsonl")
     predictions = asyncio.run(indexed_predictions(settings, [example.id for example in examples]))
@@ -191,8 +194,8 @@ def report(settings: Settings, data: Path, out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deploy.demo", description=__doc__)
-    parser.add_argument("--posts", type=int, default=600, help="synthetic posts generated (the test split is published)")
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--posts", type=int, default=DEMO_POSTS, help="synthetic posts generated (the test split is published)")
+    parser.add_argument("--seed", type=int, default=DEMO_SEED)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the index")
     args = parser.parse_args(argv)
 
