@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 from postlens.settings import Settings, get_settings
 from tests.deploy.tools import DEPLOY, DOCKER_CONFIG, installed, output_of, settings_fields
@@ -90,8 +91,6 @@ def test_workers_scale_up_to_the_partitions_of_the_posts_topic(config: dict[str,
 
 
 def test_prometheus_scrapes_every_worker_replica_on_its_metrics_port(config: dict[str, Any]) -> None:
-    import yaml
-
     scrape = yaml.safe_load((COMPOSE_DIR / "prometheus.yml").read_text())["scrape_configs"]
     (worker_job,) = [job for job in scrape if job["job_name"] == "postlens-worker"]
     (discovery,) = worker_job["dns_sd_configs"]
@@ -138,8 +137,6 @@ def test_images_run_the_versions_the_local_stack_runs(config: dict[str, Any]) ->
 
 
 def test_kibana_objects_and_grafana_dashboards_are_mounted_from_deploy(config: dict[str, Any]) -> None:
-    import yaml
-
     services = config["services"]
     (saved_objects,) = services["kibana-objects"]["volumes"]
     assert saved_objects["source"] == str(DEPLOY / "kibana" / "postlens.ndjson")
