@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 from tests.support.kafka_io import read_topic
@@ -83,6 +84,29 @@ class PipelineRun:
             [kcat, "-P", "-b", self.settings.kafka_bootstrap, "-t", self.settings.topic_posts, "-K", "\t"],
             input=lines, check=True, timeout=60,
         )
+
+    async def publish(self, records: list[tuple[str | None, bytes | None]]) -> list[tuple[int, int]]:
+        """Produce with aiokafka; the (partition, offset) of each record, in order."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(self.settings.topic_posts, key=key.encode() if key is not None else None, value=value)
+                for key, value in records
+            ]
+            return [((meta := await delivery).partition, meta.offset) for delivery in sent]
+        finally:
+            await producer.stop()
+
+    async def committed_offsets(self, admin: AIOKafkaAdminClient) -> dict[int, int]:
+        """Partition → the group's committed offset on the posts topic."""
+        offsets = await admin.list_consumer_group_offsets(self.settings.consumer_group)
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == self.settings.topic_posts}
+
+    async def finished_keys(self, es: AsyncElasticsearch) -> set[str]:
+        """Keys of messages indexed (post id) or dead-lettered (message key)."""
+        indexed = set(await self.documents(es, self.settings.es_index_posts))
+        return indexed | {letter.key for letter in await self.dead_letters() if letter.key is not None}
 
     async def indexed_count(self, es: AsyncElasticsearch) -> int:
         await es.indices.refresh(index=self.settings.es_index_posts)
