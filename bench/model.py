@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from postlens.schemas import ModelRef, PostPrediction, PredictedEntity
 from postlens.settings import get_settings
-from trainer.data.examples import Example, load_examples
+from trainer.data.examples import Example
+from trainer.data.load import load_examples
 from postlens.runtime.schemes import spans_from_tags
 from trainer.evaluate import EvaluationReport, build_report, embed_all, predict_all
 from trainer.model.batching import ExampleEncoder
@@ -43,7 +44,9 @@ from trainer.model.text_encoder import TextEncoder, build_text_encoder
 from trainer.model.tokenizer import subword_tokenizer
 from trainer.predict import Predictor
 from trainer.synth import generate
-from trainer.train import RunConfig, build_optimizer, chunks, resolve_config, seed_everything, train
+from trainer.plots import plot_entity_f1, plot_scores
+from trainer.run_config import RunConfig, resolve_config
+from trainer.train import build_optimizer, chunks, seed_everything, train
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 STRATEGIES = ("text", "late", "early", "cross")
@@ -268,47 +271,22 @@ def markdown(twitter: list[TwitterResult], synthetic: list[SyntheticResult], arg
 
 
 def plot_twitter(results: list[TwitterResult], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(TWITTER_SETS), figsize=(10, 3.8), sharey=True)
-    for axis, dataset in zip(np.atleast_1d(axes), TWITTER_SETS):
-        labels = ["overall", *TYPES]
-        for offset, tagger in ((-0.2, "crf"), (0.2, "softmax")):
-            result = next(r for r in results if r.dataset == dataset and r.tagger == tagger)
-            entity = result.report.entity
-            values = [entity.f1] + [entity.per_type[t].f1 if t in entity.per_type else 0 for t in TYPES]
-            axis.bar(np.arange(len(labels)) + offset, values, width=0.4, label=f"MiniLM + {tagger}")
-        axis.set_xticks(range(len(labels)), labels)
-        axis.set_title(f"{dataset} valid")
-        axis.set_ylim(0, 1)
-    np.atleast_1d(axes)[0].set_ylabel("entity F1")
-    np.atleast_1d(axes)[0].legend(loc="upper right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    panels = {
+        f"{dataset} valid": {f"MiniLM + {r.tagger}": r.report.entity for r in results if r.dataset == dataset}
+        for dataset in TWITTER_SETS
+    }
+    plot_entity_f1(panels, path, types=TYPES)
 
 
 def plot_synthetic(results: list[SyntheticResult], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     metrics = {
         "entity F1": lambda r: r.entity.f1,
         "ambiguous F1": lambda r: r.subsets["ambiguous"].entity.f1,
         "grounding acc.": lambda r: r.grounding.accuracy if r.grounding else 0.0,
         "ECE": lambda r: r.ece or 0.0,
     }
-    figure, axis = plt.subplots(figsize=(8, 3.8))
-    width = 0.8 / len(results)
-    for index, result in enumerate(results):
-        values = [read(result.report) for read in metrics.values()]
-        axis.bar(np.arange(len(metrics)) + (index - (len(results) - 1) / 2) * width, values, width=width, label=result.strategy)
-    axis.set_xticks(range(len(metrics)), list(metrics))
-    axis.set_ylim(0, 1)
-    axis.set_title("Synthetic test split by fusion strategy (tiny encoders)")
-    axis.legend(ncols=len(results), loc="upper center")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    series = {result.strategy: [read(result.report) for read in metrics.values()] for result in results}
+    plot_scores(list(metrics), series, path, "Synthetic test split by fusion strategy (tiny encoders)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -324,9 +302,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--synthetic-seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
-    import matplotlib
-
-    matplotlib.use("Agg")
     data_dir = args.data or get_settings().shared_data_dir
     if not args.skip_twitter and not all((data_dir / name / "train.txt").is_file() for name in TWITTER_SETS):
         parser.error(f"{data_dir} has no twitter2015/ and twitter2017/ CoNLL files (set --data or POSTLENS_SHARED_DATA_DIR)")

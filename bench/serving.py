@@ -46,6 +46,7 @@ from postlens.runtime.exported import ExportedModel, execution_providers, read_m
 from trainer.export import MODEL_SOURCE, export_model
 from trainer.model.checkpoint import load_checkpoint
 from postlens.runtime.images import load_images, stack_images
+from trainer.plots import LoadFigures, plot_serving
 from trainer.predict import read_posts
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
@@ -383,37 +384,12 @@ def in_process(checkpoint: Path, version_dir: Path, requests: Sequence[InferRequ
 
 
 def plot(results: list[ConfigResult], local: list[InProcessResult], path: Path) -> None:
-    import matplotlib
+    def figures(load: Load) -> LoadFigures:
+        return LoadFigures(load.throughput, load.percentile(50), load.percentile(99))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (throughput_axes, latency_axes, runtime_axes) = plt.subplots(1, 3, figsize=(17, 5))
-    positions = np.arange(len(results))
-    labels = [result.config.label.replace(", ", "\n", 1) for result in results]
-    for offset, mode, color in ((-0.2, "sequential", "tab:gray"), (0.2, "concurrent", "tab:blue")):
-        loads = [getattr(result, mode) for result in results]
-        name = "batch 1, sequential" if mode == "sequential" else "concurrent (dynamic batching)"
-        throughput_axes.barh(positions + offset, [load.throughput for load in loads], height=0.4, color=color, label=name)
-        latency_axes.barh(positions + offset, [load.percentile(99) for load in loads], height=0.4, color=color, alpha=0.4)
-        latency_axes.barh(positions + offset, [load.percentile(50) for load in loads], height=0.4, color=color, label=f"{name}: p50 (p99 light)")
-    for axes, title, unit in ((throughput_axes, "Triton entry model: throughput", "posts/s"), (latency_axes, "latency per post", "ms")):
-        axes.set_yticks(positions, labels if axes is throughput_axes else [""] * len(results), fontsize=8)
-        axes.invert_yaxis()
-        axes.set_xlabel(unit)
-        axes.set_title(title)
-        axes.legend(fontsize=8)
-    batches = sorted({result.batch for result in local})
-    for offset, runtime in ((-0.2, "ONNX Runtime"), (0.2, "PyTorch")):
-        values = [next(r.throughput for r in local if r.runtime == runtime and r.batch == b) for b in batches]
-        runtime_axes.bar(np.arange(len(batches)) + offset, values, width=0.4, label=runtime)
-    runtime_axes.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
-    runtime_axes.set_ylabel("posts/s (network only)")
-    runtime_axes.set_title("in-process: ONNX Runtime vs PyTorch")
-    runtime_axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    configs = {r.config.label: {"sequential": figures(r.sequential), "concurrent": figures(r.concurrent)} for r in results}
+    in_process = {runtime: {r.batch: r.throughput for r in local if r.runtime == runtime} for runtime in ("ONNX Runtime", "PyTorch")}
+    plot_serving(configs, in_process, path)
 
 
 @dataclass(frozen=True)

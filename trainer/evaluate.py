@@ -24,7 +24,8 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from postlens.schemas import ENTITY_TYPES, Post, PostPrediction, canonical_type
-from trainer.data.examples import Example, covering_words, load_examples
+from trainer.data.examples import Example, covering_words
+from trainer.data.load import load_examples
 from postlens.runtime.schemes import Span, spans_from_tags
 from trainer.metrics import (
     PRF,
@@ -39,6 +40,7 @@ from trainer.metrics import (
     token_f1,
     type_confusion,
 )
+from trainer.plots import plot_confusion, plot_grounding, plot_reliability
 
 log = logging.getLogger(__name__)
 RECALL_AT = (1, 5)
@@ -175,95 +177,8 @@ def build_report(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def plot_confusion(confusion: Confusion, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    counts = np.asarray(confusion.counts)
-    labels = [label if label != "O" else "none" for label in confusion.labels]
-    figure, axes = plt.subplots(figsize=(5.5, 4.5))
-    axes.imshow(counts, cmap="Blues")
-    for (row, column), value in np.ndenumerate(counts):
-        colour = "white" if value > counts.max() / 2 else "black"
-        axes.text(column, row, str(value), ha="center", va="center", color=colour, fontsize=9)
-    axes.set_xticks(range(len(labels)), labels)
-    axes.set_yticks(range(len(labels)), labels)
-    axes.set_xlabel("predicted type (none = span not predicted)")
-    axes.set_ylabel("gold type (none = spurious span)")
-    axes.set_title("Entity type confusion (same span)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def plot_reliability(reliability: Calibration, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    bins = [b for b in reliability.bins if b.count]
-    width = reliability.bins[0].high - reliability.bins[0].low
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    top.bar([b.low for b in bins], [b.accuracy for b in bins], width=width, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
-    top.plot([b.confidence for b in bins], [b.accuracy for b in bins], "o", color="red", label="mean confidence")
-    top.set_ylabel("share exactly correct")
-    top.set_title(f"Entity confidence reliability (ECE {reliability.ece:.3f})")
-    top.legend(loc="upper left")
-    bottom.bar([b.low for b in bins], [b.count for b in bins], width=width, align="edge", edgecolor="black")
-    bottom.set_xlabel("confidence")
-    bottom.set_ylabel("entities")
-    bottom.set_xlim(0, 1)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def plot_grounding(examples: Sequence[Example], predictions: Sequence[PostPrediction], path: Path, limit: int = 8) -> bool:
-    """A grid of images with gold boxes (green) and predicted regions (red); False when there is nothing to show."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-    from PIL import Image
-
-    panels = []  # (example, image index, gold boxes, predicted regions)
-    for example, prediction in zip(examples, predictions):
-        gold = [(example.entities[b.entity].type, b.image_index, b.box) for b in example.boxes]
-        regions = [(e.type, r.image_index, r.box) for e in prediction.entities for r in e.regions]
-        shown = [image for _, image, _ in gold + regions]
-        if not shown or not Path(example.images[shown[0]]).is_file():
-            continue
-        panels.append((example, shown[0], gold, regions))
-        if len(panels) == limit:
-            break
-    if not panels:
-        return False
-    columns = min(4, len(panels))
-    rows = -(-len(panels) // columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
-    for axes in grid.flat:
-        axes.axis("off")
-    for axes, (example, image_index, gold, regions) in zip(grid.flat, panels):
-        with Image.open(example.images[image_index]) as image:
-            axes.imshow(image.convert("RGB"), extent=(0, 1, 1, 0))
-        # Gold drawn wide with its label on top, predictions thin with the label below, so both show when equal.
-        for boxes, colour, width, label_at_top in ((gold, "green", 5, True), (regions, "red", 2, False)):
-            for entity_type, index, (x0, y0, x1, y1) in boxes:
-                if index == image_index:
-                    axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=width))
-                    y, align = (y0, "top") if label_at_top else (y1, "bottom")
-                    axes.text(x0, y, entity_type, color="white", backgroundcolor=colour, fontsize=7, va=align)
-        # The default font has no emoji or CJK glyphs; leave those out of the caption rather than draw boxes.
-        caption = "".join(char for char in example.text if ord(char) < 0x2000)
-        title = caption if len(caption) <= 60 else caption[:57] + "..."
-        axes.set_title(f"{title}\n(image {image_index})", fontsize=7, wrap=True)
-    figure.suptitle("Grounding: gold green, predicted red")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
-
-
 def write_plots(evaluation: Evaluation, examples: Sequence[Example], predictions: Sequence[PostPrediction], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
+    """The ``--plots`` files of an evaluation (those that apply) → their paths."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "confusion.png"]
     plot_confusion(evaluation.confusion, written[0])

@@ -2,10 +2,10 @@
 
 A preset is a YAML file in ``trainer/configs/`` (or a path); ``--set a.b=value`` overrides any key (values are
 parsed as YAML, so ``--set train.epochs=3`` is an int). Seeds are fixed and algorithms deterministic, so a run is
-repeatable. Each epoch ends with a validation pass; training stops early when valid entity F1 has not improved for
-``train.patience`` epochs, and the best epoch's weights are kept. Then, on valid, a temperature is fitted to the
-CRF scores (so entity confidences are calibrated) and the grounding threshold is chosen that maximises grounding
-accuracy. The checkpoint (CONTRACTS §C) gets ``metrics.json`` and ``training_curve.png`` beside it.
+repeatable (:mod:`trainer.run_config`). Each epoch ends with a validation pass; training stops early when valid
+entity F1 has not improved for ``train.patience`` epochs, and the best epoch's weights are kept. Then the model is
+calibrated on valid (:mod:`trainer.calibration`). The checkpoint (CONTRACTS §C) gets ``metrics.json`` and
+``training_curve.png`` beside it.
 """
 
 from __future__ import annotations
@@ -23,97 +23,27 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from postlens.schemas import ModelRef, PostPrediction
-from trainer.data.examples import Example, load_examples
-from trainer.evaluate import build_report, gold_grounding, predicted_grounding
-from trainer.metrics import grounding_accuracy
+from postlens.runtime.decode import Decoder
+from postlens.runtime.preprocess import Preprocessor
+from postlens.schemas import ModelRef
+from trainer.calibration import calibrate, decode_all
+from trainer.data.examples import Example
+from trainer.data.load import load_examples
+from trainer.evaluate import build_report
 from trainer.model.batching import Batch, ExampleEncoder
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
-from postlens.runtime.config import ModelConfig
-from postlens.runtime.decode import Decoder
 from trainer.model.fusion import fusion_names
-from trainer.model.losses import LossConfig, total_loss
+from trainer.model.losses import total_loss
 from trainer.model.network import NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
-from postlens.runtime.preprocess import Preprocessor
+from trainer.plots import plot_training_curve
 from trainer.predict import Predictor, RawBatch
+from trainer.run_config import RunConfig, TrainConfig, preset_names, resolve_config
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-TEMPERATURES = np.geomspace(0.5, 4.0, 31)
-# Valid ECE at or below this needs no temperature (a near-perfect valid set carries little calibration signal).
-WELL_CALIBRATED_ECE = 0.02
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-3, gt=0)  # fusion and output layers
-    encoder_lr: float = Field(1e-4, gt=0)  # text and vision encoders
-    crf_lr: float = Field(1e-2, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a rising learning rate
-    grad_clip: float = Field(1.0, gt=0)
-    patience: int = Field(5, ge=1)  # epochs without a better valid F1 before stopping
-    eval_batch_size: int = Field(64, ge=1)
-    threads: int = Field(2, ge=1)  # torch CPU threads
-
-
-class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    preset: str
-    seed: int = 13
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------------------------
-
-
-def preset_names() -> list[str]:
-    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"no preset {name!r}; presets: {', '.join(preset_names())} (or a path to a YAML file)")
-    return {"preset": path.stem, **(yaml.safe_load(path.read_text()) or {})}
-
-
-def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """``a.b.c=value`` assignments into a nested dict; values are YAML (``3`` → int, ``[1, 2]`` → list)."""
-    config = copy.deepcopy(config)
-    for override in overrides:
-        key, equals, value = override.partition("=")
-        if not equals or not key:
-            raise ValueError(f"--set {override!r}: expected key=value")
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {override!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(value)
-    return config
-
-
-def resolve_config(preset: str, strategy: str | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    config = load_preset(preset)
-    if strategy:
-        config = apply_overrides(config, [f"model.fusion.name={strategy}"])
-    return RunConfig.model_validate(apply_overrides(config, overrides))
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -124,69 +54,8 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Validation and calibration
-# --------------------------------------------------------------------------------------------------------------
-
-
 def run_network(predictor: Predictor, batches: Sequence[tuple[list[Example], Batch]]) -> list[RawBatch]:
     return [predictor.raw(batch.inputs, [e.text for e in examples], batch.words) for examples, batch in batches]
-
-
-def decode_all(raws: Sequence[RawBatch], decoder: Decoder) -> list[PostPrediction]:
-    return [prediction for raw in raws for prediction in raw.decode(decoder)]
-
-
-def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder) -> tuple[float, float, float]:
-    """The temperature with the lowest entity-confidence ECE on valid → (temperature, ECE before, after).
-
-    1 when valid is already well calibrated; among near-equal ECEs the temperature closest to 1 wins, so a
-    small valid set does not push confidences around for nothing.
-    """
-
-    def ece(temperature: float) -> float:
-        predictions = decode_all(raws, decoder.with_calibration(temperature=temperature))
-        return build_report(examples, predictions).report.ece or 0.0
-
-    before = ece(1.0)
-    if before <= WELL_CALIBRATED_ECE:
-        return 1.0, before, before
-    _, _, best = min((round(ece(float(t)), 3), abs(np.log(t)), float(t)) for t in TEMPERATURES)
-    return best, before, ece(best)
-
-
-def fit_grounding_threshold(raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder) -> tuple[float, float]:
-    """The evidence threshold (region score × image relevance) maximising valid grounding accuracy → (threshold,
-    accuracy). Candidates lie midway between observed evidence values, so the choice is not on a knife edge."""
-    predictions = decode_all(raws, decoder.with_calibration(threshold=0.0))
-    with_images = [i for i, example in enumerate(examples) if example.images]
-    gold = [gold_grounding(examples[i]) for i in with_images]
-    evidence = sorted(
-        {region.score * p.image_relevance for p in predictions for entity in p.entities for region in entity.regions}
-    )
-    points = [0.0, *evidence, 1.0 + 1e-9]
-    candidates = sorted({(low + high) / 2 for low, high in zip(points, points[1:])} | {0.0})
-
-    def accuracy(threshold: float) -> float:
-        kept = [_drop_weak_regions(predictions[i], threshold) for i in with_images]
-        return grounding_accuracy(gold, [predicted_grounding(p) for p in kept])
-
-    scores = [accuracy(threshold) for threshold in candidates]
-    best = int(np.argmax(scores))
-    return float(candidates[best]), float(scores[best])
-
-
-def _drop_weak_regions(prediction: PostPrediction, threshold: float) -> PostPrediction:
-    entities = [
-        entity.model_copy(update={"regions": [r for r in entity.regions if r.score * prediction.image_relevance >= threshold]})
-        for entity in prediction.entities
-    ]
-    return prediction.model_copy(update={"entities": entities})
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -248,21 +117,6 @@ def _train_epoch(
             parts_sum[name] = parts_sum.get(name, 0.0) + value
         batches.set_postfix(loss=f"{np.mean(losses):.3f}", valid_f1=f"{last_f1:.3f}")
     return float(np.mean(losses)), {name: value / len(losses) for name, value in parts_sum.items()}
-
-
-def _calibrate(
-    model_config: ModelConfig, raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder, grounds: bool
-) -> tuple[ModelConfig, dict[str, float]]:
-    """Fit the confidence temperature (and, for a grounding model on box-annotated data, the region threshold) on
-    valid → the model config with them recorded, and what was fitted."""
-    temperature, ece_before, ece_after = fit_temperature(raws, examples, decoder)
-    decode = model_config.decode.model_copy(update={"temperature": temperature})
-    calibrated = {"temperature": temperature, "valid_ece_before": ece_before, "valid_ece_after": ece_after}
-    if grounds:
-        threshold, accuracy = fit_grounding_threshold(raws, examples, decoder.with_calibration(temperature=temperature))
-        decode = decode.model_copy(update={"grounding_threshold": threshold})
-        calibrated.update(grounding_threshold=threshold, valid_grounding=accuracy)
-    return model_config.model_copy(update={"decode": decode}), calibrated
 
 
 def train(
@@ -349,7 +203,7 @@ def train(
 
     raws, decoder = validate()
     grounds = network.fusion.grounds and encoder.annotates_boxes
-    model_config, calibrated = _calibrate(model_config, raws, valid_examples, decoder, grounds)
+    model_config, calibrated = calibrate(model_config, raws, valid_examples, decoder, grounds)
     config = config.model_copy(update={"model": model_config})
     final_decoder = Decoder.from_config(model_config, network.crf.numpy_params(), model_ref)
     final_report = build_report(valid_examples, decode_all(raws, final_decoder)).report
@@ -368,34 +222,8 @@ def train(
         "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_curve(history, out / "training_curve.png", f"{config.preset} / {model_config.fusion.name}")
+    plot_training_curve(history, out / "training_curve.png", f"{config.preset} / {model_config.fusion.name}")
     return TrainResult(out=out, metrics=metrics)
-
-
-def plot_curve(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [record["epoch"] for record in history]
-    figure, loss_axes = plt.subplots(figsize=(6, 4))
-    loss_axes.plot(epochs, [record["loss"] for record in history], "o-", color="tab:blue", label="train loss")
-    loss_axes.set_xlabel("epoch")
-    loss_axes.set_ylabel("train loss", color="tab:blue")
-    score_axes = loss_axes.twinx()
-    score_axes.plot(epochs, [record["valid_f1"] for record in history], "s-", color="tab:green", label="valid entity F1")
-    if any(record["valid_grounding"] is not None for record in history):
-        grounding = [record["valid_grounding"] for record in history]
-        score_axes.plot(epochs, grounding, "^-", color="tab:red", label="valid grounding acc.")
-    score_axes.set_ylim(0, 1)
-    score_axes.set_ylabel("valid score")
-    handles = loss_axes.get_legend_handles_labels()[0] + score_axes.get_legend_handles_labels()[0]
-    score_axes.legend(handles=handles, loc="center right")
-    loss_axes.set_title(f"Training: {title}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
-from trainer.data.examples import Example, load_examples
+from trainer.data.examples import Example
+from trainer.data.load import load_examples
 from trainer.data.jsonl import read_jsonl
 from trainer.evaluate import build_report, main, summary_table, write_plots
 from trainer.synth import generate

@@ -12,27 +12,14 @@ import torch
 import yaml
 
 from postlens.schemas import Post
-from trainer.data.examples import load_examples
+from trainer.data.load import load_examples
 from trainer.evaluate import EvaluationReport, build_report
 from trainer.predict import Predictor
+from trainer.run_config import resolve_config
 from trainer.synth import generate
-from trainer.train import apply_overrides, resolve_config, train
+from trainer.train import train
 
 SYNTHETIC_POSTS = 360
-
-
-def test_overrides_are_typed_and_nested() -> None:
-    config = apply_overrides({"train": {"epochs": 5}}, ["train.epochs=3", "model.fusion.name=late", "loss.flooding=0.05"])
-    assert config == {"train": {"epochs": 3}, "model": {"fusion": {"name": "late"}}, "loss": {"flooding": 0.05}}
-
-
-def test_presets_resolve_and_reject_unknown_keys() -> None:
-    config = resolve_config("tiny", "text", ["train.epochs=2"])
-    assert (config.preset, config.model.fusion.name, config.train.epochs) == ("tiny", "text", 2)
-    with pytest.raises(ValueError, match="no preset"):
-        resolve_config("no-such-preset")
-    with pytest.raises(ValueError, match="epochz"):
-        resolve_config("tiny", overrides=["train.epochz=2"])
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The dataset example every trainer part works on, and the one entry point that loads a dataset file.
+"""The dataset example every trainer part works on.
 
 An :class:`Example` is a post split into words (by :func:`postlens.runtime.words.word_tokenize`, or by the dataset's
 own tokens for CoNLL files) with one BIO tag per word. Entities are derived from the tags, never stored twice.
@@ -6,16 +6,11 @@ own tokens for CoNLL files) with one BIO tag per word. Entities are derived from
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, field_validator, model_validator
 
 from postlens.runtime.words import Word
 from postlens.schemas import Box, EntitySpan
 from postlens.runtime.schemes import convert, detect_scheme, spans_from_tags
-
-log = logging.getLogger(__name__)
 
 
 def covering_words(words: list[Word], start: int, end: int) -> tuple[int, int] | None:
@@ -100,24 +95,3 @@ class Example(BaseModel):
             for first, last, entity_type in spans_from_tags(self.tags)
         ]
 
-
-def load_examples(path: Path, images_dir: Path | None = None) -> list[Example]:
-    """Read a dataset file: JSONL (``.jsonl``/``.json``, BRIEF §2 label form) or Twitter CoNLL (``.txt``).
-
-    ``images_dir`` is where CoNLL images are looked up by IMGID; JSONL files name their images themselves (paths
-    relative to the file's folder). The reader's report (counts, missing images) is logged.
-    """
-    # The readers import Example from this module, so they are imported here rather than at the top.
-    from trainer.data.conll import read_conll
-    from trainer.data.jsonl import read_jsonl
-
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in {".jsonl", ".json"}:
-        examples, report = read_jsonl(path)
-    elif suffix == ".txt":
-        examples, report = read_conll(path, images_dir=images_dir)
-    else:
-        raise ValueError(f"{path}: unknown dataset format {suffix!r}; expected .jsonl/.json (labels) or .txt (CoNLL)")
-    log.info("%s: %s", path, report.summary())
-    return examples

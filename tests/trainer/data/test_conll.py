@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from trainer.data.conll import read_conll, write_conll
-from trainer.data.examples import load_examples
+from trainer.data.load import load_examples
 
 DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data.examples import load_examples
+from trainer.data.load import load_examples
 from trainer.data.jsonl import read_jsonl, write_jsonl
 
 

@@ -1,4 +1,4 @@
-"""trainer.retrain: label validation, dedup, the hash split and the gate (unit); a full run against real Kafka."""
+"""trainer.retrain end to end against the real Kafka: labels read, refused, trained on, decided and committed."""
 
 from __future__ import annotations
 
@@ -15,246 +15,19 @@ from collections.abc import AsyncIterator, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
-import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from PIL import Image
+from tests.support.kafka_io import read_topic
 
-from postlens.schemas import DeadLetter, Label
-from postlens.settings import Settings
-from postlens.io.deadletter import RawMessage
-from trainer.data.examples import load_examples
 from postlens.runtime.exported import CARD_FILE
-from trainer.retrain import (
-    EXIT_TOO_FEW_LABELS,
-    InvalidLabel,
-    LabelImages,
-    LabelMessage,
-    RetrainError,
-    RetrainOptions,
-    RetrainSummary,
-    TooFewLabels,
-    decide,
-    fine_tune_config,
-    fine_tuning_sets,
-    id_position,
-    label_example,
-    latest_by_id,
-    parse_label,
-    resolve_base,
-    retrain,
-    split_labels,
-)
+from postlens.schemas import DeadLetter
+from postlens.settings import Settings
+from trainer.data.load import load_examples
+from trainer.retrain.decision import decide
+from trainer.retrain.report import EXIT_TOO_FEW_LABELS
+from trainer.retrain.run import RetrainOptions, retrain
 from trainer.synth import generate
-from trainer.train import resolve_config
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Unit: validation
-# ------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "kind"),
-    [
-        (None, "empty"),
-        (b"\xff\xfe", "invalid_json"),
-        (b'{"id": "a", "text": "\xff", "entities": []}', "invalid_json"),
-        (b"{not json", "invalid_json"),
-        (b"[1, 2]", "schema"),
-        (b'{"text": "no id", "entities": []}', "schema"),
-        (b'{"id": "a", "text": "Paris", "entities": [{"start": 0, "end": 9, "type": "LOC"}]}', "schema"),
-        (b'{"id": "a", "text": "Paris", "entities": [{"start": 0, "end": 5, "type": "CITY"}]}', "schema"),
-        (b'{"id": "a", "tokens": ["Paris", "rocks"], "tags": ["B-LOC"]}', "schema"),
-        (b'{"id": "a", "text": "Paris"}', "schema"),
-    ],
-)
-def test_invalid_label_messages_are_refused_with_a_reason(value: bytes | None, kind: str) -> None:
-    with pytest.raises(InvalidLabel) as refused:
-        parse_label(value)
-    assert refused.value.kind == kind and str(refused.value)
-
-
-def test_both_label_forms_become_examples(tmp_path: Path) -> None:
-    spans = parse_label(b'{"id": 7, "text": "Jordan visited Paris", "entities": [{"start": 15, "end": 20, "type": "LOC"}]}')
-    tags = parse_label(b'{"id": "8", "tokens": ["Jordan", "visited", "Paris"], "tags": ["B-PER", "O", "B-LOC"]}')
-    span_example, notes = label_example(spans, tmp_path, max_text_chars=100)
-    tag_example, _ = label_example(tags, tmp_path, max_text_chars=100)
-    assert span_example.id == "7" and [(e.start, e.end, e.type) for e in span_example.entities] == [(15, 20, "LOC")]
-    assert [e.type for e in tag_example.entities] == ["PER", "LOC"] and notes == []
-
-
-def test_labels_the_model_cannot_take_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(InvalidLabel) as empty:
-        label_example(Label(id="e", text="   ", entities=[]), tmp_path, max_text_chars=100)
-    with pytest.raises(InvalidLabel) as long:
-        label_example(Label(id="l", text="word " * 30, entities=[]), tmp_path, max_text_chars=100)
-    with pytest.raises(InvalidLabel) as tags:
-        label_example(Label(id="t", tokens=["a", "b"], tags=["B-PER", "X-LOC"]), tmp_path, max_text_chars=100)
-    assert (empty.value.kind, long.value.kind, tags.value.kind) == ("empty_text", "oversize", "conversion")
-
-
-def test_a_span_inside_a_word_is_widened_and_reported(tmp_path: Path) -> None:
-    label = Label(id="w", text="Obama spoke", entities=[{"start": 0, "end": 4, "type": "PER"}])
-    example, notes = label_example(label, tmp_path, max_text_chars=100)
-    assert [(e.start, e.end) for e in example.entities] == [(0, 5)] and len(notes) == 1
-
-
-def message(offset: int, timestamp: int) -> LabelMessage:
-    return LabelMessage(RawMessage(b"{}", None, "labels", 0, offset), timestamp)
-
-
-def test_the_latest_label_per_id_wins() -> None:
-    first = Label(id="b", text="Paris", entities=[{"start": 0, "end": 5, "type": "PER"}])
-    fixed = Label(id="b", text="Paris", entities=[{"start": 0, "end": 5, "type": "LOC"}])
-    other = Label(id="a", text="Rome", entities=[])
-    kept, superseded = latest_by_id([(message(0, 100), first), (message(1, 100), other), (message(2, 101), fixed)])
-    assert superseded == 1
-    assert [label.id for _, label in kept] == ["a", "b"] and kept[1][1].entities[0].type == "LOC"
-    # Order of arrival does not matter: time, then offset, decides.
-    kept, _ = latest_by_id([(message(2, 101), fixed), (message(0, 100), first)])
-    assert kept[0][1].entities[0].type == "LOC"
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Unit: split, gate, base, config
-# ------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def many_examples(tmp_path_factory: pytest.TempPathFactory):
-    out = tmp_path_factory.mktemp("synth-split")
-    generate(out, 600, seed=3)
-    return load_examples(out / "train.jsonl") + load_examples(out / "valid.jsonl")
-
-
-def test_split_is_a_deterministic_partition_in_the_configured_shares(many_examples) -> None:
-    split = split_labels(many_examples, holdout=0.15, tune=0.10)
-    ids = [[e.id for e in part] for part in (split.train, split.tune, split.holdout)]
-    assert sorted(i for part in ids for i in part) == sorted(e.id for e in many_examples)  # every label once
-    n = len(many_examples)
-    assert abs(len(split.holdout) / n - 0.15) < 0.05 and abs(len(split.tune) / n - 0.10) < 0.05
-    again = split_labels(list(reversed(many_examples)), holdout=0.15, tune=0.10)
-    assert sorted(e.id for e in again.holdout) == sorted(ids[2])
-
-
-def test_a_label_stays_in_its_slice_whatever_else_arrives(many_examples) -> None:
-    """Labels trained on in one run never become evaluation labels in a later (e.g. --from-beginning) run."""
-    half = many_examples[: len(many_examples) // 2]
-    held_alone = {e.id for e in split_labels(half, 0.15, 0.10).holdout}
-    held_with_all = {e.id for e in split_labels(many_examples, 0.15, 0.10).holdout}
-    assert held_alone == held_with_all & {e.id for e in half}
-    assert all(0 <= id_position(e.id) < 1 for e in many_examples)
-
-
-def test_fine_tuning_sets_combine_the_slices_with_the_given_files(many_examples) -> None:
-    labels, valid, extra = many_examples[:200], many_examples[200:230], many_examples[230:240]
-    sets = fine_tuning_sets(labels, valid, extra, holdout=0.15, tune=0.10)
-    split = split_labels(labels, 0.15, 0.10)
-    assert sets.evaluation == [*split.holdout, *valid] and sets.train == [*split.train, *extra]
-    assert sets.tune == split.tune and not {e.id for e in sets.train} & {e.id for e in sets.evaluation}
-
-
-def test_labels_too_few_to_hold_any_out_are_refused_unless_valid_data_is_given(many_examples) -> None:
-    trained_only = [e for e in many_examples if id_position(e.id) >= 0.25][:5]
-    with pytest.raises(TooFewLabels, match="0 held out"):
-        fine_tuning_sets(trained_only, [], [], holdout=0.15, tune=0.10)
-    sets = fine_tuning_sets(trained_only, many_examples[:3], [], holdout=0.15, tune=0.10)
-    assert len(sets.evaluation) == 3 and len(sets.train) == 5 and sets.tune == []
-
-
-def test_the_gate_promotes_only_a_candidate_that_is_not_worse() -> None:
-    assert decide(0.70, 0.70, tolerance=0.0) == "promote"
-    assert decide(0.70, 0.69, tolerance=0.0) == "keep_base"
-    assert decide(0.70, 0.69, tolerance=0.02) == "promote"
-    assert decide(0.70, 0.90, tolerance=0.0) == "promote"
-
-
-def fake_checkpoint(path: Path, weights: str) -> Path:
-    path.mkdir(parents=True)
-    config = resolve_config("tiny").model_dump(mode="json")
-    (path / "config.yaml").write_text(yaml.safe_dump({**config, "version": weights}))
-    return path
-
-
-def fake_version(repo: Path, version: int, checkpoint: Path, weights: str) -> None:
-    folder = repo / "postlens" / str(version)
-    folder.mkdir(parents=True)
-    card = {"source_checkpoint": str(checkpoint), "checkpoint_version": weights}
-    (folder / CARD_FILE).write_text(json.dumps(card))
-
-
-def test_the_default_base_is_the_checkpoint_behind_the_newest_version(tmp_path: Path) -> None:
-    old, new = fake_checkpoint(tmp_path / "old", "aaa"), fake_checkpoint(tmp_path / "new", "bbb")
-    repo = tmp_path / "repo"
-    fake_version(repo, 1, old, "aaa")
-    fake_version(repo, 2, new, "bbb")
-    assert resolve_base(None, repo, "postlens") == new
-    assert resolve_base(old, repo, "postlens") == old  # --base wins
-
-
-def test_no_usable_base_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(RetrainError, match="no versions"):
-        resolve_base(None, tmp_path / "empty", "postlens")
-    changed = fake_checkpoint(tmp_path / "ckpt", "ccc")
-    fake_version(tmp_path / "repo", 1, changed, "old-weights")
-    with pytest.raises(RetrainError, match="weights ccc"):
-        resolve_base(None, tmp_path / "repo", "postlens")
-    fake_version(tmp_path / "gone", 1, tmp_path / "deleted", "x")
-    with pytest.raises(RetrainError, match="no longer a checkpoint"):
-        resolve_base(None, tmp_path / "gone", "postlens")
-
-
-def test_fine_tuning_keeps_the_base_architecture_and_takes_train_overrides(tmp_path: Path) -> None:
-    base = fake_checkpoint(tmp_path / "base", "abc")
-    config = fine_tune_config(base, ["train.epochs=2", "loss.contrastive=0"])
-    assert config.train.epochs == 2 and config.loss.contrastive == 0 and config.model.fusion.name == "cross"
-    with pytest.raises(RetrainError, match="model comes from the base"):
-        fine_tune_config(base, ["model.fusion.name=text"])
-    with pytest.raises(RetrainError, match="--set"):
-        fine_tune_config(base, ["train.no_such_key=1"])
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Unit: label images (local files)
-# ------------------------------------------------------------------------------------------------------------
-
-
-async def test_local_label_images_become_model_pixels_and_stay_inside_the_root(tmp_path: Path, settings: Settings) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
-    Image.new("RGB", (100, 50), "red").save(root / "red.png")
-    (root / "notes.txt").write_text("not an image")
-    images = LabelImages(settings, image_size=32, root=root, out=tmp_path / "work")
-    try:
-        [local] = await images.localize([str(root / "red.png")])
-        with Image.open(local) as image:
-            pixels = np.asarray(image)
-        assert pixels.shape == (32, 32, 3) and (pixels[..., 0] > 250).all()
-        kinds = {}
-        for reference in (tmp_path / "outside.png", root / "missing.png", root / "notes.txt"):
-            with pytest.raises(InvalidLabel) as refused:
-                await images.localize([str(reference)])
-            kinds[reference.name] = refused.value.kind
-    finally:
-        await images.close()
-    assert kinds == {"outside.png": "image_outside_root", "missing.png": "image_missing", "notes.txt": "image_not_image"}
-
-
-def test_exit_codes_follow_the_outcome() -> None:
-    def code(**fields) -> int:
-        return RetrainSummary(topic="t", group="g", **fields).exit_code
-
-    assert code(status="promoted") == code(status="kept_base") == code(status="dry_run") == 0
-    assert code(status="too_few_labels") == EXIT_TOO_FEW_LABELS
-    assert code(status="failed") == 1 and code(status="promoted", triton_refused=True) == 4
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Integration: a run against the real Kafka
-# ------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -326,21 +99,6 @@ async def publish(bootstrap: str, topic: str, values: list[bytes]) -> None:
             await producer.send_and_wait(topic, value, key=key)
     finally:
         await producer.stop()
-
-
-async def read_all(bootstrap: str, topic: str) -> list[bytes]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = sorted(consumer.assignment())
-        end = await consumer.end_offsets(partitions)
-        values: list[bytes] = []
-        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                values.extend(record.value for record in records)
-        return values
-    finally:
-        await consumer.stop()
 
 
 async def committed_and_end(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[list[int | None], list[int]]:
@@ -427,7 +185,7 @@ async def test_retrain_from_the_labels_topic(
     else:
         assert versions_in(repo) == ["1"] and summary.exported_version is None
 
-    letters = [DeadLetter.model_validate_json(v) for v in await read_all(bootstrap, run_settings.topic_labels_rejected)]
+    letters = [DeadLetter.model_validate_json(v) for _, v in await read_topic(bootstrap, run_settings.topic_labels_rejected)]
     assert sorted(letter.error.kind for letter in letters) == sorted(
         kind for kind, count in expected_rejected.items() for _ in range(count)
     )

@@ -1,0 +1,78 @@
+"""A training run's configuration: presets (YAML files in ``trainer/configs/``, or a path) with ``--set a.b=value``
+overrides, validated into a :class:`RunConfig` (model, loss and training sections)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from postlens.runtime.config import ModelConfig
+from trainer.model.losses import LossConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)  # fusion and output layers
+    encoder_lr: float = Field(1e-4, gt=0)  # text and vision encoders
+    crf_lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a rising learning rate
+    grad_clip: float = Field(1.0, gt=0)
+    patience: int = Field(5, ge=1)  # epochs without a better valid F1 before stopping
+    eval_batch_size: int = Field(64, ge=1)
+    threads: int = Field(2, ge=1)  # torch CPU threads
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str
+    seed: int = 13
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def preset_names() -> list[str]:
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"no preset {name!r}; presets: {', '.join(preset_names())} (or a path to a YAML file)")
+    return {"preset": path.stem, **(yaml.safe_load(path.read_text()) or {})}
+
+
+def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``a.b.c=value`` assignments into a nested dict; values are YAML (``3`` → int, ``[1, 2]`` → list)."""
+    config = copy.deepcopy(config)
+    for override in overrides:
+        key, equals, value = override.partition("=")
+        if not equals or not key:
+            raise ValueError(f"--set {override!r}: expected key=value")
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {override!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return config
+
+
+def resolve_config(preset: str, strategy: str | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    config = load_preset(preset)
+    if strategy:
+        config = apply_overrides(config, [f"model.fusion.name={strategy}"])
+    return RunConfig.model_validate(apply_overrides(config, overrides))
