@@ -16,7 +16,7 @@ UV_VERSION := 0.13.9
 UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
 
-.PHONY: setup system-packages deploy-tools test test-unit demo bench bench-model bench-serving up down status clean-cache
+.PHONY: setup system-packages deploy-tools test test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -54,7 +54,7 @@ demo: setup
 	$(PY) -m deploy.local up
 	$(PY) -m deploy.demo
 
-bench: bench-model bench-serving
+bench: bench-model bench-serving bench-stream
 
 bench-model: setup
 	$(PY) -m bench.model
@@ -62,6 +62,10 @@ bench-model: setup
 bench-serving: setup
 	$(PY) -m deploy.local up
 	$(PY) -m bench.serving
+
+bench-stream: setup
+	$(PY) -m deploy.local up
+	$(PY) -m bench.stream
 
 # Tools the deploy/ checks drive (tests/deploy): helm and the Docker Compose CLI plugin built from their Go modules
 # (Go >= 1.26.8 on PATH), kubernetes-validate (Kubernetes schemas bundled, works offline) and KEDA's CRDs from its Go

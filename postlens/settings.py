@@ -53,7 +53,9 @@ class Settings(BaseSettings):
 
     # --- Image fetching ----------------------------------------------------------------------------
     fetch_concurrency: int = Field(32, ge=1)
-    fetch_per_host_concurrency: int = Field(4, ge=1)
+    # Most of a stream's images come from one CDN host: at 4 connections and ~50 ms a fetch, it alone capped a worker at
+    # ~80 posts/s (reports/bench.md).
+    fetch_per_host_concurrency: int = Field(16, ge=1)
     fetch_connect_timeout_s: float = Field(3.0, gt=0)
     fetch_read_timeout_s: float = Field(10.0, gt=0)
     # Caps a whole fetch (all hops): a server dripping one byte per read timeout cannot hold a worker.
@@ -87,7 +89,7 @@ class Settings(BaseSettings):
     es_request_timeout_s: float = Field(30.0, gt=0)
 
     # --- Worker ------------------------------------------------------------------------------------
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1, description="posts per micro-batch (one bulk request, one previous-entities read)")
     batch_wait_s: float = Field(0.2, gt=0)
     worker_web_port: int = Field(6066, ge=1, le=65535)
     # How long the consumer group waits for a silent (crashed) worker before giving its partitions to others.

@@ -4,9 +4,10 @@ a Triton of its own)."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,3 +44,13 @@ async def pipeline(
     yield run
     await run.cleanup(es, kafka_admin)
     print(f"\nworker logs: {log_dir}")
+
+
+@pytest.fixture(scope="session")
+def faulty_model(tmp_path_factory: pytest.TempPathFactory, start_triton: Callable[[Path], ServedModel]) -> ServedModel:
+    """A Triton serving tests/stream/faulty_model as ``postlens`` version 1 (posts that break the model)."""
+    repo = tmp_path_factory.mktemp("faulty-repository")
+    shutil.copytree(Path(__file__).parent / "faulty_model", repo / "postlens", ignore=shutil.ignore_patterns("model.py"))
+    (repo / "postlens" / "1").mkdir()
+    shutil.copy(Path(__file__).parent / "faulty_model" / "model.py", repo / "postlens" / "1" / "model.py")
+    return start_triton(repo)

@@ -4,7 +4,6 @@ posts answered in place, retries while the server is unreachable, a clear failur
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,16 +119,6 @@ async def test_connect_to_no_server_fails_with_the_address() -> None:
     with pytest.raises(InferenceUnavailable, match=url):
         await TritonInferer.connect(Settings(triton_url=url, triton_timeout_s=1.0))
     assert time.monotonic() - started < 5.0
-
-
-@pytest.fixture(scope="module")
-def faulty_model(tmp_path_factory: pytest.TempPathFactory, start_triton) -> ServedModel:  # noqa: ANN001 — fixture
-    """A Triton serving tests/stream/stages/faulty_model as ``postlens`` version 1."""
-    repo = tmp_path_factory.mktemp("faulty-repository")
-    shutil.copytree(Path(__file__).parent / "faulty_model", repo / "postlens")
-    (repo / "postlens" / "1").mkdir()
-    shutil.move(repo / "postlens" / "model.py", repo / "postlens" / "1" / "model.py")
-    return start_triton(repo)
 
 
 @pytest.mark.integration

@@ -1,5 +1,6 @@
 """A Python-backend model that fails its whole execution (every request batched with it: INTERNAL) when one text
-contains POISON, and answers text containing GARBLE with something that is not a prediction."""
+contains POISON, answers text containing GARBLE with something that is not a prediction, and text containing
+REGION with an entity grounded in an image the post does not have."""
 
 import json
 
@@ -14,7 +15,17 @@ class TritonPythonModel:
             raise RuntimeError("the model crashed on a poison post")
         responses = []
         for text in texts:
-            answer = "not json" if "GARBLE" in text else json.dumps({"model": {"name": "postlens", "version": "1"}})
+            answer = "not json" if "GARBLE" in text else json.dumps(_prediction(text))
             result = np.array([[answer.encode()]], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("RESULT", result)]))
         return responses
+
+
+def _prediction(text: str) -> dict:
+    entities = []
+    if "REGION" in text:
+        start = text.index("REGION")
+        region = {"image_index": 3, "box": [0, 0, 1, 1], "score": 0.5}
+        entities.append({"text": "REGION", "type": "PER", "start": start, "end": start + 6, "confidence": 0.9,
+                         "regions": [region]})
+    return {"entities": entities, "model": {"name": "postlens", "version": "1"}}
