@@ -73,7 +73,10 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser("worker", help="run a pipeline worker (joins the consumer group)")
-    worker.add_argument("--web-port", type=int, help="metrics/web port (default: POSTLENS_WORKER_WEB_PORT)")
+    worker.add_argument(
+        "--web-port", type=int,
+        help="metrics/web port (default: POSTLENS_WORKER_WEB_PORT if set, else 6066 or, when taken, a free port)",
+    )
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(run=_worker)
 
