@@ -9,6 +9,8 @@
   attention evenly over the box, and the words of entities the images do not show should attend to nothing; and
   a post's image relevance should say whether its images show any entity. Datasets without box annotation
   contribute nothing to either.
+- **Auxiliary** — whatever a fusion strategy returns as its own losses (MGIPS-CL's implicit-positive contrastive,
+  SMCL's CMD and soft orthogonality), weighted by ``auxiliary`` or else by the strategy's paper defaults.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainer.model.fusion.objectives import multi_positive_nce
 from trainer.model.network import NerNetwork, NetworkOutput
 
 
@@ -31,6 +34,7 @@ class LossConfig(BaseModel):
     contrastive_temperature: float = Field(0.07, gt=0)
     grounding: float = Field(0.0, ge=0)  # attention on gold boxes
     relevance: float = Field(0.0, ge=0)  # image relevance vs. "the images show an entity"
+    auxiliary: dict[str, float] = Field(default_factory=dict)  # weight by name of a strategy's own losses
 
 
 @dataclass
@@ -53,8 +57,8 @@ def info_nce(text: torch.Tensor, image: torch.Tensor, keep: torch.Tensor, temper
     if text.shape[0] < 2:  # no negatives to contrast with
         return text.sum() * 0.0
     logits = text @ image.T / temperature
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    diagonal = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    return (multi_positive_nce(logits, diagonal) + multi_positive_nce(logits.T, diagonal)) / 2
 
 
 def grounding_nll(attention: torch.Tensor, box_patches: torch.Tensor, unseen_words: torch.Tensor) -> torch.Tensor:
@@ -96,5 +100,8 @@ def total_loss(
         parts["grounding"] = grounding_nll(output.word_patch_attention, targets.box_patches, targets.unseen_words)
     if config.relevance and network.fusion.grounds:
         parts["relevance"] = relevance_bce(output.image_relevance, targets.relevance, targets.relevance_known)
-    loss = sum(getattr(config, name) * value for name, value in parts.items())
+    weights = {name: getattr(config, name) for name in parts}
+    parts.update(output.auxiliary_losses)
+    weights.update({name: config.auxiliary.get(name, default) for name, default in network.fusion.auxiliary_weights.items()})
+    loss = sum(weights[name] * value for name, value in parts.items())
     return flooding(loss, config.flooding), {name: float(value.detach()) for name, value in parts.items()}

@@ -32,6 +32,7 @@ class NetworkOutput:
     image_relevance: torch.Tensor  # [B]
     text_embedding: torch.Tensor  # [B, ALIGNMENT_DIM], for image–text alignment
     image_embedding: torch.Tensor | None  # [B, ALIGNMENT_DIM]; None when the strategy ignores images
+    auxiliary_losses: dict[str, torch.Tensor]  # the strategy's own training losses (empty in eval mode)
 
 
 class NerNetwork(nn.Module):
@@ -43,6 +44,7 @@ class NerNetwork(nn.Module):
             patch=vision_encoder.patch_dim,
             pooled=vision_encoder.pooled_dim,
             patches=config.vision_encoder.patches,
+            text_layers=text_encoder.model.config.num_hidden_layers,
         )
         self.text_encoder = text_encoder
         self.fusion = build_fusion(config.fusion.name, config.fusion, dims)
@@ -96,6 +98,7 @@ class NerNetwork(nn.Module):
             image_relevance=fused.image_relevance,
             text_embedding=self.text_alignment(fused.text_pooled),
             image_embedding=image_embedding,
+            auxiliary_losses=fused.auxiliary_losses,
         )
 
     def forward(

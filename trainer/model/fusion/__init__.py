@@ -4,7 +4,7 @@ Each strategy module registers itself with ``@register_fusion("name")``; importi
 all. A new strategy is a new module here plus one import line below — callers never change.
 """
 
-from trainer.model.fusion import cross, early, late, text  # noqa: F401  (registration)
+from trainer.model.fusion import cross, early, late, mgips, mpcfn, smcl, text  # noqa: F401  (registration)
 from trainer.model.fusion.base import (
     EncoderDims,
     Fusion,

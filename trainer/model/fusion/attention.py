@@ -46,3 +46,25 @@ class CrossAttention(nn.Module):
         attended = (self.dropout(probabilities) @ v).transpose(1, 2)
         attended = attended.reshape(queries.shape[0], queries.shape[1], queries.shape[2])
         return self.output(attended), probabilities[:, :, :, 1:].mean(dim=1)
+
+
+class AttentionBlock(nn.Module):
+    """A post-norm transformer layer whose keys are any sequence (the queries themselves for self-attention):
+    residual attention, then a residual feed-forward layer. Returns the output and the attention weights.
+
+    ``keep_queries=False`` drops the first residual: the output is what the queries found in the keys (a read-out
+    of the other modality to concatenate beside the queries, rather than the queries updated by it)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, keep_queries: bool = True) -> None:
+        super().__init__()
+        self.keep_queries = keep_queries
+        self.attention = CrossAttention(dim, heads, dropout)
+        self.attention_norm = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.output_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attended, weights = self.attention(queries, keys, key_mask)
+        hidden = self.attention_norm(queries + self.dropout(attended) if self.keep_queries else attended)
+        return self.output_norm(hidden + self.dropout(self.feed_forward(hidden))), weights

@@ -8,8 +8,8 @@ image relevance in [0, 1]. Strategies that do not attend to patches return zeros
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +24,7 @@ class EncoderDims:
     patch: int  # vision patch token width
     pooled: int  # vision pooled embedding width
     patches: int  # patches per image
+    text_layers: int = 0  # transformer layers of the text encoder (strategies that feed every layer need it)
 
 
 @dataclass
@@ -43,17 +44,27 @@ class FusionOutput:
     text_pooled: torch.Tensor  # [B, dims.text], the post's text summary (for image–text alignment)
     word_patch_attention: torch.Tensor  # [B, W, N, P]
     image_relevance: torch.Tensor  # [B]
+    # Strategy-specific training losses by name (training mode only, never exported); losses.py weighs them.
+    auxiliary_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Fusion(nn.Module):
     uses_image: ClassVar[bool] = True  # False: the network skips the vision encoder
     grounds: ClassVar[bool] = False  # True: word_patch_attention and image_relevance are learned signals
+    # The strategy's own FusionConfig keys (``--set model.fusion.KEY=…``) with their defaults; others are refused.
+    knobs: ClassVar[dict[str, Any]] = {}
+    # Default weight of each auxiliary loss the strategy returns (its paper's values); ``loss.auxiliary`` overrides.
+    auxiliary_weights: ClassVar[dict[str, float]] = {}
     output_dim: int
 
     def __init__(self, config: FusionConfig, dims: EncoderDims) -> None:
         super().__init__()
         self.config = config
         self.dims = dims
+
+    def knob(self, name: str) -> Any:
+        default = self.knobs[name]
+        return type(default)((self.config.model_extra or {}).get(name, default))
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
         raise NotImplementedError
@@ -79,7 +90,11 @@ def fusion_names() -> list[str]:
 def build_fusion(name: str, config: FusionConfig, dims: EncoderDims) -> Fusion:
     if name not in _REGISTRY:
         raise ValueError(f"unknown fusion strategy {name!r}; registered: {', '.join(fusion_names())}")
-    return _REGISTRY[name](config, dims)
+    strategy = _REGISTRY[name]
+    unknown = set(config.model_extra or {}) - set(strategy.knobs)
+    if unknown:
+        raise ValueError(f"fusion strategy {name!r} has no setting {', '.join(sorted(unknown))}; it has: {sorted(strategy.knobs)}")
+    return strategy(config, dims)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -116,3 +131,16 @@ def patch_sequence(
     tokens = project(patch_tokens) + slot_embedding.weight[:images][None, :, None, :]
     mask = image_mask[:, :, None].expand(-1, -1, patches)
     return tokens.reshape(batch, images * patches, tokens.shape[-1]), mask.reshape(batch, images * patches)
+
+
+def patch_attention(attention: torch.Tensor, inputs: FusionInputs, patches: int) -> torch.Tensor:
+    """Word attention over the flat patch sequence [B, W, N·P] → [B, W, N, P], zero on padding words."""
+    batch, images = inputs.image_mask.shape
+    attention = attention.reshape(batch, attention.shape[1], images, patches)
+    return attention * inputs.word_mask[:, :, None, None].to(attention.dtype)
+
+
+def has_image(inputs: FusionInputs) -> torch.Tensor:
+    """[B] 1.0 for posts with at least one image. sum > 0, not any(): exported to ONNX, any() over an empty image
+    axis is True (PyTorch says False)."""
+    return (inputs.image_mask.sum(dim=1) > 0).to(torch.float32)

@@ -18,7 +18,9 @@ from trainer.model.fusion.base import (
     FusionInputs,
     FusionOutput,
     encode_text,
+    has_image,
     masked_mean,
+    patch_attention,
     patch_sequence,
     register_fusion,
 )
@@ -64,15 +66,10 @@ class CrossFusion(Fusion):
         for block in self.blocks:
             context, attention, patches = block(queries, inputs.word_mask, patches, patch_mask)
             queries = self.word_norm(queries + context)
-        # sum > 0, not any(): exported to ONNX, any() over an empty image axis is True (PyTorch says False).
-        has_image = (inputs.image_mask.sum(dim=1) > 0).to(words.dtype)
         summary = torch.cat(
             [masked_mean(queries, inputs.word_mask), masked_mean(patches, patch_mask), masked_mean(context, inputs.word_mask)],
             dim=-1,
         )
-        relevance = torch.sigmoid(self.gate(summary))[:, 0] * has_image
+        relevance = torch.sigmoid(self.gate(summary))[:, 0] * has_image(inputs)
         fused = torch.cat([words, relevance[:, None, None] * self.dropout(context)], dim=-1)
-        batch, images = inputs.image_mask.shape
-        attention = attention.reshape(batch, attention.shape[1], images, self.dims.patches)
-        attention = attention * inputs.word_mask[:, :, None, None].to(attention.dtype)
-        return FusionOutput(fused, pooled, attention, relevance)
+        return FusionOutput(fused, pooled, patch_attention(attention, inputs, self.dims.patches), relevance)
