@@ -55,6 +55,7 @@ from trainer.model.tokenizer import subword_tokenizer
 MODEL_SOURCE = Path(__file__).resolve().parent.parent / "model_repository" / "postlens"
 # ONNX Runtime and PyTorch sum in different orders; float32 round-off stays far below this.
 PARITY_TOLERANCE = 1e-4
+_MODEL_NAME = re.compile(r'^name:\s*"[^"]*"', re.MULTILINE)
 _IMAGES_DIMS = re.compile(r'(name:\s*"IMAGES"[^}]*?dims:\s*\[\s*4\s*,\s*)(\d+)(\s*,\s*)(\d+)(\s*,\s*3\s*\])')
 
 
@@ -81,9 +82,10 @@ def next_version(model_root: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_model(model_dir: Path, repo: Path, version: int | None = None) -> Path:
-    """Export checkpoint ``model_dir`` as a new version of the entry model in ``repo``; returns the version folder."""
-    model_root = repo / get_settings().triton_model
+def export_model(model_dir: Path, repo: Path, version: int | None = None, name: str | None = None) -> Path:
+    """Export checkpoint ``model_dir`` as a new version of Triton model ``name`` (default: the entry model the workers
+    ask, ``POSTLENS_TRITON_MODEL``) in ``repo``; returns the version folder."""
+    model_root = repo / (name or get_settings().triton_model)
     version = version if version is not None else next_version(model_root)
     target = model_root / str(version)
     if version < 1:
@@ -107,7 +109,7 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None) -> Pat
         shutil.copy2(model_dir / CONFIG_FILE, staging / CONFIG_FILE)
         shutil.copy2(MODEL_SOURCE / TRITON_CODE_FILE, staging / TRITON_CODE_FILE)
         cases = verify_parity(network, staging)
-        card = _model_card(model_dir, checkpoint_version, version, config, cases, time.perf_counter() - started)
+        card = _model_card(model_dir, model_root.name, checkpoint_version, version, config, cases, time.perf_counter() - started)
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (model_root / TRITON_CONFIG_FILE).write_text(triton_config)
         staging.rename(target)
@@ -117,7 +119,8 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None) -> Pat
 
 
 def _triton_config(model_root: Path, image_size: int) -> str:
-    """The entry model's ``config.pbtxt`` (the source's, on a first export) declaring this checkpoint's image size.
+    """The entry model's ``config.pbtxt`` (the source's, on a first export) declaring this checkpoint's image size
+    and named after its folder (Triton requires both to agree; ``POSTLENS_TRITON_MODEL`` picks the folder).
 
     All versions of a Triton model share one config, so a checkpoint with another size is refused while other
     versions exist.
@@ -133,7 +136,8 @@ def _triton_config(model_root: Path, image_size: int) -> str:
             f"{model_root} serves {current}×{current} images but this checkpoint takes {image_size}×{image_size}; "
             "one Triton model has one input shape — export into a repository without older versions"
         )
-    return _IMAGES_DIMS.sub(rf"\g<1>{image_size}\g<3>{image_size}\g<5>", text)
+    sized = _IMAGES_DIMS.sub(rf"\g<1>{image_size}\g<3>{image_size}\g<5>", text)
+    return _MODEL_NAME.sub(f'name: "{model_root.name}"', sized, count=1)
 
 
 def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> None:
@@ -211,13 +215,15 @@ def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
     return cases
 
 
-def _model_card(model_dir: Path, checkpoint_version: str, version: int, config: ModelConfig, cases: list[ParityCase], seconds: float) -> dict[str, Any]:
+def _model_card(
+    model_dir: Path, name: str, checkpoint_version: str, version: int, config: ModelConfig, cases: list[ParityCase], seconds: float
+) -> dict[str, Any]:
     import onnx
     import transformers
 
     metrics = model_dir / "metrics.json"
     return {
-        "name": get_settings().triton_model,
+        "name": name,
         "version": str(version),
         "source_checkpoint": str(model_dir.resolve()),
         "checkpoint_version": checkpoint_version,
@@ -281,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, required=True, help="checkpoint dir written by trainer.train")
     parser.add_argument("--repo", type=Path, default=settings.model_repository, help="Triton model repository")
     parser.add_argument("--version", type=int, help="version number (default: the next free one)")
+    parser.add_argument("--name", help="Triton model name (default: POSTLENS_TRITON_MODEL, the one workers ask)")
     parser.add_argument(
         "--triton-http",
         help="Triton HTTP URL to load the new version into (default: the local stack's Triton, when --repo is the "
@@ -290,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     try:
-        target = export_model(args.model, args.repo, args.version)
+        target = export_model(args.model, args.repo, args.version, args.name)
     except ExportError as error:
         raise SystemExit(f"export refused: {error}") from None
     card = json.loads((target / CARD_FILE).read_text())
@@ -302,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("Triton not contacted; it serves the new version when it (re)loads the model")
         return
     try:
-        print(load_in_triton(http_url.rstrip("/"), settings.triton_model, int(target.name)))
+        print(load_in_triton(http_url.rstrip("/"), target.parent.name, int(target.name)))
     except ExportError as error:
         raise SystemExit(str(error)) from None
 

@@ -112,3 +112,12 @@ def test_a_checkpoint_of_another_image_size_is_refused_beside_existing_versions(
     with pytest.raises(ExportError, match="32×32"):
         export_model(tiny_checkpoint, repo)
     assert versions(repo) == ["1"]
+
+
+def test_a_second_model_is_named_after_its_folder(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # Triton refuses a config whose name differs from its folder; a second served model needs its own name.
+    version_dir = export_model(tiny_checkpoint, tmp_path / "repository", name="postlens-synthetic")
+    assert version_dir == tmp_path / "repository" / "postlens-synthetic" / "1"
+    config = (version_dir.parent / "config.pbtxt").read_text()
+    assert 'name: "postlens-synthetic"' in config and 'name: "postlens"\n' not in config
+    assert json.loads((version_dir / "model_card.json").read_text())["name"] == "postlens-synthetic"
