@@ -46,6 +46,7 @@ from postlens.runtime.exported import (
     ExportedModel,
 )
 from postlens.runtime.preprocess import Preprocessor
+from postlens.runtime.word_features import feature_input_names
 from postlens.schemas import MAX_MODEL_IMAGES, ModelRef
 from postlens.settings import get_settings
 from trainer.model.checkpoint import load_checkpoint
@@ -152,18 +153,23 @@ def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> 
         "word_mask": {0: batch, 1: words},
         "pixel_values": {0: batch, 1: images},
         "image_mask": {0: batch, 1: images},
+        "word_shape": {0: batch, 1: words},
+        "word_chars": {0: batch, 1: words},  # C is a config constant
     }
+    names = INPUT_NAMES + feature_input_names(preprocessor.word_features)
     # Sizes ≥ 2 everywhere: torch.export would specialise a dimension traced at 0 or 1 to that constant.
     example = random_inputs(preprocessor, batch=2, images=2, seed=0)
     with warnings.catch_warnings():
         # Several inputs share each dynamic axis; torch warns once per repeat of the shared name.
         warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+        # By keyword: an enabled feature may follow a disabled one in forward()'s signature.
         program = torch.onnx.export(
             network.eval(),
-            tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES),
-            input_names=list(INPUT_NAMES),
+            (),
+            kwargs={name: torch.from_numpy(example[name]) for name in names},
+            input_names=list(names),
             output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=tuple(dynamic[name] for name in INPUT_NAMES),
+            dynamic_shapes={name: dynamic[name] for name in names},
             dynamo=True,
             verbose=False,
         )

@@ -31,6 +31,18 @@ class TrainConfig(BaseModel):
     patience: int = Field(5, ge=1)  # epochs without a better valid F1 before stopping
     eval_batch_size: int = Field(64, ge=1)
     threads: int = Field(2, ge=1)  # torch CPU threads
+    # Shuffled examples are sorted by length within windows of this many batches, so a batch pads little
+    # (tweets vary 5–70 sub-tokens); the batches are then shuffled. 1 = plain shuffled batches.
+    length_window: int = Field(1, ge=1)
+
+
+class DataConfig(BaseModel):
+    """The files a preset trains and selects on: paths relative to the shared data directory (or absolute)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: list[Path] = Field(min_length=1)
+    valid: list[Path] = Field(min_length=1)
 
 
 class RunConfig(BaseModel):
@@ -41,6 +53,7 @@ class RunConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig | None = None  # a preset that names its data trains without --train/--valid
 
 
 def preset_names() -> list[str]:

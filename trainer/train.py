@@ -1,7 +1,9 @@
 """Train the NER network: ``python -m trainer.train --preset NAME --strategy NAME --train PATH --valid PATH --out DIR``.
 
 A preset is a YAML file in ``trainer/configs/`` (or a path); ``--set a.b=value`` overrides any key (values are
-parsed as YAML, so ``--set train.epochs=3`` is an int). Seeds are fixed and algorithms deterministic, so a run is
+parsed as YAML, so ``--set train.epochs=3`` is an int). A preset with a ``data:`` section names its own train and
+valid files (relative to ``POSTLENS_SHARED_DATA_DIR``), so ``--train``/``--valid`` may be left out; given, they
+replace it, and several files per split are concatenated. Seeds are fixed and algorithms deterministic, so a run is
 repeatable (:mod:`trainer.run_config`). Each epoch ends with a validation pass; training stops early when valid
 entity F1 has not improved for ``train.patience`` epochs, and the best epoch's weights are kept. Then the model is
 calibrated on valid (:mod:`trainer.calibration`). The checkpoint (CONTRACTS §C) gets ``metrics.json`` and
@@ -31,7 +33,7 @@ from postlens.runtime.preprocess import Preprocessor
 from postlens.schemas import ModelRef
 from trainer.calibration import calibrate, decode_all
 from trainer.data.examples import Example
-from trainer.data.load import load_examples
+from trainer.data.load import load_split
 from trainer.evaluate import build_report
 from trainer.model.batching import Batch, ExampleEncoder
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
@@ -93,6 +95,19 @@ def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
 
 def chunks(items: Sequence[Example], size: int) -> list[list[Example]]:
     return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def epoch_batches(examples: Sequence[Example], settings: TrainConfig, rng: np.random.Generator) -> list[list[Example]]:
+    """One epoch's batches: shuffled, length-sorted within windows of ``length_window`` batches, batch order shuffled."""
+    shuffled = [examples[i] for i in rng.permutation(len(examples))]
+    if settings.length_window == 1:
+        return chunks(shuffled, settings.batch_size)
+    batches = [
+        batch
+        for window in chunks(shuffled, settings.batch_size * settings.length_window)
+        for batch in chunks(sorted(window, key=lambda example: len(example.text)), settings.batch_size)
+    ]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _train_epoch(
@@ -167,9 +182,8 @@ def train(
     best_f1, best_epoch, best_state, stale, last_f1 = -1.0, 0, None, 0, 0.0
     shuffler = np.random.default_rng(config.seed)
     for epoch in range(1, settings.epochs + 1):
-        order = shuffler.permutation(len(train_examples))
         batches = tqdm(
-            chunks([train_examples[i] for i in order], settings.batch_size),
+            epoch_batches(train_examples, settings, shuffler),
             desc=f"epoch {epoch}/{settings.epochs}",
             unit="batch",
             disable=not progress,
@@ -232,8 +246,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--strategy", choices=fusion_names(), help="fusion strategy (overrides the preset's model.fusion.name)"
     )
-    parser.add_argument("--train", type=Path, required=True, help="labeled JSONL or CoNLL .txt")
-    parser.add_argument("--valid", type=Path, required=True, help="labeled JSONL or CoNLL .txt")
+    parser.add_argument(
+        "--train", type=Path, nargs="+", help="labeled JSONL or CoNLL .txt file(s) (default: the preset's data.train)"
+    )
+    parser.add_argument(
+        "--valid", type=Path, nargs="+", help="labeled JSONL or CoNLL .txt file(s) (default: the preset's data.valid)"
+    )
     parser.add_argument("--images", type=Path, help="image dir for CoNLL data (looked up by IMGID)")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint dir to write")
     parser.add_argument(
@@ -246,8 +264,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = resolve_config(args.preset, args.strategy, args.overrides)
     except ValueError as error:
         parser.error(str(error))
-    train_examples = load_examples(args.train, images_dir=args.images)
-    valid_examples = load_examples(args.valid, images_dir=args.images)
+    if (args.train is None or args.valid is None) and config.data is None:
+        parser.error(f"preset {config.preset!r} names no data: give --train and --valid")
+    # Paths given here are the caller's (relative to the working directory); the preset's are under the shared data.
+    train_examples = load_split([path.resolve() for path in args.train] if args.train else config.data.train, args.images)
+    valid_examples = load_split([path.resolve() for path in args.valid] if args.valid else config.data.valid, args.images)
     result = train(config, train_examples, valid_examples, args.out)
     valid = result.metrics["valid"]
     print(

@@ -65,6 +65,24 @@ class FusionConfig(BaseModel):
     dropout: float = 0.1
 
 
+class WordFeaturesConfig(BaseModel):
+    """Per-word inputs beside the sub-word encoder: what an uncased tokenizer throws away (capitals, word shape)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shape: bool = False  # a word-shape class (lower/Title/UPPER/mixed/number/@mention/#hashtag/URL/emoji…)
+    chars: bool = False  # a character CNN over the word's original-cased characters
+    shape_dim: int = Field(16, ge=1)
+    char_dim: int = Field(32, ge=1)
+    char_channels: int = Field(64, ge=1)  # CNN filters = the char feature width
+    max_chars: int = Field(16, ge=2)  # C of the [B, W, C] char ids: longer words keep their first and last C/2
+    char_buckets: int = Field(512, ge=257)  # char ids: Latin-1 code points as they are, the rest hashed into the others
+
+    @property
+    def enabled(self) -> bool:
+        return self.shape or self.chars
+
+
 class DecodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,6 +102,7 @@ class ModelConfig(BaseModel):
     text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
     vision_encoder: VisionEncoderConfig = Field(default_factory=VisionEncoderConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+    word_features: WordFeaturesConfig = Field(default_factory=WordFeaturesConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     labels: list[str] | None = None  # resolved: the tagger's label list, in output order
     word_tokenizer_version: str | None = None  # resolved; serving refuses a different word tokenizer

@@ -26,6 +26,7 @@ import yaml
 from postlens.runtime.config import ModelConfig
 from postlens.runtime.decode import CrfParams, Decoder
 from postlens.runtime.preprocess import Preprocessor, SubwordTokenizer
+from postlens.runtime.word_features import feature_input_names
 from postlens.runtime.words import WORD_TOKENIZER_VERSION, Word
 from postlens.schemas import ModelRef, PostPrediction
 
@@ -37,6 +38,7 @@ TOKENIZER_DIR = "tokenizer"
 TRITON_CODE_FILE = "model.py"
 TRITON_CONFIG_FILE = "config.pbtxt"
 INPUT_NAMES = ("input_ids", "attention_mask", "word_index", "word_mask", "pixel_values", "image_mask")
+# Plus word_shape [B, W] and word_chars [B, W, C] when the model config enables those word features.
 OUTPUT_NAMES = ("emissions", "word_patch_attention", "image_relevance")
 
 
@@ -93,7 +95,11 @@ class ExportedModel:
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The network's outputs (emissions, word_patch_attention, image_relevance) for encoded inputs."""
-        return self.session.run(list(OUTPUT_NAMES), {name: inputs[name] for name in INPUT_NAMES})
+        return self.session.run(list(OUTPUT_NAMES), {name: inputs[name] for name in self.input_names})
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return INPUT_NAMES + feature_input_names(self.preprocessor.word_features)
 
     def decode(
         self, texts: Sequence[str], words: Sequence[Sequence[Word]], inputs: dict[str, np.ndarray], outputs: Sequence[np.ndarray]

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from postlens.runtime.config import ModelConfig
+from postlens.runtime.config import ModelConfig, WordFeaturesConfig
+from postlens.runtime.word_features import encode_word_features
 from postlens.runtime.words import Word, word_tokenize
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -63,6 +64,7 @@ class Preprocessor:
         std: Sequence[float],
         max_words: int,
         max_subtokens: int,
+        word_features: WordFeaturesConfig | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self._subwords = tokenizer.truncating(max_subtokens)
@@ -71,13 +73,16 @@ class Preprocessor:
         self.std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3, 1, 1)
         self.max_words = max_words
         self.max_subtokens = max_subtokens
+        self.word_features = word_features or WordFeaturesConfig()
 
     @classmethod
     def from_config(cls, config: ModelConfig, tokenizer: SubwordTokenizer) -> Preprocessor:
         vision = config.vision_encoder
         if vision.image_size is None or vision.mean is None or vision.std is None:
             raise ValueError("the model config's vision encoder is not resolved (no image size/mean/std)")
-        return cls(tokenizer, vision.image_size, vision.mean, vision.std, config.max_words, config.max_subtokens)
+        return cls(
+            tokenizer, vision.image_size, vision.mean, vision.std, config.max_words, config.max_subtokens, config.word_features
+        )
 
     def encode(
         self, texts: Sequence[str], images: np.ndarray, image_mask: np.ndarray
@@ -115,6 +120,7 @@ class Preprocessor:
             "word_index": word_index,
             "word_mask": word_mask,
             **self.pixels(images, image_mask),
+            **encode_word_features(kept, width, self.word_features),
         }
         return inputs, kept
 

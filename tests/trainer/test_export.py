@@ -17,9 +17,12 @@ import yaml
 
 from postlens.schemas import ModelRef
 from trainer import export
+from postlens.runtime.exported import INPUT_NAMES
 from postlens.runtime.exported import ExportedModel
 from trainer.export import ExportError, export_model, next_version, random_inputs, verify_parity
-from trainer.model.checkpoint import load_checkpoint
+from postlens.runtime.config import FusionConfig, ModelConfig, WordFeaturesConfig
+from trainer.model.checkpoint import load_checkpoint, save_checkpoint
+from trainer.model.network import NerNetwork
 
 pytestmark = pytest.mark.slow
 
@@ -121,3 +124,22 @@ def test_a_second_model_is_named_after_its_folder(tiny_checkpoint: Path, tmp_pat
     config = (version_dir.parent / "config.pbtxt").read_text()
     assert 'name: "postlens-synthetic"' in config and 'name: "postlens"\n' not in config
     assert json.loads((version_dir / "model_card.json").read_text())["name"] == "postlens-synthetic"
+
+
+@pytest.mark.parametrize(("shape", "chars"), [(False, True), (True, True)])
+def test_word_features_are_extra_inputs_of_the_exported_network(tmp_path: Path, shape: bool, chars: bool) -> None:
+    """Shape and char ids are computed by the served preprocessing and fed to ONNX Runtime by name, also when only
+    the second feature is on; export refuses any parity mismatch, so a written version is a checked one."""
+    torch.manual_seed(0)
+    features = WordFeaturesConfig(shape=shape, chars=chars)
+    network, tokenizer, config = NerNetwork.build(ModelConfig(fusion=FusionConfig(name="cross", hidden=32), word_features=features))
+    save_checkpoint(tmp_path / "checkpoint", {"model": config.model_dump(mode="json")}, network, tokenizer)
+    version_dir = export_model(tmp_path / "checkpoint", tmp_path / "repo")
+    session = ort.InferenceSession(str(version_dir / "network.onnx"))
+    extra = [name for name, on in (("word_shape", shape), ("word_chars", chars)) if on]
+    assert [i.name for i in session.get_inputs()] == [*INPUT_NAMES, *extra]
+    exported = ExportedModel.load(version_dir, ModelRef(name="test", version="1"))
+    size = exported.image_size
+    texts = ["Obama visits Paris", "obama visits paris"]
+    predictions = exported.predict(texts, np.zeros((2, 4, size, size, 3), np.uint8), np.zeros((2, 4), bool))
+    assert len(predictions) == 2 and all(prediction.error is None for prediction in predictions)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+from postlens.settings import get_settings
 from trainer.data.conll import read_conll
 from trainer.data.examples import Example
 from trainer.data.jsonl import read_jsonl
@@ -28,3 +30,10 @@ def load_examples(path: Path, images_dir: Path | None = None) -> list[Example]:
         raise ValueError(f"{path}: unknown dataset format {suffix!r}; expected .jsonl/.json (labels) or .txt (CoNLL)")
     log.info("%s: %s", path, report.summary())
     return examples
+
+
+def load_split(paths: Sequence[Path], images_dir: Path | None = None) -> list[Example]:
+    """The examples of several dataset files, in order; relative paths are under the shared data directory
+    (``POSTLENS_SHARED_DATA_DIR``), as presets name them."""
+    root = get_settings().shared_data_dir
+    return [example for path in paths for example in load_examples(root / path, images_dir=images_dir)]

@@ -21,6 +21,7 @@ from trainer.model.fusion import EncoderDims, FusionInputs, build_fusion
 from trainer.model.fusion.base import masked_mean
 from trainer.model.text_encoder import TextEncoder, build_text_encoder
 from trainer.model.vision_encoder import VisionEncoder, build_vision_encoder
+from trainer.model.word_feature_encoder import WordFeatureEncoder
 
 ALIGNMENT_DIM = 64
 
@@ -53,8 +54,11 @@ class NerNetwork(nn.Module):
         self.image_alignment = nn.Linear(dims.pooled, ALIGNMENT_DIM) if self.fusion.uses_image else None
         self.text_alignment = nn.Linear(dims.text, ALIGNMENT_DIM)
         self.dropout = nn.Dropout(config.fusion.dropout)
+        # Casing and characters join the fused word states just before the emissions (the CRF's input).
+        self.word_features = WordFeatureEncoder(config.word_features) if config.word_features.enabled else None
+        feature_dim = self.word_features.output_dim if self.word_features is not None else 0
         self.scheme = TagScheme(config.scheme, tuple(config.types))
-        self.emission = nn.Linear(self.fusion.output_dim, len(self.scheme.labels))
+        self.emission = nn.Linear(self.fusion.output_dim + feature_dim, len(self.scheme.labels))
         self.crf = LinearChainCrf(self.scheme)
 
     @classmethod
@@ -82,6 +86,8 @@ class NerNetwork(nn.Module):
         word_mask: torch.Tensor,
         pixel_values: torch.Tensor,
         image_mask: torch.Tensor,
+        word_shape: torch.Tensor | None = None,
+        word_chars: torch.Tensor | None = None,
     ) -> NetworkOutput:
         patch_tokens = image_pooled = image_embedding = None
         if self.vision_encoder is not None:  # fixed per network, not per input
@@ -91,7 +97,10 @@ class NerNetwork(nn.Module):
             self.text_encoder,
             FusionInputs(input_ids, attention_mask, word_index, word_mask, image_mask, patch_tokens, image_pooled),
         )
-        emissions = self.emission(self.dropout(fused.words))
+        words = fused.words
+        if self.word_features is not None:  # fixed per network, not per input
+            words = torch.cat([words, self.word_features(word_shape, word_chars)], dim=-1)
+        emissions = self.emission(self.dropout(words))
         return NetworkOutput(
             emissions=emissions,
             word_patch_attention=fused.word_patch_attention,
@@ -109,7 +118,12 @@ class NerNetwork(nn.Module):
         word_mask: torch.Tensor,
         pixel_values: torch.Tensor,
         image_mask: torch.Tensor,
+        word_shape: torch.Tensor | None = None,
+        word_chars: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """→ emissions [B, W, T], word_patch_attention [B, W, N, P], image_relevance [B]."""
-        output = self.encode(input_ids, attention_mask, word_index, word_mask, pixel_values, image_mask)
+        """→ emissions [B, W, T], word_patch_attention [B, W, N, P], image_relevance [B]. ``word_shape`` [B, W] and
+        ``word_chars`` [B, W, C] are required when ``config.word_features`` enables them."""
+        output = self.encode(
+            input_ids, attention_mask, word_index, word_mask, pixel_values, image_mask, word_shape, word_chars
+        )
         return output.emissions, output.word_patch_attention, output.image_relevance
