@@ -1,8 +1,17 @@
-"""``make demo``: the whole pipeline on this machine, end to end.
+"""``make demo``: the whole pipeline on this machine, end to end, on real and on synthetic posts.
 
-Synthetic posts (images served by a local HTTP server) → a small demo model (trained once, then cached) exported to
-Triton → two stream workers in one consumer group → Kafka → Elasticsearch; then the entities found, how they compare
-with the gold labels, and pictures of the grounded boxes. Expects the local stack to be up (``make demo`` starts it).
+Two models are served side by side, because no one model here can show both:
+
+- ``postlens``, the default model every worker asks unless told otherwise: the ``twitter`` preset (MiniLM with
+  casing and character features, CRF) trained on the public Twitter-2015 + 2017 train splits. Real tweets from
+  their valid splits go through two workers in the default consumer group, and the indexed entities are scored
+  against the gold labels. (The tweets' images are not distributed, so these posts are text-only.)
+- ``postlens-synthetic``, a small model trained on synthetic posts whose images decide an entity's type and show
+  where it is (``trainer.synth``): one more worker, in a consumer group and topic of its own, indexes them with
+  grounded boxes, scored against gold labels and boxes and drawn into ``reports/demo/``.
+
+Both models are trained once and cached under ``POSTLENS_HOME/demo``, keyed by their data, preset and the training
+code, so a second run reuses them. Expects the local stack to be up (``make demo`` starts it).
 """
 
 from __future__ import annotations
@@ -26,12 +35,20 @@ from pathlib import Path
 
 from postlens.schemas import ModelRef, PostPrediction, PredictedEntity, Region
 from postlens.settings import Settings, get_settings
+from trainer.data.examples import Example
 
 DEMO_PRESET = "tiny"
 DEMO_STRATEGY = "cross"
 DEMO_POSTS = 600  # synthetic posts generated (the test split is published)
 DEMO_SEED = 7
-WORKER_PORTS = (6066, 6067)
+DEFAULT_PRESET = "twitter"  # the default served model; the preset names its training data
+REAL_DATASETS = ("twitter2015", "twitter2017")  # their valid splits are the real posts published
+SYNTHETIC_MODEL = "postlens-synthetic"
+SYNTHETIC_TOPIC = "postlens.demo.synthetic"
+SYNTHETIC_GROUP = "postlens-demo-synthetic"
+WORKER_PORTS = (6066, 6067)  # the default group's workers
+SYNTHETIC_WORKER_PORT = 6068
+CODE = Path(__file__).resolve().parent.parent
 
 
 def step(message: str) -> None:
@@ -62,44 +79,87 @@ def synthetic_data(home: Path, posts: int, seed: int) -> Path:
     return data
 
 
-def demo_checkpoint(home: Path, data: Path) -> Path:
-    """Train the demo model unless a checkpoint for the same data, preset and trainer code is cached."""
-    code = hashlib.sha256()
-    for source in sorted((Path(__file__).resolve().parent.parent / "trainer").rglob("*.py")):
-        code.update(source.read_bytes())
-    for config in sorted((Path(__file__).resolve().parent.parent / "trainer" / "configs").glob("*.yaml")):
-        code.update(config.read_bytes())
-    key = hashlib.sha256(f"{data.name}|{DEMO_PRESET}|{DEMO_STRATEGY}|{code.hexdigest()}".encode()).hexdigest()[:12]
-    checkpoint = home / "models" / f"{DEMO_PRESET}-{DEMO_STRATEGY}-{key}"
+def training_key(*inputs: Path | str) -> str:
+    """A digest of what a trained model depends on: the given data files and names, and the code that trains it
+    (``trainer/``, ``postlens/runtime/``, the presets)."""
+    digest = hashlib.sha256()
+    sources = [*(CODE / "trainer").rglob("*.py"), *(CODE / "trainer" / "configs").glob("*.yaml"),
+               *(CODE / "postlens" / "runtime").rglob("*.py")]
+    for source in sorted(sources):
+        digest.update(source.read_bytes())
+    for item in inputs:
+        digest.update(item.read_bytes() if isinstance(item, Path) else item.encode())
+    return digest.hexdigest()[:12]
+
+
+def cached_checkpoint(checkpoint: Path, train: Sequence[str]) -> Path:
+    """``checkpoint``, trained with ``python -m trainer.train ARGS --out checkpoint`` unless it is there already."""
     if (checkpoint / "model.pt").is_file():
-        print(f"cached demo model {checkpoint}")
+        print(f"cached model {checkpoint}")
         return checkpoint
-    run(python("trainer.train", "--preset", DEMO_PRESET, "--strategy", DEMO_STRATEGY,
-               "--train", str(data / "train.jsonl"), "--valid", str(data / "valid.jsonl"), "--out", str(checkpoint)))
+    run(python("trainer.train", *train, "--out", str(checkpoint)))
     return checkpoint
 
 
-def exported_version(repo: Path, checkpoint: Path) -> str | None:
-    """The newest version of ``postlens`` in ``repo`` exported from ``checkpoint``, if any."""
-    versions = sorted((int(p.name) for p in (repo / "postlens").glob("[0-9]*") if p.name.isdigit()), reverse=True)
+def demo_checkpoint(home: Path, data: Path) -> Path:
+    """The synthetic demo model: trained unless one for the same data, preset and training code is cached."""
+    key = training_key(data.name, DEMO_PRESET, DEMO_STRATEGY)
+    return cached_checkpoint(
+        home / "models" / f"{DEMO_PRESET}-{DEMO_STRATEGY}-{key}",
+        ["--preset", DEMO_PRESET, "--strategy", DEMO_STRATEGY,
+         "--train", str(data / "train.jsonl"), "--valid", str(data / "valid.jsonl")],
+    )
+
+
+def default_checkpoint(settings: Settings, home: Path) -> Path:
+    """The default served model (the ``twitter`` preset, on the shared Twitter data): trained unless cached."""
+    from trainer.run_config import resolve_config
+
+    named = resolve_config(DEFAULT_PRESET).data
+    data = [settings.shared_data_dir / path for path in (*named.train, *named.valid)]
+    if missing := [str(path) for path in data if not path.is_file()]:
+        raise SystemExit(f"the {DEFAULT_PRESET} preset's data is missing: {', '.join(missing)} (POSTLENS_SHARED_DATA_DIR)")
+    key = training_key(DEFAULT_PRESET, *data)
+    return cached_checkpoint(home / "models" / f"{DEFAULT_PRESET}-{key}", ["--preset", DEFAULT_PRESET])
+
+
+def exported_version(repo: Path, name: str, checkpoint: Path) -> str | None:
+    """The newest version of model ``name`` in ``repo`` exported from ``checkpoint``, if any."""
+    versions = sorted((int(p.name) for p in (repo / name).glob("[0-9]*") if p.name.isdigit()), reverse=True)
     for version in versions:
-        card = repo / "postlens" / str(version) / "model_card.json"
+        card = repo / name / str(version) / "model_card.json"
         if card.is_file() and json.loads(card.read_text()).get("source_checkpoint") == str(checkpoint):
             return str(version)
     return None
 
 
-def serve_model(settings: Settings, checkpoint: Path) -> str:
+def serve_model(settings: Settings, name: str, checkpoint: Path) -> str:
+    """Export ``checkpoint`` as the newest version of Triton model ``name`` (unless it is already) and load it."""
     repo = settings.model_repository
-    version = exported_version(repo, checkpoint)
+    version = exported_version(repo, name, checkpoint)
     if version is None:
-        run(python("trainer.export", "--model", str(checkpoint), "--repo", str(repo)))
-        version = exported_version(repo, checkpoint)
+        run(python("trainer.export", "--model", str(checkpoint), "--repo", str(repo), "--name", name))
+        version = exported_version(repo, name, checkpoint)
     else:
-        print(f"model_repository/postlens/{version} already holds this checkpoint")
+        print(f"model_repository/{name}/{version} already holds this checkpoint")
     if version is None:
-        raise SystemExit("the export did not write a version for the demo checkpoint")
+        raise SystemExit(f"the export did not write a version of {name} for {checkpoint}")
+    print(f"Triton serves {name} version {version}")
     return version
+
+
+def real_posts(settings: Settings, home: Path) -> tuple[Path, list[Example]]:
+    """The valid splits' tweets as posts (JSONL for ``stream publish``) and as gold examples, ids made unique."""
+    from trainer.data.load import load_examples
+
+    examples: dict[str, Example] = {}
+    for dataset in REAL_DATASETS:
+        for example in load_examples(settings.shared_data_dir / dataset / "valid.txt"):
+            post_id = f"{dataset}-{example.id}"
+            examples.setdefault(post_id, example.model_copy(update={"id": post_id}))
+    path = home / "real-posts.jsonl"
+    path.write_text("".join(json.dumps({"id": e.id, "text": e.text}, ensure_ascii=False) + "\n" for e in examples.values()))
+    return path, list(examples.values())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -125,11 +185,12 @@ class QuietHandler(SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def workers(logs: Path, env: dict[str, str]) -> Iterator[list[subprocess.Popen]]:
+def workers(logs: Path, envs: dict[int, dict[str, str]]) -> Iterator[list[subprocess.Popen]]:
+    """One ``stream worker`` per web port, each with its environment."""
     logs.mkdir(parents=True, exist_ok=True)
     started = []
     try:
-        for port in WORKER_PORTS:
+        for port, env in envs.items():
             log = open(logs / f"worker-{port}.log", "w")  # noqa: SIM115 - closed with the process below
             process = subprocess.Popen(python("stream", "worker", "--web-port", str(port)), stdout=log,
                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -174,22 +235,43 @@ async def indexed_predictions(settings: Settings, post_ids: Sequence[str]) -> di
         return predictions
 
 
-def report(settings: Settings, data: Path, out: Path) -> None:
-    from trainer.data.load import load_examples
+def print_score(examples: Sequence[Example], predictions: dict[str, PostPrediction], what: str, out: Path) -> None:
+    """Score the index's predictions for ``examples`` against their gold labels; print and save the report."""
     from trainer.evaluate import build_report, summary_table
+
+    evaluation = build_report(examples, [predictions[example.id] for example in examples])
+    print(f"\nWhat the pipeline indexed for the {len(examples)} {what}, scored against their gold labels:")
+    print(summary_table(evaluation.report))
+    out.mkdir(parents=True, exist_ok=True)
+    name = what.split()[0]
+    (out / f"pipeline_metrics_{name}.json").write_text(json.dumps(evaluation.report.to_json(), indent=2))
+
+
+def report_real(settings: Settings, examples: Sequence[Example], out: Path, shown: int = 8) -> None:
+    predictions = asyncio.run(indexed_predictions(settings, [example.id for example in examples]))
+    print(f"\nEntities found on real tweets (the first {shown} that have any; type and confidence):")
+    for example in [e for e in examples if predictions[e.id].entities][:shown]:
+        found = ", ".join(f"{entity.text} {entity.type} {entity.confidence:.2f}" for entity in predictions[example.id].entities)
+        print(f"  {example.text[:100]}\n      → {found}")
+    for dataset in REAL_DATASETS:
+        subset = [example for example in examples if example.id.startswith(f"{dataset}-")]
+        print_score(subset, predictions, f"{dataset} valid tweets", out)
+
+
+def report_synthetic(settings: Settings, data: Path, out: Path) -> None:
+    from trainer.data.load import load_examples
     from trainer.plots import plot_grounding
 
     examples = load_examples(data / "test.jsonl")
     predictions = asyncio.run(indexed_predictions(settings, [example.id for example in examples]))
-    ordered = [predictions[example.id] for example in examples]
-    evaluation = build_report(examples, ordered)
-    print("\nWhat the pipeline indexed, scored against the gold labels of the synthetic test split:")
-    print(summary_table(evaluation.report))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline_metrics.json").write_text(json.dumps(evaluation.report.to_json(), indent=2))
+    print_score(examples, predictions, "synthetic test posts (with images and gold boxes)", out)
     picture = out / "grounded_posts.png"
-    if plot_grounding(examples, ordered, picture, limit=12):
+    if plot_grounding(examples, [predictions[example.id] for example in examples], picture, limit=12):
         print(f"pictures of grounded entities (gold green, predicted red): {picture}")
+
+
+def line_count(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -203,25 +285,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     home = settings.home / "demo"
     started = time.perf_counter()
 
-    step("synthetic posts and images")
+    step(f"the default model: preset {DEFAULT_PRESET} on the Twitter train splits (trained once, then cached)")
+    default = default_checkpoint(settings, home)
+    step("synthetic posts and images, and the small model that grounds them (trained once, then cached)")
     data = synthetic_data(home, args.posts, args.seed)
-    step("demo model (trained once, then cached)")
-    checkpoint = demo_checkpoint(home, data)
-    step("export to the Triton model repository")
-    version = serve_model(settings, checkpoint)
-    print(f"Triton serves postlens version {version}")
+    synthetic = demo_checkpoint(home, data)
+    step("export both to the Triton model repository")
+    serve_model(settings, settings.triton_model, default)
+    serve_model(settings, SYNTHETIC_MODEL, synthetic)
 
-    test_posts = data / "test.jsonl"
-    count = sum(1 for line in test_posts.read_text().splitlines() if line.strip())
+    real_file, real_examples = real_posts(settings, home)
+    synthetic_file = data / "test.jsonl"
     with image_server(data) as base_url:
         # The image server is on loopback, which the SSRF guard refuses unless allowed.
         env = {**os.environ, "POSTLENS_FETCH_ALLOWLIST": json.dumps(["127.0.0.1"])}
-        step(f"two workers in consumer group {settings.consumer_group}; images served at {base_url}")
-        with workers(home / "logs", env):
+        synthetic_env = {**env, "POSTLENS_TRITON_MODEL": SYNTHETIC_MODEL, "POSTLENS_TOPIC_POSTS": SYNTHETIC_TOPIC,
+                         "POSTLENS_CONSUMER_GROUP": SYNTHETIC_GROUP}
+        step(f"workers: two in group {settings.consumer_group} (model {settings.triton_model}), one in group "
+             f"{SYNTHETIC_GROUP} (model {SYNTHETIC_MODEL}); images served at {base_url}")
+        with workers(home / "logs", {**{port: env for port in WORKER_PORTS}, SYNTHETIC_WORKER_PORT: synthetic_env}):
             since = datetime.now(timezone.utc).isoformat()
-            step(f"publish {count} posts to {settings.topic_posts}")
+            count = line_count(real_file) + line_count(synthetic_file)
+            step(f"publish {line_count(real_file)} real tweets to {settings.topic_posts} and "
+                 f"{line_count(synthetic_file)} synthetic posts to {SYNTHETIC_TOPIC}")
             published = time.perf_counter()
-            run(python("stream", "publish", str(test_posts), "--image-base", base_url), env=env)
+            run(python("stream", "publish", str(real_file)), env=env)
+            # With the synthetic workers' settings, so publishing creates their topic with its partitions.
+            run(python("stream", "publish", str(synthetic_file), "--image-base", base_url), env=synthetic_env)
             step("wait until every post is indexed")
             run(python("stream", "wait", "--count", str(count), "--since", since, "--timeout", str(args.timeout)))
             elapsed = time.perf_counter() - published
@@ -229,7 +319,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     step("entities in Elasticsearch")
     run(python("stream", "search", "--limit", "15"))
-    report(settings, data, Path("reports") / "demo")
+    out = Path("reports") / "demo"
+    report_real(settings, real_examples, out)
+    report_synthetic(settings, data, out)
 
     step("where to look")
     print(f"  curl '{settings.es_url}/{settings.es_index_entities}/_search?q=type:PER&size=5&pretty'")
