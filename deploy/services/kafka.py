@@ -32,6 +32,18 @@ logger.server.level = info
 VERSION_LINE = re.compile(r"Kafka version: (\S+)")
 
 
+# What every one-node KRaft cluster needs: every internal topic can only have one replica, and consumers of a fresh
+# group start right away instead of waiting for more members.
+SINGLE_NODE_PROPERTIES = (
+    "offsets.topic.replication.factor=1",
+    "transaction.state.log.replication.factor=1",
+    "transaction.state.log.min.isr=1",
+    "share.coordinator.state.topic.replication.factor=1",
+    "share.coordinator.state.topic.min.isr=1",
+    "group.initial.rebalance.delay.ms=0",
+)
+
+
 class Kafka(Service):
     name = "kafka"
 
@@ -80,14 +92,7 @@ class Kafka(Service):
                     f"log.dirs={data_dir}",
                     "auto.create.topics.enable=true",
                     "num.partitions=1",
-                    # One node: every internal topic can only have one replica.
-                    "offsets.topic.replication.factor=1",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    # Consumers of a fresh group start right away instead of waiting for more members.
-                    "group.initial.rebalance.delay.ms=0",
+                    *SINGLE_NODE_PROPERTIES,
                     "",
                 ]
             )

@@ -28,7 +28,7 @@ from elasticsearch import AsyncElasticsearch
 
 from deploy.process import LaunchSpec, free_port, spawn, stop, tail
 from deploy.services import java_home
-from deploy.services.kafka import Kafka
+from deploy.services.kafka import SINGLE_NODE_PROPERTIES, Kafka
 from postlens.io.connections import kafka_client_options
 from postlens.settings import Settings
 from tests.stream.workers import WorkerProcess
@@ -56,12 +56,7 @@ def broker_config(data_dir: Path, port: int, controller_port: int) -> str:
         "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config="
         f'org.apache.kafka.common.security.scram.ScramLoginModule required username="broker" password="{BROKER_PASSWORD}";',
         f"log.dirs={data_dir}",
-        "offsets.topic.replication.factor=1",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
+        *SINGLE_NODE_PROPERTIES,
         "",
     ])
 
