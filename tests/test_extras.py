@@ -14,8 +14,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-UV = Path(os.environ.get("POSTLENS_HOME", Path.home() / ".cache" / "postlens")) / "uv-0.13.9" / "bin" / "uv"
-SYSTEM_PYTHON = "/usr/bin/python3.11"  # the interpreter the Makefile builds venvs on
+
+
+def makefile_variable(name: str) -> str:
+    """A ``NAME := value`` of the Makefile: the uv and the interpreter ``make setup`` uses are defined there once."""
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        key, separator, value = line.partition(":=")
+        if separator and key.strip() == name:
+            return value.strip()
+    raise LookupError(f"the Makefile defines no {name}")
+
+
+UV = Path(os.environ.get("POSTLENS_HOME", Path.home() / ".cache" / "postlens")) / f"uv-{makefile_variable('UV_VERSION')}" / "bin" / "uv"
+SYSTEM_PYTHON = makefile_variable("SYSTEM_PYTHON")
 
 pytestmark = pytest.mark.slow
 
