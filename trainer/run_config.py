@@ -25,6 +25,9 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)  # fusion and output layers
     encoder_lr: float = Field(1e-4, gt=0)  # text and vision encoders
     crf_lr: float = Field(1e-2, gt=0)
+    # Keep the text encoder's sub-word embedding table as pretrained: on a few thousand tweets most rows see no
+    # gradient worth having, and the table is half of MiniLM's parameters (optimizer time).
+    freeze_word_embeddings: bool = False
     weight_decay: float = Field(0.01, ge=0)
     warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a rising learning rate
     grad_clip: float = Field(1.0, gt=0)

@@ -71,6 +71,8 @@ def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
     ``crf.`` at ``crf_lr`` without weight decay, the rest at ``lr``) and a linear warm-up, then linear decay to 10%."""
     groups: dict[str, list[nn.Parameter]] = {"encoders": [], "crf": [], "rest": []}
     for name, parameter in module.named_parameters():
+        if not parameter.requires_grad:
+            continue
         if name.startswith(("text_encoder.", "vision_encoder.")):
             groups["encoders"].append(parameter)
         else:
@@ -161,6 +163,8 @@ def train(
     else:
         network, tokenizer, model_config, _ = load_checkpoint(Path(init_from))
     config = config.model_copy(update={"model": model_config})
+    if settings.freeze_word_embeddings:
+        network.text_encoder.model.get_input_embeddings().weight.requires_grad_(False)
     preprocessor = Preprocessor.from_config(model_config, subword_tokenizer(tokenizer))
     encoder = ExampleEncoder(
         preprocessor,

@@ -72,6 +72,10 @@ class WordFeaturesConfig(BaseModel):
 
     shape: bool = False  # a word-shape class (lower/Title/UPPER/mixed/number/@mention/#hashtag/URL/emoji…)
     chars: bool = False  # a character CNN over the word's original-cased characters
+    # The features also join the text encoder's input (added to each word's first sub-token embedding through a
+    # zero-initialised projection), so casing reaches every layer and the context around the word, not only the
+    # emissions; the pretrained encoder starts out unchanged.
+    into_encoder: bool = False
     shape_dim: int = Field(16, ge=1)
     char_dim: int = Field(32, ge=1)
     char_channels: int = Field(64, ge=1)  # CNN filters = the char feature width

@@ -14,6 +14,8 @@ import yaml
 from postlens.schemas import Post
 from trainer.data.load import load_examples
 from trainer.evaluate import EvaluationReport, build_report
+from trainer.model.checkpoint import load_checkpoint
+from trainer.model.network import NerNetwork
 from trainer.predict import Predictor
 from trainer.run_config import resolve_config
 from trainer.synth import generate
@@ -96,3 +98,18 @@ def test_same_seed_same_model(synthetic: Path, tmp_path: Path) -> None:
     examples = load_examples(synthetic / "test.jsonl")
     posts = [Post(id=e.id, text=e.text, images=e.images) for e in examples]
     assert Predictor.load(first).predict(posts) == Predictor.load(second).predict(posts)
+
+
+def test_frozen_word_embeddings_stay_as_built_while_the_rest_learns(synthetic: Path, tmp_path: Path) -> None:
+    config = resolve_config("tiny", "text", ["train.epochs=1", "train.freeze_word_embeddings=true"])
+    examples = load_examples(synthetic / "train.jsonl")[:16]
+    torch.manual_seed(config.seed)  # train() seeds the same way before it builds the network
+    built, _, _ = NerNetwork.build(config.model)
+    train(config, examples, examples, tmp_path, progress=False)
+    trained = load_checkpoint(tmp_path)[0]
+
+    def table(network: NerNetwork) -> torch.Tensor:
+        return network.text_encoder.model.get_input_embeddings().weight
+
+    assert torch.equal(table(trained), table(built))
+    assert not torch.equal(trained.emission.weight, built.emission.weight)

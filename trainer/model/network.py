@@ -26,6 +26,14 @@ from trainer.model.word_feature_encoder import WordFeatureEncoder
 ALIGNMENT_DIM = 64
 
 
+def word_to_first_tokens(values: torch.Tensor, word_index: torch.Tensor, word_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, W, D] per-word values → [B, L, D] placed at each word's first sub-token (zeros elsewhere). A one-hot
+    matmul rather than a scatter: padding words all point at position 0, and a matmul exports to any ONNX opset."""
+    positions = torch.arange(length, device=word_index.device)
+    placement = (word_index[:, :, None] == positions[None, None, :]) & word_mask[:, :, None]  # [B, W, L]
+    return placement.to(values.dtype).transpose(1, 2) @ values
+
+
 @dataclass
 class NetworkOutput:
     emissions: torch.Tensor  # [B, W, T]
@@ -57,6 +65,11 @@ class NerNetwork(nn.Module):
         # Casing and characters join the fused word states just before the emissions (the CRF's input).
         self.word_features = WordFeatureEncoder(config.word_features) if config.word_features.enabled else None
         feature_dim = self.word_features.output_dim if self.word_features is not None else 0
+        self.feature_offsets = None
+        if config.word_features.enabled and config.word_features.into_encoder:
+            self.feature_offsets = nn.Linear(feature_dim, dims.text)
+            nn.init.zeros_(self.feature_offsets.weight)  # zero: the pretrained encoder starts out unchanged
+            nn.init.zeros_(self.feature_offsets.bias)
         self.scheme = TagScheme(config.scheme, tuple(config.types))
         self.emission = nn.Linear(self.fusion.output_dim + feature_dim, len(self.scheme.labels))
         self.crf = LinearChainCrf(self.scheme)
@@ -93,13 +106,19 @@ class NerNetwork(nn.Module):
         if self.vision_encoder is not None:  # fixed per network, not per input
             patch_tokens, image_pooled = self.vision_encoder(pixel_values)
             image_embedding = self.image_alignment(masked_mean(image_pooled, image_mask))
+        features = self.word_features(word_shape, word_chars) if self.word_features is not None else None
+        token_offsets = None
+        if self.feature_offsets is not None:  # fixed per network, not per input
+            token_offsets = word_to_first_tokens(self.feature_offsets(features), word_index, word_mask, input_ids.shape[1])
         fused = self.fusion(
             self.text_encoder,
-            FusionInputs(input_ids, attention_mask, word_index, word_mask, image_mask, patch_tokens, image_pooled),
+            FusionInputs(
+                input_ids, attention_mask, word_index, word_mask, image_mask, patch_tokens, image_pooled, token_offsets
+            ),
         )
         words = fused.words
-        if self.word_features is not None:  # fixed per network, not per input
-            words = torch.cat([words, self.word_features(word_shape, word_chars)], dim=-1)
+        if features is not None:
+            words = torch.cat([words, features], dim=-1)
         emissions = self.emission(self.dropout(words))
         return NetworkOutput(
             emissions=emissions,

@@ -9,7 +9,7 @@ import torch
 
 from postlens.runtime.config import FusionConfig, ModelConfig, WordFeaturesConfig
 from postlens.runtime.preprocess import Preprocessor
-from trainer.model.network import NerNetwork
+from trainer.model.network import NerNetwork, word_to_first_tokens
 from trainer.model.tokenizer import subword_tokenizer
 
 
@@ -46,3 +46,37 @@ def test_gradients_reach_the_feature_encoders() -> None:
     for module in (network.word_features.shape, network.word_features.chars.embedding, network.word_features.chars.convolution):
         assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
     assert network.word_features.shape.weight.grad[0].abs().sum() == 0  # padding shape stays zero
+
+
+def test_word_values_land_on_each_words_first_sub_token() -> None:
+    values = torch.tensor([[[1.0], [2.0], [3.0]]])
+    word_index = torch.tensor([[1, 3, 0]])  # the third word is padding
+    word_mask = torch.tensor([[True, True, False]])
+    placed = word_to_first_tokens(values, word_index, word_mask, length=5)
+    assert placed[0, :, 0].tolist() == [0.0, 1.0, 0.0, 2.0, 0.0]
+
+
+def test_features_into_the_encoder_start_as_nothing_and_then_reach_its_context() -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        fusion=FusionConfig(name="text", hidden=32),
+        word_features=WordFeaturesConfig(shape=True, chars=True, into_encoder=True),
+    )
+    network, tokenizer, resolved = NerNetwork.build(config)
+    inputs = encode(Preprocessor.from_config(resolved, subword_tokenizer(tokenizer)), ["Obama visits Paris", "obama visits paris"])
+    network.eval()
+
+    def encoder_words() -> torch.Tensor:  # the fused word states, before the features join the emissions
+        with torch.no_grad():
+            captured = {}
+            handle = network.fusion.register_forward_hook(lambda module, args, output: captured.update(words=output.words))
+            network(**inputs)
+            handle.remove()
+        return captured["words"]
+
+    words = encoder_words()
+    assert float((words[0] - words[1]).abs().max()) < 1e-5  # zero-initialised: the pretrained encoder as it was
+    torch.nn.init.normal_(network.feature_offsets.weight)  # what training would learn
+    words = encoder_words()
+    # "visits" is lower-case in both posts: it differs only through its capitalised neighbours, i.e. in context.
+    assert float((words[0, 1] - words[1, 1]).abs().max()) > 1e-3

@@ -36,6 +36,7 @@ class FusionInputs:
     image_mask: torch.Tensor  # [B, N] bool
     patch_tokens: torch.Tensor | None  # [B, N, P, Dp]; None when the strategy does not use images
     image_pooled: torch.Tensor | None  # [B, N, Dv]
+    token_offsets: torch.Tensor | None = None  # [B, L, H] added to the token embeddings (word features), or None
 
 
 @dataclass
@@ -108,9 +109,15 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def token_embeddings(text_encoder: TextEncoder, inputs: FusionInputs) -> torch.Tensor:
+    """[B, L, H] the sub-token embeddings the text encoder starts from (its own, plus any word-feature offsets)."""
+    tokens = text_encoder.embed_tokens(inputs.input_ids)
+    return tokens if inputs.token_offsets is None else tokens + inputs.token_offsets
+
+
 def encode_text(text_encoder: TextEncoder, inputs: FusionInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """The text alone: word states [B, W, H] and their masked mean [B, H]."""
-    hidden = text_encoder(text_encoder.embed_tokens(inputs.input_ids), inputs.attention_mask)
+    hidden = text_encoder(token_embeddings(text_encoder, inputs), inputs.attention_mask)
     words = text_encoder.words(hidden, inputs.word_index)
     return words, masked_mean(words, inputs.word_mask)
 

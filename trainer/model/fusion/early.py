@@ -19,6 +19,7 @@ from trainer.model.fusion.base import (
     no_grounding,
     patch_sequence,
     register_fusion,
+    token_embeddings,
 )
 from trainer.model.text_encoder import TextEncoder
 
@@ -33,7 +34,7 @@ class EarlyFusion(Fusion):
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
         prefix, prefix_mask = patch_sequence(inputs.patch_tokens, inputs.image_mask, self.image_slot, self.prefix_projection)
-        tokens = text_encoder.embed_tokens(inputs.input_ids)
+        tokens = token_embeddings(text_encoder, inputs)
         embeds = torch.cat([tokens[:, :1], prefix, tokens[:, 1:]], dim=1)
         text_mask = inputs.attention_mask
         mask = torch.cat([text_mask[:, :1], prefix_mask.to(text_mask.dtype), text_mask[:, 1:]], dim=1)

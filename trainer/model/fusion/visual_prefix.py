@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from trainer.model.fusion.attention import _MASKED
-from trainer.model.fusion.base import FusionInputs, masked_mean
+from trainer.model.fusion.base import FusionInputs, masked_mean, token_embeddings
 from trainer.model.text_encoder import TextEncoder
 
 
@@ -70,7 +70,7 @@ def encode_text_with_visual_prefix(
     layers = _layers(text_encoder)
     if len(prefixes) != len(layers):
         raise ValueError(f"{len(prefixes)} visual prefixes for {len(layers)} text-encoder layers")
-    hidden = text_encoder.model.embeddings(inputs_embeds=text_encoder.embed_tokens(inputs.input_ids))
+    hidden = text_encoder.model.embeddings(inputs_embeds=token_embeddings(text_encoder, inputs))
     mask = torch.cat([prefix_mask, inputs.attention_mask.bool()], dim=1)[:, None, None, :]
     for layer, prefix in zip(layers, prefixes):
         attention = layer.attention.self
