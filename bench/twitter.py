@@ -44,6 +44,7 @@ from trainer.train import build_optimizer, chunks, epoch_batches, seed_everythin
 PRESET = "twitter"
 TYPES = ("PER", "LOC", "ORG", "MISC")
 SOFTMAX = "softmax"
+HEADING = "## (a) Twitter"
 # The CRF variants: overrides of the preset, from the plain CRF up to the preset as shipped.
 CRF_VARIANTS: dict[str, tuple[str, ...]] = {
     "crf": ("model.word_features.shape=false", "model.word_features.chars=false", "model.word_features.into_encoder=false"),
@@ -117,7 +118,7 @@ def train_softmax(config: RunConfig, train_examples: list[Example], valid: dict[
     preprocessor = Preprocessor(
         subword_tokenizer(tokenizer), 64, (0.5,) * 3, (0.5,) * 3, config.model.max_words, config.model.max_subtokens
     )
-    encoder = ExampleEncoder(preprocessor, scheme, (1, 1), 0, annotates_boxes=False)
+    encoder = ExampleEncoder(preprocessor, scheme, 0, annotates_boxes=False)
     valid_batches = {
         name: [(chunk, encoder.encode(chunk)) for chunk in chunks(examples, settings.eval_batch_size)]
         for name, examples in valid.items()
@@ -199,11 +200,13 @@ def _metric(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def twitter_markdown(results: list[TwitterResult]) -> list[str]:
+def markdown(results: list[TwitterResult], command: str) -> str:
     config = resolve_config(PRESET)
     data = ", ".join(str(path) for path in config.data.train)
     lines = [
-        "## (a) Twitter valid (text only): the default model and what each part contributes",
+        f"{HEADING} valid (text only): the default model and what each part contributes",
+        "",
+        f"Command: `{command}`",
         "",
         f"Preset `{PRESET}` (`{config.model.text_encoder.name}`, {config.train.epochs} epochs, batch "
         f"{config.train.batch_size}, encoder lr {config.train.encoder_lr:g}), trained once on {data}; each variant is "
@@ -224,10 +227,10 @@ def twitter_markdown(results: list[TwitterResult]) -> list[str]:
     lines += ["", "Each variant's training command:", ""]
     lines += [f"- {result.variant}: `{result.command}`" for result in results]
     lines += ["", "![Twitter](model_twitter.png)", ""]
-    return lines
+    return "\n".join(lines) + "\n"
 
 
-def twitter_figures(results: list[TwitterResult]) -> list[dict]:
+def figures(results: list[TwitterResult]) -> list[dict]:
     return [
         {
             "variant": r.variant,
@@ -239,7 +242,7 @@ def twitter_figures(results: list[TwitterResult]) -> list[dict]:
     ]
 
 
-def plot_twitter(results: list[TwitterResult], path: Path) -> None:
+def plot(results: list[TwitterResult], path: Path) -> None:
     names = list(results[0].reports)
     panels = {f"{name} valid": {r.variant: r.reports[name].entity for r in results} for name in names}
     plot_entity_f1(panels, path, types=TYPES)

@@ -4,7 +4,9 @@
 - ``tiny_checkpoint``: the tiny preset trained on it in this session (``trainer.train``, a few epochs);
 - ``exported_repo``: a temporary Triton model repository with that checkpoint exported as version 1;
 - ``served_model``: a Triton of its own serving that repository on free ports, never the shared one (tests must
-  not restart or reload it); ``start_triton`` starts more such servers (for a repository a test changes).
+  not restart or reload it); ``start_triton`` starts more such servers (for a repository a test changes);
+- ``seed_checkpoints``: the tiny preset with each seed strategy (``mpcfn``, ``mgips``, ``smcl``) trained the same
+  way; ``served_seeds``: one Triton serving each of them as the model ``postlens-<strategy>``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from postlens.settings import Settings
 
 SYNTHETIC_POSTS = 240
 TRAIN_EPOCHS = 6
+SEED_STRATEGIES = ("mpcfn", "mgips", "smcl")
 TRITON_START_TIMEOUT_S = 300.0  # the Python backend imports torch/transformers for each model instance
 
 
@@ -40,9 +43,16 @@ class ServedModel:
 
     @property
     def version(self) -> str:
-        """The newest version in the repository (what version policy "latest 1" serves once loaded)."""
-        model_root = self.repo / "postlens"
-        return str(max(int(entry.name) for entry in model_root.iterdir() if entry.name.isdigit()))
+        """The entry model's newest version in the repository (what version policy "latest 1" serves once loaded)."""
+        return self.version_of("postlens")
+
+    def version_of(self, model: str) -> str:
+        return str(max(int(entry.name) for entry in (self.repo / model).iterdir() if entry.name.isdigit()))
+
+    @property
+    def models(self) -> list[str]:
+        """The models of the repository (its folders)."""
+        return sorted(entry.name for entry in self.repo.iterdir() if entry.is_dir())
 
     def settings(self, **overrides: object) -> Settings:
         return Settings(**{"triton_url": self.url, **overrides})
@@ -62,19 +72,29 @@ def model_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(model_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny cross-attention model trained in this session (checkpoint dir of ``trainer.train``)."""
-    out = tmp_path_factory.mktemp("tiny-checkpoint")
+def _train_tiny(model_data: Path, strategy: str, out: Path) -> Path:
+    """The tiny preset with ``strategy`` trained TRAIN_EPOCHS on ``model_data`` (a ``trainer.train`` process)."""
     _run(
         [
-            "-m", "trainer.train", "--preset", "tiny", "--strategy", "cross",
+            "-m", "trainer.train", "--preset", "tiny", "--strategy", strategy,
             "--train", str(model_data / "train.jsonl"), "--valid", str(model_data / "valid.jsonl"),
             "--out", str(out), "--set", f"train.epochs={TRAIN_EPOCHS}",
         ],
         "trainer.train",
     )  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(model_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny cross-attention model trained in this session (checkpoint dir of ``trainer.train``)."""
+    return _train_tiny(model_data, "cross", tmp_path_factory.mktemp("tiny-checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def seed_checkpoints(model_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each seed strategy's tiny model trained in this session, by strategy."""
+    return {strategy: _train_tiny(model_data, strategy, tmp_path_factory.mktemp(f"{strategy}-checkpoint")) for strategy in SEED_STRATEGIES}
 
 
 @pytest.fixture(scope="session")
@@ -111,8 +131,21 @@ def served_model(exported_repo: Path, start_triton: Callable[[Path], ServedModel
     return start_triton(exported_repo)
 
 
+@pytest.fixture(scope="session")
+def served_seeds(
+    seed_checkpoints: dict[str, Path], start_triton: Callable[[Path], ServedModel], tmp_path_factory: pytest.TempPathFactory
+) -> ServedModel:
+    """One Triton of this session serving each seed strategy's tiny model as ``postlens-<strategy>``."""
+    from trainer.export import export_model
+
+    repo = tmp_path_factory.mktemp("seed-repository")
+    for strategy, checkpoint in seed_checkpoints.items():
+        export_model(checkpoint, repo, name=f"postlens-{strategy}")
+    return start_triton(repo)
+
+
 def _wait_until_ready(served: ServedModel, pid: int) -> None:
-    """Until the entry model is ready; fails at once when the server exits or the model failed to load."""
+    """Until every model of the repository is ready; fails at once when the server exits or a model failed to load."""
     deadline = time.monotonic() + TRITON_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if not is_alive(pid):
@@ -124,11 +157,11 @@ def _wait_until_ready(served: ServedModel, pid: int) -> None:
         except OSError:  # not listening yet (it listens once the start-up models are loaded or failed)
             time.sleep(1.0)
             continue
-        states = {(entry.get("state"), entry.get("reason", "")) for entry in json.load(index) if entry["name"] == "postlens"}
-        if any(state == "READY" for state, _ in states):
+        entries = [entry for entry in json.load(index) if entry["name"] in served.models]
+        if {entry["name"] for entry in entries if entry.get("state") == "READY"} == set(served.models):
             return
-        failures = [reason for state, reason in states if state == "UNAVAILABLE" and reason]
+        failures = [f"{entry['name']}: {entry['reason']}" for entry in entries if entry.get("state") == "UNAVAILABLE" and entry.get("reason")]
         if failures:
-            pytest.fail(f"Triton could not load postlens from {served.repo}: {failures[0]}", pytrace=False)
+            pytest.fail(f"Triton could not load {failures[0]} (repository {served.repo})", pytrace=False)
         time.sleep(1.0)
-    pytest.fail(f"postlens not ready after {TRITON_START_TIMEOUT_S:.0f}s; log {served.log}:\n{tail(served.log, 60)}", pytrace=False)
+    pytest.fail(f"{served.models} not all ready after {TRITON_START_TIMEOUT_S:.0f}s; log {served.log}:\n{tail(served.log, 60)}", pytrace=False)

@@ -235,7 +235,7 @@ def _model_card(
         "checkpoint_version": checkpoint_version,
         "strategy": config.fusion.name,
         "text_encoder": config.text_encoder.name,
-        "vision_encoder": config.vision_encoder.name,
+        "vision_encoder": {"family": config.vision_encoder.family, "name": config.vision_encoder.name},
         "labels": config.labels,
         "image_size": config.vision_encoder.image_size,
         "max_words": config.max_words,

@@ -188,9 +188,17 @@ def plot_entity_f1(
 
 def plot_scores(groups: Sequence[str], series: Mapping[str, Sequence[float]], path: Path, title: str) -> None:
     """Scores in [0, 1] by group (e.g. metric), one bar per series (e.g. model) in each group."""
-    figure, axes = _pyplot().subplots(figsize=(8, 3.8))
-    _score_bars(axes, groups, series)
-    axes.set_title(title)
+    plot_score_panels(groups, {title: series}, path)
+
+
+def plot_score_panels(groups: Sequence[str], panels: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> None:
+    """:func:`plot_scores` for several titled panels, stacked, each with its own series (e.g. a model and its
+    ablations)."""
+    width = max(8, 1.2 * len(groups) * max(1, max(len(series) for series in panels.values()) / 4))
+    figure, grid = _pyplot().subplots(len(panels), 1, figsize=(width, 3.8 * len(panels)), squeeze=False)
+    for axes, (title, series) in zip(grid.flat, panels.items()):
+        _score_bars(axes, groups, series)
+        axes.set_title(title)
     _save(figure, path)
 
 

@@ -40,9 +40,10 @@ class RawBatch:
     words: list[list[Word]]
     emissions: np.ndarray
     word_mask: np.ndarray
-    word_patch_attention: np.ndarray
+    word_region_attention: np.ndarray
     image_mask: np.ndarray
     image_relevance: np.ndarray
+    region_boxes: np.ndarray
 
     def decode(self, decoder: Decoder) -> list[PostPrediction]:
         offsets = [[(word.start, word.end) for word in post_words] for post_words in self.words]
@@ -51,9 +52,10 @@ class RawBatch:
             offsets,
             self.emissions,
             self.word_mask,
-            self.word_patch_attention,
+            self.word_region_attention,
             self.image_mask,
             self.image_relevance,
+            self.region_boxes,
         )
 
 
@@ -85,15 +87,16 @@ class Predictor:
     def raw(self, inputs: dict[str, torch.Tensor], texts: Sequence[str], words: list[list[Word]]) -> RawBatch:
         """Run the network on encoded inputs."""
         with self._inference():
-            emissions, attention, relevance = self.network(**inputs)
+            emissions, attention, relevance, boxes = self.network(**inputs)
         return RawBatch(
             texts=list(texts),
             words=words,
             emissions=emissions.numpy(),
             word_mask=inputs["word_mask"].numpy(),
-            word_patch_attention=attention.numpy(),
+            word_region_attention=attention.numpy(),
             image_mask=inputs["image_mask"].numpy(),
             image_relevance=relevance.numpy(),
+            region_boxes=boxes.numpy(),
         )
 
     def predict(self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None) -> list[PostPrediction]:

@@ -15,6 +15,7 @@ from postlens.runtime.config import ModelConfig
 from trainer.model.losses import LossConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+EXTENDS = "extends"  # the preset key naming the preset it builds on
 
 
 class TrainConfig(BaseModel):
@@ -24,6 +25,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)  # fusion and output layers
     encoder_lr: float = Field(1e-4, gt=0)  # text and vision encoders
+    vision_lr: float | None = Field(None, gt=0)  # the vision encoder's own rate (MGIPS-CL); None = encoder_lr
     crf_lr: float = Field(1e-2, gt=0)
     # Keep the text encoder's sub-word embedding table as pretrained: on a few thousand tweets most rows see no
     # gradient worth having, and the table is half of MiniLM's parameters (optimizer time).
@@ -64,10 +66,24 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
+    """A preset's settings; one with ``extends: OTHER`` is OTHER's settings with its own laid over them."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"no preset {name!r}; presets: {', '.join(preset_names())} (or a path to a YAML file)")
-    return {"preset": path.stem, **(yaml.safe_load(path.read_text()) or {})}
+    config = yaml.safe_load(path.read_text()) or {}
+    base = config.pop(EXTENDS, None)
+    if base is not None:
+        config = merge_sections(load_preset(base), config)
+    return {**config, "preset": path.stem}
+
+
+def merge_sections(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid over ``base``: a section present in both merges key by key, any other value replaces."""
+    merged = dict(base)
+    for key, value in over.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = merge_sections(merged[key], value) if both_sections else value
+    return merged
 
 
 def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -298,6 +298,19 @@ class Generator:
         return example
 
 
+def sentences() -> list[str]:
+    """Every sentence the generator writes, undecorated, and its decorations: the corpus the tiny text encoders'
+    tokenizers are trained on."""
+    neutral = [template.format(name) for template in NEUTRAL_TEMPLATES for name in NAME_COLOURS]
+    context = [
+        template.format(name)
+        for entity_type, templates in CONTEXT_TEMPLATES.items()
+        for template in templates
+        for name in CONTEXT_NAMES[entity_type]
+    ]
+    return [*neutral, *context, *NO_ENTITY_TEXTS, *(suffix.strip() for suffix in SUFFIXES), "RT @user0:", "http://t.co/"]
+
+
 def generate(out: Path, posts: int, seed: int, image_size: int = 64) -> dict[str, int]:
     """Write ``train/valid/test.jsonl`` and ``images/`` under ``out``; returns posts per split."""
     if posts < 3:

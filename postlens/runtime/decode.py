@@ -180,35 +180,30 @@ def span_marginal(
 
 @dataclass(frozen=True)
 class Grounding:
-    grid: tuple[int, int]  # patch rows, columns of each image
-    box_fraction: float = 0.5  # a patch is in the box when its attention ≥ this fraction of the image's peak
+    box_fraction: float = 0.5  # a region is in the box when its attention ≥ this fraction of the image's peak
     threshold: float = 0.1  # a region is kept when score × image relevance reaches this (calibrated on valid)
 
 
-def ground_span(attention: np.ndarray, image_mask: np.ndarray, first: int, last: int, grounding: Grounding) -> Region | None:
-    """The region words ``first..last`` attend to: ``attention`` is this post's [W, N, P] word→patch attention.
+def ground_span(
+    attention: np.ndarray, region_boxes: np.ndarray, image_mask: np.ndarray, first: int, last: int, grounding: Grounding
+) -> Region | None:
+    """The region words ``first..last`` attend to: ``attention`` is this post's [W, N, P] word→region attention,
+    ``region_boxes`` its [N, P, 4] region boxes (x0, y0, x1, y1 normalized; a grid's cells or detected objects).
 
-    The image with the most attention mass wins; the box encloses its patches at ≥ ``box_fraction`` of the peak;
-    the score is the entity's attention mass on that image. ``None`` when the post has no (unmasked) image.
+    The image with the most attention mass wins; the box encloses the boxes of its regions at ≥ ``box_fraction`` of
+    the peak; the score is the entity's attention mass on that image. ``None`` when the post has no (unmasked) image.
     """
     images = attention.shape[1]
     if images == 0 or not np.any(image_mask):
         return None
-    rows, columns = grounding.grid
     span = attention[first : last + 1].mean(axis=0) * np.asarray(image_mask, dtype=bool)[:, None]  # [N, P]
     mass = span.sum(axis=1)
     image = int(mass.argmax())
-    patches = span[image].reshape(rows, columns)
-    peak = patches.max()
+    peak = span[image].max()
     if peak <= 0:
         return None
-    row_ids, column_ids = np.nonzero(patches >= grounding.box_fraction * peak)
-    box = (
-        float(column_ids.min() / columns),
-        float(row_ids.min() / rows),
-        float((column_ids.max() + 1) / columns),
-        float((row_ids.max() + 1) / rows),
-    )
+    chosen = np.asarray(region_boxes, dtype=np.float64)[image, span[image] >= grounding.box_fraction * peak]
+    box = (float(chosen[:, 0].min()), float(chosen[:, 1].min()), float(chosen[:, 2].max()), float(chosen[:, 3].max()))
     return Region(image_index=image, box=box, score=float(np.clip(mass[image], 0.0, 1.0)))
 
 
@@ -230,13 +225,11 @@ class Decoder:
     @classmethod
     def from_config(cls, config: ModelConfig, crf: CrfParams, model: ModelRef) -> Decoder:
         """The decoder a checkpoint describes (its CRF scores come from the weights, the rest from ``config``)."""
-        if config.vision_encoder.grid is None:
-            raise ValueError("the model config's vision encoder is not resolved (no patch grid)")
         decode = config.decode
         return cls(
             scheme=TagScheme(config.scheme, tuple(config.types)),
             crf=crf,
-            grounding=Grounding(config.vision_encoder.grid, decode.box_fraction, decode.grounding_threshold),
+            grounding=Grounding(decode.box_fraction, decode.grounding_threshold),
             model=model,
             temperature=decode.temperature,
         )
@@ -251,18 +244,20 @@ class Decoder:
         words: Sequence[Sequence[tuple[int, int]]],
         emissions: np.ndarray,
         word_mask: np.ndarray,
-        word_patch_attention: np.ndarray,
+        word_region_attention: np.ndarray,
         image_mask: np.ndarray,
         image_relevance: np.ndarray,
+        region_boxes: np.ndarray,
     ) -> list[PostPrediction]:
         """Predictions for a batch. ``words`` are each post's word character offsets ``(start, end)``, in the
-        order the network saw them (words past the network's limits are simply not tagged)."""
+        order the network saw them (words past the network's limits are simply not tagged); the arrays are the
+        network's outputs (:data:`postlens.runtime.exported.OUTPUT_NAMES`) and its word and image masks."""
         emissions = np.asarray(emissions, dtype=np.float64) / self.temperature
         word_mask = np.asarray(word_mask, dtype=bool)
         crf = self.crf.scaled(self.temperature)
         paths = viterbi(emissions, word_mask, crf)
         lattice = forward_backward(emissions, word_mask, crf)
-        attention = np.asarray(word_patch_attention, dtype=np.float64)
+        attention = np.asarray(word_region_attention, dtype=np.float64)
         predictions = []
         for row, (text, offsets, path) in enumerate(zip(texts, words, paths)):
             relevance = float(np.clip(image_relevance[row], 0.0, 1.0))
@@ -276,7 +271,7 @@ class Decoder:
                     self.scheme.span_tags(last - first + 1, entity_type),
                     self.scheme.forbidden_after_span(entity_type),
                 )
-                region = ground_span(attention[row], image_mask[row], first, last, self.grounding)
+                region = ground_span(attention[row], region_boxes[row], image_mask[row], first, last, self.grounding)
                 keep = region is not None and region.score * relevance >= self.grounding.threshold
                 start, end = offsets[first][0], offsets[last][1]
                 entities.append(

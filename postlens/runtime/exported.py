@@ -39,7 +39,8 @@ TRITON_CODE_FILE = "model.py"
 TRITON_CONFIG_FILE = "config.pbtxt"
 INPUT_NAMES = ("input_ids", "attention_mask", "word_index", "word_mask", "pixel_values", "image_mask")
 # Plus word_shape [B, W] and word_chars [B, W, C] when the model config enables those word features.
-OUTPUT_NAMES = ("emissions", "word_patch_attention", "image_relevance")
+# word_region_attention [B, W, N, P] over each image's P regions, whose boxes are region_boxes [B, N, P, 4].
+OUTPUT_NAMES = ("emissions", "word_region_attention", "image_relevance", "region_boxes")
 
 
 def execution_providers(name: str, device_id: int = 0) -> list[Any]:
@@ -94,7 +95,7 @@ class ExportedModel:
         return self.preprocessor.image_size
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The network's outputs (emissions, word_patch_attention, image_relevance) for encoded inputs."""
+        """The network's outputs (:data:`OUTPUT_NAMES`, in that order) for encoded inputs."""
         return self.session.run(list(OUTPUT_NAMES), {name: inputs[name] for name in self.input_names})
 
     @property
@@ -105,9 +106,11 @@ class ExportedModel:
         self, texts: Sequence[str], words: Sequence[Sequence[Word]], inputs: dict[str, np.ndarray], outputs: Sequence[np.ndarray]
     ) -> list[PostPrediction]:
         """Entities, confidences and regions from the network's ``outputs`` for encoded ``inputs``."""
-        emissions, attention, relevance = outputs
+        emissions, attention, relevance, boxes = outputs
         offsets = [[(word.start, word.end) for word in post_words] for post_words in words]
-        return self.decoder.decode(texts, offsets, emissions, inputs["word_mask"], attention, inputs["image_mask"], relevance)
+        return self.decoder.decode(
+            texts, offsets, emissions, inputs["word_mask"], attention, inputs["image_mask"], relevance, boxes
+        )
 
     def predict(self, texts: Sequence[str], images: np.ndarray, image_mask: np.ndarray) -> list[PostPrediction]:
         """Predictions for posts with uint8 [B, 4, S, S, 3] images and their [B, 4] mask, in order.

@@ -1,5 +1,5 @@
-"""The entry model ``postlens`` served by a real Triton: parity with in-process prediction, dynamic batching,
-per-request errors, and a new version rolling out under load."""
+"""The entry model ``postlens`` served by a real Triton: parity with in-process prediction (the ``cross`` model and
+each seed strategy's), dynamic batching, per-request errors, and a new version rolling out under load."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from postlens.schemas import Post, PostPrediction
+from postlens.settings import Settings
 from stream.stages.infer import InferRequest, TritonInferer
 from postlens.runtime.images import load_images
+from tests.fixtures_model import SEED_STRATEGIES
 from trainer.predict import Predictor, read_posts
 
 if TYPE_CHECKING:
@@ -53,25 +55,39 @@ def requests_for(posts: list[Post], image_size: int) -> list[InferRequest]:
     return [InferRequest(text=post.text, images=load_images(post.model_images, image_size, 4)) for post in posts]
 
 
-async def test_served_predictions_equal_in_process_predictions(
-    served_model: ServedModel, tiny_checkpoint: Path, test_posts: list[Post]
-) -> None:
+async def assert_served_equals_in_process(settings: Settings, checkpoint: Path, version: str, test_posts: list[Post]) -> None:
+    """Posts with 0, 1 and 2–4 images: the model ``settings.triton_model`` serves what ``checkpoint`` predicts in process."""
     by_images = {count: [post for post in test_posts if min(len(post.images), 4) == count] for count in range(5)}
     posts = by_images[0][:8] + by_images[1][:8] + [post for count in (2, 3, 4) for post in by_images[count][:4]]
     assert by_images[0] and by_images[1] and any(by_images[count] for count in (2, 3, 4)), "the synthetic set lacks a case"
-    expected = Predictor.load(tiny_checkpoint).predict(posts)
+    expected = Predictor.load(checkpoint).predict(posts)
     assert any(prediction.entities for prediction in expected), "the tiny model predicts nothing; parity would be vacuous"
 
-    inferer = await TritonInferer.connect(served_model.settings())
+    inferer = await TritonInferer.connect(settings)
     try:
         actual = await inferer.infer(requests_for(posts, inferer.image_size))
     finally:
         await inferer.close()
 
     for post, want, got in zip(posts, expected, actual):
-        assert got.model.name == "postlens"
-        assert got.model.version == served_model.version
+        assert got.model.name == settings.triton_model
+        assert got.model.version == version
         assert_same_prediction(want, got, post)
+
+
+async def test_served_predictions_equal_in_process_predictions(
+    served_model: ServedModel, tiny_checkpoint: Path, test_posts: list[Post]
+) -> None:
+    await assert_served_equals_in_process(served_model.settings(), tiny_checkpoint, served_model.version, test_posts)
+
+
+@pytest.mark.parametrize("strategy", SEED_STRATEGIES)
+async def test_each_seed_strategy_serves_what_it_predicts_in_process(
+    strategy: str, served_seeds: ServedModel, seed_checkpoints: dict[str, Path], test_posts: list[Post]
+) -> None:
+    model = f"postlens-{strategy}"
+    settings = served_seeds.settings(triton_model=model)
+    await assert_served_equals_in_process(settings, seed_checkpoints[strategy], served_seeds.version_of(model), test_posts)
 
 
 async def test_concurrent_requests_are_batched_without_changing_results(served_model: ServedModel, test_posts: list[Post]) -> None:

@@ -20,7 +20,7 @@ from trainer import export
 from postlens.runtime.exported import INPUT_NAMES
 from postlens.runtime.exported import ExportedModel
 from trainer.export import ExportError, export_model, next_version, random_inputs, verify_parity
-from postlens.runtime.config import FusionConfig, ModelConfig, WordFeaturesConfig
+from postlens.runtime.config import FusionConfig, ModelConfig, VisionEncoderConfig, WordFeaturesConfig
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
 from trainer.model.network import NerNetwork
 
@@ -143,3 +143,27 @@ def test_word_features_are_extra_inputs_of_the_exported_network(tmp_path: Path, 
     texts = ["Obama visits Paris", "obama visits paris"]
     predictions = exported.predict(texts, np.zeros((2, 4, size, size, 3), np.uint8), np.zeros((2, 4), bool))
     assert len(predictions) == 2 and all(prediction.error is None for prediction in predictions)
+
+
+@pytest.mark.parametrize(("family", "strategy"), [("detr", "cross"), ("blip", "cross"), ("resnet", "mpcfn")])
+def test_every_vision_family_exports_its_region_boxes_with_parity(tmp_path: Path, family: str, strategy: str) -> None:
+    """Tiny random models of the transformers families: export checks every output against PyTorch (region boxes
+    included) on 0–4 images; served, DETR's boxes are its own per image, a grid family's are its cells."""
+    torch.manual_seed(0)
+    config = ModelConfig(vision_encoder=VisionEncoderConfig(family=family), fusion=FusionConfig(name=strategy, hidden=32))
+    network, tokenizer, config = NerNetwork.build(config)
+    save_checkpoint(tmp_path / "checkpoint", {"model": config.model_dump(mode="json")}, network, tokenizer)
+    version_dir = export_model(tmp_path / "checkpoint", tmp_path / "repo")  # raises when ONNX Runtime differs
+    cases = json.loads((version_dir / "model_card.json").read_text())["parity"]["cases"]
+    assert {0, 1, 4} <= {case["images"] for case in cases}
+    session = ort.InferenceSession(str(version_dir / "network.onnx"))
+    assert [output.name for output in session.get_outputs()] == list(export.OUTPUT_NAMES)
+
+    exported = ExportedModel.load(version_dir, ModelRef(name="test", version="1"))
+    size = exported.image_size
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 2, size, size, 3), dtype=np.uint8)
+    inputs, _ = exported.preprocessor.encode(["Obama visits Paris", "a dog"], images, np.ones((2, 2), bool))
+    boxes = exported.run(inputs)[export.OUTPUT_NAMES.index("region_boxes")]
+    assert boxes.shape == (2, 2, config.vision_encoder.regions, 4)
+    assert (boxes[..., :2] >= 0).all() and (boxes[..., :2] <= boxes[..., 2:]).all() and (boxes[..., 2:] <= 1).all()
+    assert np.allclose(boxes[0, 0], boxes[1, 1]) == (family != "detr")

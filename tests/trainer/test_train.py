@@ -17,9 +17,9 @@ from trainer.evaluate import EvaluationReport, build_report
 from trainer.model.checkpoint import load_checkpoint
 from trainer.model.network import NerNetwork
 from trainer.predict import Predictor
-from trainer.run_config import resolve_config
+from trainer.run_config import TrainConfig, resolve_config
 from trainer.synth import generate
-from trainer.train import train
+from trainer.train import build_optimizer, train
 
 SYNTHETIC_POSTS = 360
 
@@ -113,3 +113,17 @@ def test_frozen_word_embeddings_stay_as_built_while_the_rest_learns(synthetic: P
 
     assert torch.equal(table(trained), table(built))
     assert not torch.equal(trained.emission.weight, built.emission.weight)
+
+
+def test_learning_rate_by_part_with_the_vision_encoder_on_its_own_or_the_encoder_rate() -> None:
+    parts = torch.nn.ModuleDict({name: torch.nn.Linear(2, 2) for name in ("text_encoder", "vision_encoder", "crf", "fusion")})
+
+    def rates(config: TrainConfig) -> dict[str, float]:
+        optimizer, _ = build_optimizer(parts, config, total_steps=10)
+        by_parameter = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
+        return {name: by_parameter[id(module.weight)] for name, module in parts.items()}
+
+    base = {"lr": 1e-3, "encoder_lr": 5e-5, "crf_lr": 1e-2}
+    assert rates(TrainConfig(**base)) == {"text_encoder": 5e-5, "vision_encoder": 5e-5, "crf": 1e-2, "fusion": 1e-3}
+    assert rates(TrainConfig(**base, vision_lr=3e-5))["vision_encoder"] == 3e-5
+    assert resolve_config("mgips").train.vision_lr == 3e-5  # MGIPS-CL §4.3: CLIP at 3e-5, BERT at 5e-5

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_model import SEED_STRATEGIES
 from tests.trainer.test_train import _restore_torch_globals, evaluate, synthetic, train_tiny  # noqa: F401 (fixtures)
 from trainer.evaluate import EvaluationReport
 from trainer.export import PARITY_TOLERANCE, export_model
 
 pytestmark = pytest.mark.slow
 
-SEED_STRATEGIES = ("mpcfn", "mgips", "smcl")
 # The seed strategies need a few more epochs than `cross` before the image "clicks"; the same budget for `text`.
 BUDGET = ("train.epochs=30", "train.patience=10")
 

@@ -1,4 +1,4 @@
-"""Labeled examples → network inputs and training targets (tags in the model's scheme, gold-box patches).
+"""Labeled examples → network inputs and training targets (tags in the model's scheme, each word's gold boxes).
 
 Images are read once per file and kept (the synthetic and benchmark sets are small); the network sees exactly
 what serving would send (:func:`postlens.runtime.images.to_model_pixels`).
@@ -21,25 +21,11 @@ from trainer.model.losses import Targets
 from postlens.runtime.images import load_images, stack_images
 from postlens.runtime.preprocess import Preprocessor
 
-# A patch belongs to a gold box when the box covers at least this share of it.
-BOX_PATCH_COVERAGE = 0.5
-
-
 @dataclass
 class Batch:
     inputs: dict[str, torch.Tensor]  # the forward() arguments
     words: list[list[Word]]  # the words the network tags, per post (after truncation)
     targets: Targets | None  # None for unlabeled examples
-
-
-def box_patch_mask(box: tuple[float, float, float, float], grid: tuple[int, int]) -> np.ndarray:
-    """Which patches of a ``grid`` (rows, columns) the normalized box covers, as a flat bool [P]."""
-    rows, columns = grid
-    x0, y0, x1, y1 = box
-    top, left = np.arange(rows) / rows, np.arange(columns) / columns
-    height = np.clip(np.minimum(top + 1 / rows, y1) - np.maximum(top, y0), 0, None) * rows
-    width = np.clip(np.minimum(left + 1 / columns, x1) - np.maximum(left, x0), 0, None) * columns
-    return (height[:, None] * width[None, :] >= BOX_PATCH_COVERAGE).reshape(-1)
 
 
 def clip_spans(spans: Sequence[Span], length: int) -> list[Span]:
@@ -49,11 +35,10 @@ def clip_spans(spans: Sequence[Span], length: int) -> list[Span]:
 
 class ExampleEncoder:
     def __init__(
-        self, preprocessor: Preprocessor, scheme: TagScheme, grid: tuple[int, int], max_images: int, annotates_boxes: bool
+        self, preprocessor: Preprocessor, scheme: TagScheme, max_images: int, annotates_boxes: bool
     ) -> None:
         self.preprocessor = preprocessor
         self.scheme = scheme
-        self.grid = grid
         self.max_images = max_images
         self.annotates_boxes = annotates_boxes  # the dataset marks every depicted entity, so "no box" means none
         self._pixels: dict[str, np.ndarray] = {}
@@ -77,9 +62,9 @@ class ExampleEncoder:
 
     def _targets(self, examples: Sequence[Example], words: list[list[Word]], width: int, image_mask: np.ndarray) -> Targets:
         images = image_mask.shape[1]
-        patches = self.grid[0] * self.grid[1]
         tags = np.zeros((len(examples), width), dtype=np.int64)
-        box_patches = np.zeros((len(examples), width, images, patches), dtype=np.float32)
+        word_boxes = np.zeros((len(examples), width, images, 4), dtype=np.float32)
+        word_box_mask = np.zeros((len(examples), width, images), dtype=bool)
         unseen_words = np.zeros((len(examples), width), dtype=bool)
         relevance = np.zeros(len(examples), dtype=np.float32)
         known = image_mask.any(axis=1) & self.annotates_boxes
@@ -90,7 +75,8 @@ class ExampleEncoder:
             visible = self._visible_boxes(example.boxes, image_mask[row])
             for box in visible:
                 first, end, _ = spans[box.entity]
-                box_patches[row, first : min(end, len(kept)), box.image_index] = box_patch_mask(box.box, self.grid)
+                word_boxes[row, first : min(end, len(kept)), box.image_index] = box.box
+                word_box_mask[row, first : min(end, len(kept)), box.image_index] = True
                 relevance[row] = 1.0
             if known[row]:
                 shown = {box.entity for box in visible}
@@ -98,7 +84,8 @@ class ExampleEncoder:
                     unseen_words[row, first : min(end, len(kept))] = True
         return Targets(
             tags=torch.from_numpy(tags),
-            box_patches=torch.from_numpy(box_patches),
+            word_boxes=torch.from_numpy(word_boxes),
+            word_box_mask=torch.from_numpy(word_box_mask),
             unseen_words=torch.from_numpy(unseen_words),
             relevance=torch.from_numpy(relevance),
             relevance_known=torch.from_numpy(known),

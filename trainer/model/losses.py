@@ -1,12 +1,15 @@
 """Training losses and their weights: CRF NLL (with Flooding), image–text InfoNCE, and grounding supervision.
 
 - **CRF NLL** — mean negative log-likelihood of the gold tags per post.
-- **Flooding** (Ishida et al., 2020) — ``|L − b| + b``: once the loss falls below the level ``b`` the gradient
-  turns round, which keeps the model from driving training loss to zero (0 disables it).
+- **Flooding** (Ishida et al., 2020) — ``|L − b| + b`` on the CRF NLL (MPCFN §3.6 floods its tagging objective):
+  once it falls below the level ``b`` the gradient turns round, which keeps the model from driving it to zero
+  (0 disables it). Not on the total: the grounding term alone never falls below log(patches of a gold box), so a
+  flooded total would never reach ``b``.
 - **InfoNCE** — symmetric contrastive alignment of pooled text and pooled image embeddings within the batch
   (posts with images only).
-- **Grounding** — where gold boxes exist (synthetic data), each depicted entity's words should spread their patch
-  attention evenly over the box, and the words of entities the images do not show should attend to nothing; and
+- **Grounding** — where gold boxes exist (synthetic data), each depicted entity's words should spread their region
+  attention evenly over the regions the box covers (:mod:`trainer.model.region_targets`, from the network's region
+  boxes), and the words of entities the images do not show should attend to nothing; and
   a post's image relevance should say whether its images show any entity. Datasets without box annotation
   contribute nothing to either.
 - **Auxiliary** — whatever a fusion strategy returns as its own losses (MGIPS-CL's implicit-positive contrastive,
@@ -23,13 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.model.fusion.objectives import multi_positive_nce
 from trainer.model.network import NerNetwork, NetworkOutput
+from trainer.model.region_targets import covered_regions
 
 
 class LossConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     crf: float = Field(1.0, ge=0)
-    flooding: float = Field(0.0, ge=0)  # level b of Flooding; 0 = off
+    flooding: float = Field(0.0, ge=0)  # level b of Flooding on the CRF NLL; 0 = off
     contrastive: float = Field(0.0, ge=0)
     contrastive_temperature: float = Field(0.07, gt=0)
     grounding: float = Field(0.0, ge=0)  # attention on gold boxes
@@ -40,7 +44,8 @@ class LossConfig(BaseModel):
 @dataclass
 class Targets:
     tags: torch.Tensor  # [B, W] label ids
-    box_patches: torch.Tensor  # [B, W, N, P] 1 on the gold-box patches of each depicted entity's words
+    word_boxes: torch.Tensor  # [B, W, N, 4] the gold box of each depicted entity's words in image n…
+    word_box_mask: torch.Tensor  # [B, W, N] bool …where it has one
     unseen_words: torch.Tensor  # [B, W] bool: words of entities that the (box-annotated) images do not show
     relevance: torch.Tensor  # [B] 1 when the post's images show one of its entities
     relevance_known: torch.Tensor  # [B] bool: the post has images and its dataset annotates boxes
@@ -61,13 +66,13 @@ def info_nce(text: torch.Tensor, image: torch.Tensor, keep: torch.Tensor, temper
     return (multi_positive_nce(logits, diagonal) + multi_positive_nce(logits.T, diagonal)) / 2
 
 
-def grounding_nll(attention: torch.Tensor, box_patches: torch.Tensor, unseen_words: torch.Tensor) -> torch.Tensor:
-    """Mean over supervised words of: for a depicted entity's word, the cross-entropy of its patch attention against
-    the uniform distribution over its gold-box patches (spreading attention over the whole box, not one patch of it,
+def grounding_nll(attention: torch.Tensor, box_regions: torch.Tensor, unseen_words: torch.Tensor) -> torch.Tensor:
+    """Mean over supervised words of: for a depicted entity's word, the cross-entropy of its region attention against
+    the uniform distribution over its gold-box regions (spreading attention over the whole box, not one region of it,
     makes the decoded box cover the object); for a word of an entity the images do not show, −log of the attention
     left on "nothing here" (so attention mass itself says whether an entity is shown)."""
     flat_attention = attention.flatten(2)  # [B, W, N·P]
-    flat_target = box_patches.flatten(2)
+    flat_target = box_regions.flatten(2)
     counts = flat_target.sum(dim=-1)
     depicted = counts > 0
     on_box = -(flat_target * torch.log(flat_attention.clamp(min=1e-6))).sum(dim=-1) / counts.clamp(min=1)
@@ -90,18 +95,20 @@ def total_loss(
     image_mask: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted training loss and its parts (for logging). Grounding terms apply to strategies that attend
-    to patches."""
+    to regions."""
     parts = {"crf": network.crf.nll(output.emissions, targets.tags, word_mask).mean()}
     if config.contrastive and output.image_embedding is not None:
         parts["contrastive"] = info_nce(
             output.text_embedding, output.image_embedding, image_mask.any(dim=1), config.contrastive_temperature
         )
     if config.grounding and network.fusion.grounds:
-        parts["grounding"] = grounding_nll(output.word_patch_attention, targets.box_patches, targets.unseen_words)
+        box_regions = covered_regions(targets.word_boxes, targets.word_box_mask, output.region_boxes)
+        parts["grounding"] = grounding_nll(output.word_region_attention, box_regions, targets.unseen_words)
     if config.relevance and network.fusion.grounds:
         parts["relevance"] = relevance_bce(output.image_relevance, targets.relevance, targets.relevance_known)
     weights = {name: getattr(config, name) for name in parts}
     parts.update(output.auxiliary_losses)
     weights.update({name: config.auxiliary.get(name, default) for name, default in network.fusion.auxiliary_weights.items()})
-    loss = sum(weights[name] * value for name, value in parts.items())
-    return flooding(loss, config.flooding), {name: float(value.detach()) for name, value in parts.items()}
+    objectives = {**parts, "crf": flooding(parts["crf"], config.flooding)}
+    loss = sum(weights[name] * value for name, value in objectives.items())
+    return loss, {name: float(value.detach()) for name, value in parts.items()}

@@ -2,7 +2,8 @@
 
 ``forward`` is the exported graph (CONTRACTS §C): tensors in, tensors out, no data-dependent Python branches, any
 batch size, sub-token length, word count and image count (0 included). ``encode`` gives training the extras
-(alignment embeddings).
+(alignment embeddings). An image's regions are what its vision encoder family makes them (grid cells or DETR's
+object queries); the graph outputs each region's box, so grounding needs no knowledge of the family.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from postlens.runtime.decode import TagScheme
 from trainer.model.fusion import EncoderDims, FusionInputs, build_fusion
 from trainer.model.fusion.base import masked_mean
 from trainer.model.text_encoder import TextEncoder, build_text_encoder
-from trainer.model.vision_encoder import VisionEncoder, build_vision_encoder
+from trainer.model.vision import VisionEncoder, build_vision_encoder
 from trainer.model.word_feature_encoder import WordFeatureEncoder
 
 ALIGNMENT_DIM = 64
@@ -37,8 +38,9 @@ def word_to_first_tokens(values: torch.Tensor, word_index: torch.Tensor, word_ma
 @dataclass
 class NetworkOutput:
     emissions: torch.Tensor  # [B, W, T]
-    word_patch_attention: torch.Tensor  # [B, W, N, P]
+    word_region_attention: torch.Tensor  # [B, W, N, P]
     image_relevance: torch.Tensor  # [B]
+    region_boxes: torch.Tensor  # [B, N, P, 4] each region's box (x0, y0, x1, y1 normalized)
     text_embedding: torch.Tensor  # [B, ALIGNMENT_DIM], for image–text alignment
     image_embedding: torch.Tensor | None  # [B, ALIGNMENT_DIM]; None when the strategy ignores images
     auxiliary_losses: dict[str, torch.Tensor]  # the strategy's own training losses (empty in eval mode)
@@ -50,9 +52,9 @@ class NerNetwork(nn.Module):
         self.config = config
         dims = EncoderDims(
             text=text_encoder.hidden_size,
-            patch=vision_encoder.patch_dim,
+            region=vision_encoder.region_dim,
             pooled=vision_encoder.pooled_dim,
-            patches=config.vision_encoder.patches,
+            regions=vision_encoder.regions,
             text_layers=text_encoder.model.config.num_hidden_layers,
         )
         self.text_encoder = text_encoder
@@ -102,10 +104,13 @@ class NerNetwork(nn.Module):
         word_shape: torch.Tensor | None = None,
         word_chars: torch.Tensor | None = None,
     ) -> NetworkOutput:
-        patch_tokens = image_pooled = image_embedding = None
+        region_tokens = image_pooled = image_embedding = None
         if self.vision_encoder is not None:  # fixed per network, not per input
-            patch_tokens, image_pooled = self.vision_encoder(pixel_values)
+            vision = self.vision_encoder(pixel_values)
+            region_tokens, image_pooled, region_boxes = vision.regions, vision.pooled, vision.boxes
             image_embedding = self.image_alignment(masked_mean(image_pooled, image_mask))
+        else:  # no attention on images, so nothing is grounded in these boxes
+            region_boxes = pixel_values.new_zeros(1, 1, 1, 4).expand(*pixel_values.shape[:2], self.fusion.dims.regions, 4)
         features = self.word_features(word_shape, word_chars) if self.word_features is not None else None
         token_offsets = None
         if self.feature_offsets is not None:  # fixed per network, not per input
@@ -113,7 +118,7 @@ class NerNetwork(nn.Module):
         fused = self.fusion(
             self.text_encoder,
             FusionInputs(
-                input_ids, attention_mask, word_index, word_mask, image_mask, patch_tokens, image_pooled, token_offsets
+                input_ids, attention_mask, word_index, word_mask, image_mask, region_tokens, image_pooled, token_offsets
             ),
         )
         words = fused.words
@@ -122,8 +127,9 @@ class NerNetwork(nn.Module):
         emissions = self.emission(self.dropout(words))
         return NetworkOutput(
             emissions=emissions,
-            word_patch_attention=fused.word_patch_attention,
+            word_region_attention=fused.word_region_attention,
             image_relevance=fused.image_relevance,
+            region_boxes=region_boxes,
             text_embedding=self.text_alignment(fused.text_pooled),
             image_embedding=image_embedding,
             auxiliary_losses=fused.auxiliary_losses,
@@ -139,10 +145,11 @@ class NerNetwork(nn.Module):
         image_mask: torch.Tensor,
         word_shape: torch.Tensor | None = None,
         word_chars: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """→ emissions [B, W, T], word_patch_attention [B, W, N, P], image_relevance [B]. ``word_shape`` [B, W] and
-        ``word_chars`` [B, W, C] are required when ``config.word_features`` enables them."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """→ emissions [B, W, T], word_region_attention [B, W, N, P], image_relevance [B], region_boxes [B, N, P, 4]
+        (:data:`postlens.runtime.exported.OUTPUT_NAMES`). ``word_shape`` [B, W] and ``word_chars`` [B, W, C] are
+        required when ``config.word_features`` enables them."""
         output = self.encode(
             input_ids, attention_mask, word_index, word_mask, pixel_values, image_mask, word_shape, word_chars
         )
-        return output.emissions, output.word_patch_attention, output.image_relevance
+        return output.emissions, output.word_region_attention, output.image_relevance, output.region_boxes

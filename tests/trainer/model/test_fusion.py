@@ -38,11 +38,12 @@ def test_forward_shapes_and_ranges(network: tuple[NerNetwork, Preprocessor], ima
         mask[1, images // 2 + 1 :] = False  # second post has fewer images than slots
     inputs, words = preprocessor.encode(TEXTS, pixels, mask)
     with torch.no_grad():
-        emissions, attention, relevance = net(**{name: torch.from_numpy(value) for name, value in inputs.items()})
+        emissions, attention, relevance, boxes = net(**{name: torch.from_numpy(value) for name, value in inputs.items()})
 
     width = max(len(post_words) for post_words in words)
     assert emissions.shape == (len(TEXTS), width, len(net.scheme.labels))
-    assert attention.shape == (len(TEXTS), width, images, net.config.vision_encoder.patches)
+    assert attention.shape == (len(TEXTS), width, images, net.config.vision_encoder.regions)
+    assert boxes.shape == (len(TEXTS), images, net.config.vision_encoder.regions, 4)
     assert relevance.shape == (len(TEXTS),)
     assert torch.isfinite(emissions).all() and torch.isfinite(attention).all()
     assert (attention >= 0).all() and (attention.sum(dim=(2, 3)) <= 1 + 1e-5).all()

@@ -1,6 +1,7 @@
 """The seed papers' strategies (mpcfn, mgips, smcl): their shared visual-prefix encoder reduces to the plain text
 encoder without visual tokens; each trains end to end (every fusion weight gets a gradient, auxiliary losses
-included) on posts with 0, 1 and 4 images; their knobs are checked by name."""
+included) on posts with 0, 1 and 4 images; their knobs are checked by name; each paper-ablation switch removes its
+component and leaves a working strategy."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from postlens.runtime.config import FusionConfig, ModelConfig
 from postlens.runtime.preprocess import Preprocessor
+from tests.fixtures_model import SEED_STRATEGIES
 from trainer.model.fusion import FusionInputs
 from trainer.model.fusion.base import encode_text
 from trainer.model.fusion.visual_prefix import encode_text_with_visual_prefix
@@ -18,7 +20,6 @@ from trainer.model.network import NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
 from trainer.run_config import resolve_config
 
-SEED_STRATEGIES = ("mpcfn", "mgips", "smcl")
 TEXTS = ["Jordan is trending right now", "Visited the old town of Lake Como today", "Madison at the game", "no names"]
 
 
@@ -36,6 +37,20 @@ def encoded(preprocessor: Preprocessor, images: int) -> dict[str, torch.Tensor]:
         mask[1, 1:] = False  # ragged image counts
     inputs, _ = preprocessor.encode(TEXTS, pixels, mask)
     return {name: torch.from_numpy(value) for name, value in inputs.items()}
+
+
+def no_targets(inputs: dict[str, torch.Tensor]) -> Targets:
+    """All-"O" tags, no boxes, no known relevance."""
+    batch, words = inputs["word_mask"].shape
+    images = inputs["image_mask"].shape[1]
+    return Targets(
+        tags=torch.zeros(batch, words, dtype=torch.long),
+        word_boxes=torch.zeros(batch, words, images, 4),
+        word_box_mask=torch.zeros(batch, words, images, dtype=torch.bool),
+        unseen_words=torch.zeros(batch, words, dtype=torch.bool),
+        relevance=torch.zeros(batch),
+        relevance_known=torch.zeros(batch, dtype=torch.bool),
+    )
 
 
 def test_a_visual_prefix_of_nothing_leaves_the_text_encoder_as_it_is() -> None:
@@ -59,16 +74,8 @@ def test_forward_backward_with_auxiliary_losses(strategy: str, images: int) -> N
     network.train()
     inputs = encoded(preprocessor, images)
     output = network.encode(**inputs)
-    batch, words = inputs["word_mask"].shape
-    targets = Targets(
-        tags=torch.zeros(batch, words, dtype=torch.long),
-        box_patches=torch.zeros_like(output.word_patch_attention),
-        unseen_words=torch.zeros(batch, words, dtype=torch.bool),
-        relevance=torch.zeros(batch),
-        relevance_known=torch.zeros(batch, dtype=torch.bool),
-    )
     config = LossConfig(grounding=1.0, relevance=1.0, contrastive=0.1)
-    loss, parts = total_loss(config, network, output, targets, inputs["word_mask"], inputs["image_mask"])
+    loss, parts = total_loss(config, network, output, no_targets(inputs), inputs["word_mask"], inputs["image_mask"])
     loss.backward()
     assert torch.isfinite(loss)
     assert set(network.fusion.auxiliary_weights) <= set(parts)  # every auxiliary loss is weighed in
@@ -98,3 +105,68 @@ def test_knobs_are_set_by_name_and_a_misspelt_one_is_refused() -> None:
 def test_paper_presets_validate(preset: str) -> None:
     config = resolve_config(preset)
     assert config.model.fusion.name == preset
+
+
+def fusion_parameters(network: NerNetwork) -> int:
+    return sum(parameter.numel() for parameter in network.fusion.parameters())
+
+
+# Each paper-ablation switch (off) and the fusion submodule it removes.
+SWITCHES = [
+    ("mpcfn", {"correlation_gate": False}, "correlation_gate"),
+    ("mpcfn", {"dynamic_gate": False}, "dynamic_gate"),
+    ("mpcfn", {"cross_fusion": False}, "cross_fusion"),
+    ("mgips", {"interweave": False}, "interweave"),
+    ("mgips", {"adaptive_gate": False}, "adaptive_gate"),
+    ("mgips", {"row_grained": False}, "interweave.text_guided.row_vector"),
+    ("mgips", {"column_grained": False}, "interweave.text_guided.column_vector"),
+    ("smcl", {"alignment_encoder": False}, "alignment"),
+    ("smcl", {"refinement_encoder": False}, "refinement"),
+    ("smcl", {"image_guidance": False}, "layer_tokens"),
+]
+
+
+@pytest.mark.parametrize(("strategy", "switch", "component"), SWITCHES, ids=[next(iter(s[1])) for s in SWITCHES])
+def test_a_switched_off_component_is_not_built_and_the_rest_still_trains(strategy: str, switch: dict, component: str) -> None:
+    full, _ = build(strategy)
+    ablated, preprocessor = build(strategy, **switch)
+    full_names = {name for name, _ in full.fusion.named_parameters()}
+    ablated_names = {name for name, _ in ablated.fusion.named_parameters()}
+    assert any(name.startswith(component) for name in full_names)
+    assert not any(name.startswith(component) for name in ablated_names)
+    assert fusion_parameters(ablated) < fusion_parameters(full)
+    # Still a working strategy: forward and backward on 0 and 4 images, outputs shaped as the exporter expects.
+    ablated.train()
+    for images in (0, 4):
+        inputs = encoded(preprocessor, images)
+        output = ablated.encode(**inputs)
+        loss = output.emissions.sum() + output.word_region_attention.sum() + output.image_relevance.sum()
+        loss.backward()
+        assert output.word_region_attention.shape[:3] == (*inputs["word_mask"].shape, images)
+        assert torch.isfinite(output.emissions).all()
+
+
+def test_both_smcl_encoders_off_leaves_no_subspace_loss() -> None:
+    network, preprocessor = build("smcl", alignment_encoder=False, refinement_encoder=False)
+    assert network.train().encode(**encoded(preprocessor, 2)).auxiliary_losses == {}
+    network, preprocessor = build("smcl", alignment_encoder=False)
+    assert set(network.train().encode(**encoded(preprocessor, 2)).auxiliary_losses) == {"difference"}
+
+
+def test_mgips_needs_one_granularity() -> None:
+    with pytest.raises(ValueError, match="row- or the column-grained"):
+        build("mgips", row_grained=False, column_grained=False)
+
+
+@pytest.mark.parametrize(("strategy", "loss_name"), [("mgips", "implicit_positive"), ("smcl", "similarity"), ("smcl", "difference")])
+def test_an_auxiliary_loss_weighed_zero_drops_out_of_the_objective(strategy: str, loss_name: str) -> None:
+    network, preprocessor = build(strategy)
+    network.train()
+    inputs = encoded(preprocessor, 2)
+    output = network.encode(**inputs)
+    targets, masks = no_targets(inputs), (inputs["word_mask"], inputs["image_mask"])
+    full, parts = total_loss(LossConfig(), network, output, targets, *masks)
+    without, _ = total_loss(LossConfig(auxiliary={loss_name: 0.0}), network, output, targets, *masks)
+    weight = network.fusion.auxiliary_weights[loss_name]
+    assert parts[loss_name] > 0
+    assert float((full - without).detach()) == pytest.approx(weight * parts[loss_name], abs=1e-5)  # float32 sums

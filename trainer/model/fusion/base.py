@@ -1,8 +1,9 @@
 """What every fusion strategy takes and gives, the registry that selects one by name, and shared helpers.
 
 A strategy owns the text encoder call (``early`` feeds image tokens into it) and returns fused word features plus
-the grounding signals: word→patch attention (rows sum ≤ 1, the rest is "nothing in the images") and a per-post
-image relevance in [0, 1]. Strategies that do not attend to patches return zeros for both.
+the grounding signals: word→region attention (rows sum ≤ 1, the rest is "nothing in the images") and a per-post
+image relevance in [0, 1]. Strategies that do not attend to regions return zeros for both. A region is whatever the
+vision encoder family gives: a patch or feature-map cell of a grid, or a DETR object query.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from trainer.model.text_encoder import TextEncoder
 @dataclass(frozen=True)
 class EncoderDims:
     text: int  # text encoder hidden size
-    patch: int  # vision patch token width
+    region: int  # vision region token width
     pooled: int  # vision pooled embedding width
-    patches: int  # patches per image
+    regions: int  # regions per image
     text_layers: int = 0  # transformer layers of the text encoder (strategies that feed every layer need it)
 
 
@@ -34,7 +35,7 @@ class FusionInputs:
     word_index: torch.Tensor  # [B, W]
     word_mask: torch.Tensor  # [B, W] bool
     image_mask: torch.Tensor  # [B, N] bool
-    patch_tokens: torch.Tensor | None  # [B, N, P, Dp]; None when the strategy does not use images
+    region_tokens: torch.Tensor | None  # [B, N, P, Dr]; None when the strategy does not use images
     image_pooled: torch.Tensor | None  # [B, N, Dv]
     token_offsets: torch.Tensor | None = None  # [B, L, H] added to the token embeddings (word features), or None
 
@@ -43,7 +44,7 @@ class FusionInputs:
 class FusionOutput:
     words: torch.Tensor  # [B, W, output_dim]
     text_pooled: torch.Tensor  # [B, dims.text], the post's text summary (for image–text alignment)
-    word_patch_attention: torch.Tensor  # [B, W, N, P]
+    word_region_attention: torch.Tensor  # [B, W, N, P]
     image_relevance: torch.Tensor  # [B]
     # Strategy-specific training losses by name (training mode only, never exported); losses.py weighs them.
     auxiliary_losses: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -51,7 +52,7 @@ class FusionOutput:
 
 class Fusion(nn.Module):
     uses_image: ClassVar[bool] = True  # False: the network skips the vision encoder
-    grounds: ClassVar[bool] = False  # True: word_patch_attention and image_relevance are learned signals
+    grounds: ClassVar[bool] = False  # True: word_region_attention and image_relevance are learned signals
     # The strategy's own FusionConfig keys (``--set model.fusion.KEY=…``) with their defaults; others are refused.
     knobs: ClassVar[dict[str, Any]] = {}
     # Default weight of each auxiliary loss the strategy returns (its paper's values); ``loss.auxiliary`` overrides.
@@ -122,28 +123,28 @@ def encode_text(text_encoder: TextEncoder, inputs: FusionInputs) -> tuple[torch.
     return words, masked_mean(words, inputs.word_mask)
 
 
-def no_grounding(inputs: FusionInputs, patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+def no_grounding(inputs: FusionInputs, regions: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero attention [B, W, N, P] and zero relevance [B], shaped from the inputs (no data-dependent branches)."""
     pairs = inputs.word_mask[:, :, None] & inputs.image_mask[:, None, :]  # [B, W, N]
-    attention = torch.zeros_like(pairs, dtype=torch.float32)[:, :, :, None].expand(-1, -1, -1, patches)
+    attention = torch.zeros_like(pairs, dtype=torch.float32)[:, :, :, None].expand(-1, -1, -1, regions)
     relevance = torch.zeros_like(inputs.word_mask[:, 0], dtype=torch.float32)
     return attention, relevance
 
 
-def patch_sequence(
-    patch_tokens: torch.Tensor, image_mask: torch.Tensor, slot_embedding: nn.Embedding, project: nn.Module
+def region_sequence(
+    region_tokens: torch.Tensor, image_mask: torch.Tensor, slot_embedding: nn.Embedding, project: nn.Module
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, N, P, Dp] patch tokens → one sequence [B, N·P, H] (projected, tagged with their image slot) and its mask."""
-    batch, images, patches = patch_tokens.shape[0], patch_tokens.shape[1], patch_tokens.shape[2]
-    tokens = project(patch_tokens) + slot_embedding.weight[:images][None, :, None, :]
-    mask = image_mask[:, :, None].expand(-1, -1, patches)
-    return tokens.reshape(batch, images * patches, tokens.shape[-1]), mask.reshape(batch, images * patches)
+    """[B, N, P, Dr] region tokens → one sequence [B, N·P, H] (projected, tagged with their image slot) and its mask."""
+    batch, images, regions = region_tokens.shape[0], region_tokens.shape[1], region_tokens.shape[2]
+    tokens = project(region_tokens) + slot_embedding.weight[:images][None, :, None, :]
+    mask = image_mask[:, :, None].expand(-1, -1, regions)
+    return tokens.reshape(batch, images * regions, tokens.shape[-1]), mask.reshape(batch, images * regions)
 
 
-def patch_attention(attention: torch.Tensor, inputs: FusionInputs, patches: int) -> torch.Tensor:
-    """Word attention over the flat patch sequence [B, W, N·P] → [B, W, N, P], zero on padding words."""
+def region_attention(attention: torch.Tensor, inputs: FusionInputs, regions: int) -> torch.Tensor:
+    """Word attention over the flat region sequence [B, W, N·P] → [B, W, N, P], zero on padding words."""
     batch, images = inputs.image_mask.shape
-    attention = attention.reshape(batch, attention.shape[1], images, patches)
+    attention = attention.reshape(batch, attention.shape[1], images, regions)
     return attention * inputs.word_mask[:, :, None, None].to(attention.dtype)
 
 

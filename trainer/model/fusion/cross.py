@@ -20,8 +20,8 @@ from trainer.model.fusion.base import (
     encode_text,
     has_image,
     masked_mean,
-    patch_attention,
-    patch_sequence,
+    region_attention,
+    region_sequence,
     register_fusion,
 )
 from trainer.model.text_encoder import TextEncoder
@@ -51,7 +51,7 @@ class CrossFusion(Fusion):
         super().__init__(config, dims)
         hidden = config.hidden
         self.word_projection = nn.Sequential(nn.Linear(dims.text, hidden), nn.LayerNorm(hidden))
-        self.patch_projection = nn.Sequential(nn.Linear(dims.patch, hidden), nn.LayerNorm(hidden))
+        self.patch_projection = nn.Sequential(nn.Linear(dims.region, hidden), nn.LayerNorm(hidden))
         self.image_slot = nn.Embedding(MAX_MODEL_IMAGES, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, config.heads, config.dropout) for _ in range(config.layers))
         self.word_norm = nn.LayerNorm(hidden)
@@ -61,7 +61,7 @@ class CrossFusion(Fusion):
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
         words, pooled = encode_text(text_encoder, inputs)
-        patches, patch_mask = patch_sequence(inputs.patch_tokens, inputs.image_mask, self.image_slot, self.patch_projection)
+        patches, patch_mask = region_sequence(inputs.region_tokens, inputs.image_mask, self.image_slot, self.patch_projection)
         queries = self.word_projection(words)
         for block in self.blocks:
             context, attention, patches = block(queries, inputs.word_mask, patches, patch_mask)
@@ -72,4 +72,4 @@ class CrossFusion(Fusion):
         )
         relevance = torch.sigmoid(self.gate(summary))[:, 0] * has_image(inputs)
         fused = torch.cat([words, relevance[:, None, None] * self.dropout(context)], dim=-1)
-        return FusionOutput(fused, pooled, patch_attention(attention, inputs, self.dims.patches), relevance)
+        return FusionOutput(fused, pooled, region_attention(attention, inputs, self.dims.regions), relevance)

@@ -17,7 +17,7 @@ from trainer.model.fusion.base import (
     FusionOutput,
     masked_mean,
     no_grounding,
-    patch_sequence,
+    region_sequence,
     register_fusion,
     token_embeddings,
 )
@@ -28,12 +28,12 @@ from trainer.model.text_encoder import TextEncoder
 class EarlyFusion(Fusion):
     def __init__(self, config, dims) -> None:
         super().__init__(config, dims)
-        self.prefix_projection = nn.Sequential(nn.Linear(dims.patch, dims.text), nn.LayerNorm(dims.text))
+        self.prefix_projection = nn.Sequential(nn.Linear(dims.region, dims.text), nn.LayerNorm(dims.text))
         self.image_slot = nn.Embedding(MAX_MODEL_IMAGES, dims.text)
         self.output_dim = dims.text
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
-        prefix, prefix_mask = patch_sequence(inputs.patch_tokens, inputs.image_mask, self.image_slot, self.prefix_projection)
+        prefix, prefix_mask = region_sequence(inputs.region_tokens, inputs.image_mask, self.image_slot, self.prefix_projection)
         tokens = token_embeddings(text_encoder, inputs)
         embeds = torch.cat([tokens[:, :1], prefix, tokens[:, 1:]], dim=1)
         text_mask = inputs.attention_mask
@@ -45,5 +45,5 @@ class EarlyFusion(Fusion):
         # Every sub-token after [CLS] moved right by the prefix; index 0 ([CLS]) stays.
         shifted = torch.where(inputs.word_index > 0, inputs.word_index + prefix.shape[1], inputs.word_index)
         words = text_encoder.words(hidden, shifted)
-        attention, relevance = no_grounding(inputs, self.dims.patches)
+        attention, relevance = no_grounding(inputs, self.dims.regions)
         return FusionOutput(words, masked_mean(words, inputs.word_mask), attention, relevance)

@@ -28,5 +28,5 @@ class LateFusion(Fusion):
         words, pooled = encode_text(text_encoder, inputs)
         image = self.image_projection(masked_mean(inputs.image_pooled, inputs.image_mask))  # [B, H]
         fused = torch.cat([words, image[:, None, :].expand(-1, words.shape[1], -1)], dim=-1)
-        attention, relevance = no_grounding(inputs, self.dims.patches)
+        attention, relevance = no_grounding(inputs, self.dims.regions)
         return FusionOutput(fused, pooled, attention, relevance)

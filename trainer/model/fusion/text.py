@@ -16,5 +16,5 @@ class TextOnlyFusion(Fusion):
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
         words, pooled = encode_text(text_encoder, inputs)
-        attention, relevance = no_grounding(inputs, self.dims.patches)
+        attention, relevance = no_grounding(inputs, self.dims.regions)
         return FusionOutput(words, pooled, attention, relevance)
