@@ -5,17 +5,17 @@ component and leaves a working strategy."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from postlens.runtime.config import FusionConfig, ModelConfig
 from postlens.runtime.preprocess import Preprocessor
+from tests.trainer.model.inputs import no_targets, random_batch
 from tests.fixtures_model import SEED_STRATEGIES
 from trainer.model.fusion import FusionInputs
 from trainer.model.fusion.base import encode_text
 from trainer.model.fusion.visual_prefix import encode_text_with_visual_prefix
-from trainer.model.losses import LossConfig, Targets, total_loss
+from trainer.model.losses import LossConfig, total_loss
 from trainer.model.network import NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
 from trainer.run_config import resolve_config
@@ -29,34 +29,10 @@ def build(strategy: str, **knobs) -> tuple[NerNetwork, Preprocessor]:
     return network, Preprocessor.from_config(config, subword_tokenizer(tokenizer))
 
 
-def encoded(preprocessor: Preprocessor, images: int) -> dict[str, torch.Tensor]:
-    size = preprocessor.image_size
-    pixels = np.random.default_rng(images).integers(0, 256, size=(len(TEXTS), images, size, size, 3), dtype=np.uint8)
-    mask = np.ones((len(TEXTS), images), dtype=bool)
-    if images:
-        mask[1, 1:] = False  # ragged image counts
-    inputs, _ = preprocessor.encode(TEXTS, pixels, mask)
-    return {name: torch.from_numpy(value) for name, value in inputs.items()}
-
-
-def no_targets(inputs: dict[str, torch.Tensor]) -> Targets:
-    """All-"O" tags, no boxes, no known relevance."""
-    batch, words = inputs["word_mask"].shape
-    images = inputs["image_mask"].shape[1]
-    return Targets(
-        tags=torch.zeros(batch, words, dtype=torch.long),
-        word_boxes=torch.zeros(batch, words, images, 4),
-        word_box_mask=torch.zeros(batch, words, images, dtype=torch.bool),
-        unseen_words=torch.zeros(batch, words, dtype=torch.bool),
-        relevance=torch.zeros(batch),
-        relevance_known=torch.zeros(batch, dtype=torch.bool),
-    )
-
-
 def test_a_visual_prefix_of_nothing_leaves_the_text_encoder_as_it_is() -> None:
     network, preprocessor = build("text")
     network.eval()
-    inputs = encoded(preprocessor, 0)
+    inputs = random_batch(preprocessor, TEXTS, 0)
     fusion_inputs = FusionInputs(inputs["input_ids"], inputs["attention_mask"], inputs["word_index"], inputs["word_mask"], inputs["image_mask"], None, None)
     layers = network.config.text_encoder.architecture["num_hidden_layers"]
     batch, width = inputs["input_ids"].shape[0], network.text_encoder.hidden_size
@@ -72,7 +48,7 @@ def test_a_visual_prefix_of_nothing_leaves_the_text_encoder_as_it_is() -> None:
 def test_forward_backward_with_auxiliary_losses(strategy: str, images: int) -> None:
     network, preprocessor = build(strategy)
     network.train()
-    inputs = encoded(preprocessor, images)
+    inputs = random_batch(preprocessor, TEXTS, images)
     output = network.encode(**inputs)
     config = LossConfig(grounding=1.0, relevance=1.0, contrastive=0.1)
     loss, parts = total_loss(config, network, output, no_targets(inputs), inputs["word_mask"], inputs["image_mask"])
@@ -88,7 +64,7 @@ def test_forward_backward_with_auxiliary_losses(strategy: str, images: int) -> N
 
 def test_auxiliary_losses_exist_only_in_training() -> None:
     network, preprocessor = build("smcl")
-    inputs = encoded(preprocessor, 2)
+    inputs = random_batch(preprocessor, TEXTS, 2)
     assert set(network.train().encode(**inputs).auxiliary_losses) == {"similarity", "difference"}
     assert network.eval().encode(**inputs).auxiliary_losses == {}
 
@@ -138,7 +114,7 @@ def test_a_switched_off_component_is_not_built_and_the_rest_still_trains(strateg
     # Still a working strategy: forward and backward on 0 and 4 images, outputs shaped as the exporter expects.
     ablated.train()
     for images in (0, 4):
-        inputs = encoded(preprocessor, images)
+        inputs = random_batch(preprocessor, TEXTS, images)
         output = ablated.encode(**inputs)
         loss = output.emissions.sum() + output.word_region_attention.sum() + output.image_relevance.sum()
         loss.backward()
@@ -148,9 +124,9 @@ def test_a_switched_off_component_is_not_built_and_the_rest_still_trains(strateg
 
 def test_both_smcl_encoders_off_leaves_no_subspace_loss() -> None:
     network, preprocessor = build("smcl", alignment_encoder=False, refinement_encoder=False)
-    assert network.train().encode(**encoded(preprocessor, 2)).auxiliary_losses == {}
+    assert network.train().encode(**random_batch(preprocessor, TEXTS, 2)).auxiliary_losses == {}
     network, preprocessor = build("smcl", alignment_encoder=False)
-    assert set(network.train().encode(**encoded(preprocessor, 2)).auxiliary_losses) == {"difference"}
+    assert set(network.train().encode(**random_batch(preprocessor, TEXTS, 2)).auxiliary_losses) == {"difference"}
 
 
 def test_mgips_needs_one_granularity() -> None:
@@ -162,7 +138,7 @@ def test_mgips_needs_one_granularity() -> None:
 def test_an_auxiliary_loss_weighed_zero_drops_out_of_the_objective(strategy: str, loss_name: str) -> None:
     network, preprocessor = build(strategy)
     network.train()
-    inputs = encoded(preprocessor, 2)
+    inputs = random_batch(preprocessor, TEXTS, 2)
     output = network.encode(**inputs)
     targets, masks = no_targets(inputs), (inputs["word_mask"], inputs["image_mask"])
     full, parts = total_loss(LossConfig(), network, output, targets, *masks)

@@ -9,15 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from postlens.runtime.config import TINY_ROBERTA, TINY_SPANBERT, TINY_TEXT, FusionConfig, ModelConfig, TextEncoderConfig
 from postlens.runtime.preprocess import Preprocessor
+from tests.trainer.model.inputs import no_targets, random_batch
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
-from trainer.model.losses import LossConfig, Targets, total_loss
+from trainer.model.losses import LossConfig, total_loss
 from trainer.model.network import NerNetwork
 from trainer.model.text_encoder import build_text_encoder
 from trainer.model.tokenizer import load_tokenizer, subword_tokenizer
@@ -33,34 +33,15 @@ def build(family: str, strategy: str = "cross") -> tuple[NerNetwork, PreTrainedT
     return network, tokenizer, Preprocessor.from_config(config, subword_tokenizer(tokenizer))
 
 
-def encoded(preprocessor: Preprocessor, images: int) -> dict[str, torch.Tensor]:
-    size = preprocessor.image_size
-    pixels = np.random.default_rng(images).integers(0, 256, size=(len(TEXTS), images, size, size, 3), dtype=np.uint8)
-    mask = np.ones((len(TEXTS), images), dtype=bool)
-    if images:
-        mask[1, 1:] = False  # ragged image counts
-    inputs, _ = preprocessor.encode(TEXTS, pixels, mask)
-    return {name: torch.from_numpy(value) for name, value in inputs.items()}
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("strategy", ["cross", "early"])  # early feeds visual tokens through the encoder's positions
 @pytest.mark.parametrize("images", [0, 1, 4])
 def test_forward_backward(family: str, strategy: str, images: int) -> None:
     network, _, preprocessor = build(family, strategy)
     network.train()
-    inputs = encoded(preprocessor, images)
+    inputs = random_batch(preprocessor, TEXTS, images)
     output = network.encode(**inputs)
-    batch, words = inputs["word_mask"].shape
-    targets = Targets(
-        tags=torch.zeros(batch, words, dtype=torch.long),
-        word_boxes=torch.zeros(batch, words, images, 4),
-        word_box_mask=torch.zeros(batch, words, images, dtype=torch.bool),
-        unseen_words=torch.zeros(batch, words, dtype=torch.bool),
-        relevance=torch.zeros(batch),
-        relevance_known=torch.zeros(batch, dtype=torch.bool),
-    )
-    loss, _ = total_loss(LossConfig(grounding=1.0, relevance=1.0), network, output, targets, inputs["word_mask"], inputs["image_mask"])
+    loss, _ = total_loss(LossConfig(grounding=1.0, relevance=1.0), network, output, no_targets(inputs), inputs["word_mask"], inputs["image_mask"])
     loss.backward()
     assert torch.isfinite(loss)
     encoder_gradients = [p.grad for name, p in network.named_parameters() if name.startswith("text_encoder.") and p.grad is not None]
@@ -72,7 +53,7 @@ def test_each_family_pads_and_numbers_positions_like_its_real_model() -> None:
     expected = {TINY_TEXT: ("bert", 0, 0), TINY_ROBERTA: ("roberta", 1, 2), TINY_SPANBERT: ("bert", 0, 0)}
     for family, (model_type, pad_id, first_position) in expected.items():
         network, _, preprocessor = build(family)
-        inputs = encoded(preprocessor, 0)
+        inputs = random_batch(preprocessor, TEXTS, 0)
         assert network.config.text_encoder.architecture["model_type"] == model_type
         assert network.text_encoder.first_position == first_position
         assert (inputs["input_ids"][inputs["attention_mask"] == 0] == pad_id).all()
@@ -85,8 +66,8 @@ def test_a_checkpoint_rebuilds_from_its_architecture_and_saved_tokenizer(family:
     rebuilt, rebuilt_tokenizer, rebuilt_config, _ = load_checkpoint(tmp_path)
     assert rebuilt_config.text_encoder.architecture == network.config.text_encoder.architecture
     assert rebuilt_tokenizer.get_vocab() == tokenizer.get_vocab()
-    inputs = encoded(Preprocessor.from_config(rebuilt_config, subword_tokenizer(rebuilt_tokenizer)), 1)
-    assert torch.equal(inputs["input_ids"], encoded(preprocessor, 1)["input_ids"])
+    inputs = random_batch(Preprocessor.from_config(rebuilt_config, subword_tokenizer(rebuilt_tokenizer)), TEXTS, 1)
+    assert torch.equal(inputs["input_ids"], random_batch(preprocessor, TEXTS, 1)["input_ids"])
     with torch.no_grad():
         for want, got in zip(network.eval()(**inputs), rebuilt(**inputs)):
             torch.testing.assert_close(got, want)
