@@ -121,8 +121,9 @@ class ExportedModel:
         """
         images = np.asarray(images)
         image_mask = np.asarray(image_mask, dtype=bool)
-        # Slots used by each post = its last unmasked slot + 1, so image indices stay those of the request.
-        slots_used = np.where(image_mask.any(axis=1), image_mask.shape[1] - np.argmax(image_mask[:, ::-1], axis=1), 0)
+        # Slots used by each post = its last unmasked slot + 1 (0 without images, or with no slots at all), so
+        # image indices stay those of the request.
+        slots_used = (image_mask * np.arange(1, image_mask.shape[1] + 1)).max(axis=1, initial=0)
         by_row: dict[int, PostPrediction] = {}
         for slots in np.unique(slots_used):
             rows = np.flatnonzero(slots_used == slots)

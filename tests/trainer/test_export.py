@@ -20,9 +20,11 @@ from trainer import export
 from postlens.runtime.exported import INPUT_NAMES
 from postlens.runtime.exported import ExportedModel
 from trainer.export import ExportError, export_model, next_version, random_inputs, verify_parity
-from postlens.runtime.config import FusionConfig, ModelConfig, VisionEncoderConfig, WordFeaturesConfig
+from postlens.runtime.config import TINY_ROBERTA, TINY_SPANBERT, FusionConfig, ModelConfig, TextEncoderConfig, VisionEncoderConfig, WordFeaturesConfig
+from postlens.runtime.preprocess import Preprocessor
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
 from trainer.model.network import NerNetwork
+from trainer.model.tokenizer import subword_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -167,3 +169,23 @@ def test_every_vision_family_exports_its_region_boxes_with_parity(tmp_path: Path
     assert boxes.shape == (2, 2, config.vision_encoder.regions, 4)
     assert (boxes[..., :2] >= 0).all() and (boxes[..., :2] <= boxes[..., 2:]).all() and (boxes[..., 2:] <= 1).all()
     assert np.allclose(boxes[0, 0], boxes[1, 1]) == (family != "detr")
+
+
+@pytest.mark.parametrize("family", [TINY_ROBERTA, TINY_SPANBERT])
+def test_every_text_family_exports_with_parity(tmp_path: Path, family: str) -> None:
+    """RoBERTa numbers positions from its padding index, SpanBERT has a tokenizer of its own: both export with
+    ONNX Runtime matching PyTorch on 0–4 images, and the served model reads text with the saved tokenizer."""
+    torch.manual_seed(0)
+    config = ModelConfig(text_encoder=TextEncoderConfig(name=family), fusion=FusionConfig(name="cross", hidden=32))
+    network, tokenizer, config = NerNetwork.build(config)
+    save_checkpoint(tmp_path / "checkpoint", {"model": config.model_dump(mode="json")}, network, tokenizer)
+    version_dir = export_model(tmp_path / "checkpoint", tmp_path / "repo")  # raises when ONNX Runtime differs
+    cases = json.loads((version_dir / "model_card.json").read_text())["parity"]["cases"]
+    assert {0, 1, 4} <= {case["images"] for case in cases}
+    exported = ExportedModel.load(version_dir, ModelRef(name="test", version="1"))
+    size = exported.image_size
+    texts, no_images = ["Obama visits Paris 🔥", "北京 at the game"], (np.zeros((2, 0, size, size, 3), np.uint8), np.zeros((2, 0), bool))
+    served, _ = exported.preprocessor.encode(texts, *no_images)
+    trained, _ = Preprocessor.from_config(config, subword_tokenizer(tokenizer)).encode(texts, *no_images)
+    assert served.keys() == trained.keys() and all((served[name] == trained[name]).all() for name in served)
+    assert all(prediction.error is None for prediction in exported.predict(texts, *no_images))
