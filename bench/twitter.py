@@ -107,7 +107,9 @@ def softmax_predictions(
 
 
 def train_softmax(config: RunConfig, train_examples: list[Example], valid: dict[str, list[Example]]) -> TwitterResult:
-    """Same encoder, batches, optimiser and schedule as trainer.train; the best epoch on all valid files is reported."""
+    """Same encoder, batches, optimiser and schedule as trainer.train, all of MiniLM fine-tuned as a plain tagger is
+    (the preset's ``freeze_word_embeddings`` is a saving of the CRF model's, not part of this baseline); the best
+    epoch on all valid files is reported."""
     settings = config.train
     seed_everything(config.seed, settings.threads)
     started = time.perf_counter()

@@ -30,6 +30,9 @@ class TrainConfig(BaseModel):
     # Keep the text encoder's sub-word embedding table as pretrained: on a few thousand tweets most rows see no
     # gradient worth having, and the table is half of MiniLM's parameters (optimizer time).
     freeze_word_embeddings: bool = False
+    # Keep the vision encoder as built or pretrained: a detector's boxes (DETR) come from states that fine-tuning
+    # would move while its box head, never trained here, reads them.
+    freeze_vision_encoder: bool = False
     weight_decay: float = Field(0.01, ge=0)
     warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a rising learning rate
     grad_clip: float = Field(1.0, gt=0)

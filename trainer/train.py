@@ -78,7 +78,7 @@ def build_optimizer(module: nn.Module, config: TrainConfig, total_steps: int):
     }
     groups: dict[str, list[nn.Parameter]] = {prefix: [] for prefix in rates}
     for name, parameter in module.named_parameters():
-        if not parameter.requires_grad:  # frozen (train.freeze_word_embeddings)
+        if not parameter.requires_grad:  # frozen (train.freeze_word_embeddings, train.freeze_vision_encoder)
             continue
         groups[next(prefix for prefix in rates if name.startswith(prefix))].append(parameter)
     optimizer = torch.optim.AdamW(
@@ -168,6 +168,8 @@ def train(
     config = config.model_copy(update={"model": model_config})
     if settings.freeze_word_embeddings:
         network.text_encoder.model.get_input_embeddings().weight.requires_grad_(False)
+    if settings.freeze_vision_encoder:
+        network.vision_encoder.requires_grad_(False)
     preprocessor = Preprocessor.from_config(model_config, subword_tokenizer(tokenizer))
     encoder = ExampleEncoder(
         preprocessor,

@@ -60,7 +60,7 @@ class VisionEncoderConfig(BaseModel):
     pretrained: str | None = None  # clip only: open_clip tag or weights file; None = random init
     tiny: dict[str, Any] = Field(default_factory=dict)  # transformers config fields over the family's tiny defaults
     architecture: dict[str, Any] | None = None  # resolved (transformers families): the HF config dict
-    # Resolved, with mean/std/grid: serving preprocesses exactly like training. ViTs fix the size; the convolutional
+    # Resolved, with mean/std: serving preprocesses exactly like training. ViTs fix the size; the convolutional
     # families (resnet, detr) take this one, or their paper's size when unset.
     image_size: int | None = None
     mean: tuple[float, float, float] | None = None
@@ -123,6 +123,12 @@ class WordFeaturesConfig(BaseModel):
     @property
     def enabled(self) -> bool:
         return self.shape or self.chars
+
+    @model_validator(mode="after")
+    def _into_encoder_needs_a_feature(self) -> WordFeaturesConfig:
+        if self.into_encoder and not self.enabled:
+            raise ValueError("word_features.into_encoder needs shape or chars: there is nothing to add to the encoder")
+        return self
 
 
 class DecodeConfig(BaseModel):

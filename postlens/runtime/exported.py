@@ -85,6 +85,12 @@ class ExportedModel:
         # other model instances need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(version_dir / ONNX_FILE), options, providers=list(providers))
+        missing = set(OUTPUT_NAMES) - {output.name for output in session.get_outputs()}
+        if missing:  # an export of an earlier PostLens (region_boxes came with the DETR family)
+            raise ValueError(
+                f"{version_dir} lacks the outputs {sorted(missing)} this PostLens serves: re-export its checkpoint "
+                "with python -m trainer.export"
+            )
         with np.load(version_dir / CRF_FILE) as arrays:
             crf = CrfParams(start=arrays["start"], transitions=arrays["transitions"], end=arrays["end"])
         decoder = Decoder.from_config(config, crf, model)

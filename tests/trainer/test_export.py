@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -146,6 +147,19 @@ def test_word_features_are_extra_inputs_of_the_exported_network(tmp_path: Path, 
     predictions = exported.predict(texts, np.zeros((2, 4, size, size, 3), np.uint8), np.zeros((2, 4), bool))
     assert len(predictions) == 2 and all(prediction.error is None for prediction in predictions)
 
+
+
+def test_an_export_lacking_an_output_served_now_is_refused_with_the_remedy(exported_repo: Path, tmp_path: Path) -> None:
+    """A version exported by an earlier PostLens (no region_boxes) fails to load with what to do, not per request."""
+    old = tmp_path / "1"
+    shutil.copytree(exported_repo / "postlens" / "1", old)
+    network = onnx.load(str(old / "network.onnx"))
+    kept = [output for output in network.graph.output if output.name != "region_boxes"]
+    del network.graph.output[:]
+    network.graph.output.extend(kept)
+    onnx.save(network, str(old / "network.onnx"))
+    with pytest.raises(ValueError, match=r"region_boxes.*re-export"):
+        ExportedModel.load(old, ModelRef(name="old", version="1"))
 
 @pytest.mark.parametrize(("family", "strategy"), [("detr", "cross"), ("blip", "cross"), ("resnet", "mpcfn")])
 def test_every_vision_family_exports_its_region_boxes_with_parity(tmp_path: Path, family: str, strategy: str) -> None:

@@ -115,6 +115,21 @@ def test_frozen_word_embeddings_stay_as_built_while_the_rest_learns(synthetic: P
     assert not torch.equal(trained.emission.weight, built.emission.weight)
 
 
+
+def test_a_frozen_detector_keeps_its_boxes_while_the_fusion_learns(synthetic: Path, tmp_path: Path) -> None:
+    overrides = ["train.epochs=1", "train.freeze_vision_encoder=true", "model.vision_encoder.family=detr"]
+    config = resolve_config("tiny", "cross", overrides)
+    examples = load_examples(synthetic / "train.jsonl")[:16]
+    torch.manual_seed(config.seed)  # train() seeds the same way before it builds the network
+    built, _, _ = NerNetwork.build(config.model)
+    train(config, examples, examples, tmp_path, progress=False)
+    trained = load_checkpoint(tmp_path)[0].eval()
+    size = trained.vision_encoder.image_size
+    pixels = torch.rand(2, 1, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(trained.vision_encoder(pixels).boxes, built.eval().vision_encoder(pixels).boxes)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.fusion.parameters(), built.fusion.parameters()))
+
 def test_learning_rate_by_part_with_the_vision_encoder_on_its_own_or_the_encoder_rate() -> None:
     parts = torch.nn.ModuleDict({name: torch.nn.Linear(2, 2) for name in ("text_encoder", "vision_encoder", "crf", "fusion")})
 

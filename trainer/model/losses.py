@@ -3,7 +3,7 @@
 - **CRF NLL** — mean negative log-likelihood of the gold tags per post.
 - **Flooding** (Ishida et al., 2020) — ``|L − b| + b`` on the CRF NLL (MPCFN §3.6 floods its tagging objective):
   once it falls below the level ``b`` the gradient turns round, which keeps the model from driving it to zero
-  (0 disables it). Not on the total: the grounding term alone never falls below log(patches of a gold box), so a
+  (0 disables it). Not on the total: the grounding term alone never falls below log(regions of a gold box), so a
   flooded total would never reach ``b``.
 - **InfoNCE** — symmetric contrastive alignment of pooled text and pooled image embeddings within the batch
   (posts with images only).

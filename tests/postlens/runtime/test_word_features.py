@@ -63,3 +63,9 @@ def test_disabled_features_add_no_inputs() -> None:
     config = WordFeaturesConfig(chars=True)
     assert feature_input_names(config) == ("word_chars",)
     assert encode_word_features([word_tokenize("x")], 1, WordFeaturesConfig()) == {}
+
+
+def test_features_into_the_encoder_without_a_feature_are_refused() -> None:
+    with pytest.raises(ValueError, match="into_encoder needs shape or chars"):
+        WordFeaturesConfig(into_encoder=True)
+    assert WordFeaturesConfig(chars=True, into_encoder=True).enabled

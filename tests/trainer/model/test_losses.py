@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.trainer.model.test_fusion_seeds import build, encoded, no_targets
+from tests.trainer.model.inputs import no_targets, random_batch
+from tests.trainer.model.test_fusion_seeds import TEXTS, build
 from trainer.model.losses import LossConfig, total_loss
 
 
 def test_flooding_turns_the_crf_nll_round_below_its_level_and_leaves_the_other_terms() -> None:
     network, preprocessor = build("cross")
     network.train()
-    inputs = encoded(preprocessor, 1)
+    inputs = random_batch(preprocessor, TEXTS, 1)
     output = network.encode(**inputs)
     targets = no_targets(inputs)
     # some grounding supervision (the first word shown in the whole first image), so the total sits above the CRF NLL

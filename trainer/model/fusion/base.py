@@ -52,7 +52,7 @@ class FusionOutput:
 
 class Fusion(nn.Module):
     uses_image: ClassVar[bool] = True  # False: the network skips the vision encoder
-    grounds: ClassVar[bool] = False  # True: word_region_attention and image_relevance are learned signals
+    grounds: bool = False  # True: word_region_attention and image_relevance are learned signals (ablations may unset it)
     # The strategy's own FusionConfig keys (``--set model.fusion.KEY=…``) with their defaults; others are refused.
     knobs: ClassVar[dict[str, Any]] = {}
     # Default weight of each auxiliary loss the strategy returns (its paper's values); ``loss.auxiliary`` overrides.

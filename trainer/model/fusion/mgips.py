@@ -17,8 +17,8 @@
 
 Switches for the paper's ablation (Table 3), each removing its component: ``interweave`` (w/o MGI: the CRF reads
 the mutual-attention encoder's words, nothing is grounded, the contrastive losses see the projected patches),
-``row_grained`` / ``column_grained`` (single-granularity excavators) and ``adaptive_gate`` (w/o it, z = T + H and
-every post with images counts as relevant). w/o IPS-CL is ``loss.auxiliary.implicit_positive=0``.
+``row_grained`` / ``column_grained`` (single-granularity excavators); besides the table, ``adaptive_gate`` (w/o it,
+z = T + H and every post with images counts as relevant). w/o IPS-CL is ``loss.auxiliary.implicit_positive=0``.
 """
 
 from __future__ import annotations
@@ -114,6 +114,7 @@ class MgipsFusion(Fusion):
                     "fused_projection": nn.Linear(hidden, dims.text),
                 }
             )
+        self.grounds = self.interweave is not None  # without the interweave encoder no word attends to a region
         self.adaptive_gate = None
         if self.interweave is not None and self.knob("adaptive_gate"):
             # W₁ (and b) on the post-fusion features, W₂ on the pre-fusion ones

@@ -58,6 +58,7 @@ class MpcfnFusion(Fusion):
             self.correlation_gate = nn.Sequential(nn.Linear(dims.text + hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
         self.dynamic_gate = nn.Sequential(nn.Linear(hidden, dims.text_layers), nn.LeakyReLU()) if self.knob("dynamic_gate") else None
         self.cross_fusion = CrossFusion(dims.text, hidden, config) if self.knob("cross_fusion") else None
+        self.grounds = self.cross_fusion is not None  # without cross-fusion no word attends to a region
         self.output_dim = dims.text + (hidden if self.cross_fusion is not None else 0)
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:

@@ -18,8 +18,8 @@ w/o the CMD loss), ``refinement_encoder`` (w/o RE, and so w/o the difference los
 symmetric fusion reads the projected representations themselves) and ``image_guidance`` (w/o IGM: the text
 encoder runs on the text alone). The losses alone: ``loss.auxiliary.similarity=0`` / ``loss.auxiliary.difference=0``.
 
-Departures: the paper represents an image by its [CLS] only; here the word side attends to the image's patches
-(each carrying its image's fused representation) so that entities can be grounded in a region. The post's image
+Departures: the paper represents an image by its [CLS] only; here the word side attends to the image's regions
+(patches, grid cells or DETR's objects, each carrying its image's fused representation) so that entities can be grounded in a region. The post's image
 relevance is the largest share of attention any word puts on the images.
 """
 

@@ -5,7 +5,9 @@ Why that pool: it covers every location of the image once, with the encoder's gl
 queries answer "no object" and their mean would mostly describe empty slots; it has the region tokens' width.
 
 A hub id loads ``DetrForObjectDetection`` (``facebook/detr-resnet-50``) whose box head is trained; the boxes are not
-trained here (targets use them detached), so a pretrained head keeps predicting objects. Unset, the input size is
+trained here (targets use them detached), and the ``detr`` preset freezes the whole detector
+(``train.freeze_vision_encoder``) so the boxes stay the objects it finds: fine-tuning would move the query states its
+head reads. Unset, the input size is
 DETR's 800 px training scale (64 px for ``tiny``: a 1-layer DETR on a 2-stage ResNet, random boxes, tests only).
 """
 

@@ -23,7 +23,8 @@ from transformers import (
 
 from postlens.runtime.config import TINY, FusionConfig, ModelConfig, VisionEncoderConfig
 from postlens.runtime.preprocess import Preprocessor
-from tests.trainer.model.test_fusion_seeds import encoded
+from tests.trainer.model.inputs import random_batch
+from tests.trainer.model.test_fusion_seeds import TEXTS
 from trainer.model.losses import LossConfig, Targets, total_loss
 from trainer.model.network import NerNetwork
 from trainer.model.region_targets import covered_regions
@@ -84,7 +85,7 @@ def network(request) -> tuple[NerNetwork, Preprocessor]:
 def test_forward_backward_with_valid_region_boxes(network: tuple[NerNetwork, Preprocessor], images: int) -> None:
     net, preprocessor = network
     net.train()
-    inputs = encoded(preprocessor, images)
+    inputs = random_batch(preprocessor, TEXTS, images)
     output = net.encode(**inputs)
     batch, words = inputs["word_mask"].shape
     regions = net.config.vision_encoder.regions
@@ -125,7 +126,7 @@ def test_detr_regions_are_its_object_queries_with_boxes_per_image() -> None:
 def test_detr_grounding_targets_follow_its_predicted_boxes_and_leave_them_untrained() -> None:
     net, preprocessor = build("detr", "cross")
     net.train()
-    inputs = encoded(preprocessor, 2)
+    inputs = random_batch(preprocessor, TEXTS, 2)
     output = net.encode(**inputs)
     targets = targets_with_one_box(inputs)
     targets.word_boxes[:, 0, 0] = output.region_boxes.detach()[:, 0, 3]  # the gold box is where query 3 found its object
