@@ -57,7 +57,7 @@ class MpcfnFusion(Fusion):
         if self.knob("correlation_gate"):
             self.correlation_gate = nn.Sequential(nn.Linear(dims.text + hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
         self.dynamic_gate = nn.Sequential(nn.Linear(hidden, dims.text_layers), nn.LeakyReLU()) if self.knob("dynamic_gate") else None
-        self.cross_fusion = CrossFusion(dims.text, hidden, config) if self.knob("cross_fusion") else None
+        self.cross_fusion = TwoWayCrossFusion(dims.text, hidden, config) if self.knob("cross_fusion") else None
         self.grounds = self.cross_fusion is not None  # without cross-fusion no word attends to a region
         self.output_dim = dims.text + (hidden if self.cross_fusion is not None else 0)
 
@@ -97,7 +97,7 @@ class MpcfnFusion(Fusion):
         return FusionOutput(fused, pooled, region_attention(attention, inputs, patches), relevance)
 
 
-class CrossFusion(nn.Module):
+class TwoWayCrossFusion(nn.Module):
     """§3.5: regions attend to the words (word-aware visual representation), then the words attend to those regions
     (image-aware word representation) → the image-aware words [B, W, H] and their attention over the regions."""
 
