@@ -51,7 +51,6 @@ test-unit: setup deploy-tools
 	$(PY) -m pytest -m "not integration and not slow"
 
 demo: setup
-	$(PY) -m deploy.local up
 	$(PY) -m deploy.demo
 
 bench: bench-model bench-serving bench-stream

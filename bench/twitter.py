@@ -118,7 +118,13 @@ def train_softmax(config: RunConfig, train_examples: list[Example], valid: dict[
     model = SoftmaxTagger(text_encoder, len(scheme.labels), config.model.fusion.dropout)
     # Images are never used here; the preprocessor's image geometry only has to be valid.
     preprocessor = Preprocessor(
-        subword_tokenizer(tokenizer), 64, (0.5,) * 3, (0.5,) * 3, config.model.max_words, config.model.max_subtokens
+        subword_tokenizer(tokenizer),
+        64,
+        (0.5,) * 3,
+        (0.5,) * 3,
+        config.model.max_words,
+        config.model.max_subtokens,
+        url_placeholder=config.model.text_encoder.url_placeholder,
     )
     encoder = ExampleEncoder(preprocessor, scheme, 0, annotates_boxes=False)
     valid_batches = {

@@ -11,7 +11,8 @@ Two models are served side by side, because no one model here can show both:
   grounded boxes, scored against gold labels and boxes and drawn into ``reports/demo/``.
 
 Both models are trained once and cached under ``POSTLENS_HOME/demo``, keyed by their data, preset and the training
-code, so a second run reuses them. Expects the local stack to be up (``make demo`` starts it).
+code, so a second run reuses them. The models are trained before the local stack starts (its downloads run
+meanwhile), so the training has the machine to itself; then the stack is started, or reused if it is up.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from deploy.local import Stack, report_up
 from postlens.schemas import ModelRef, PostPrediction, PredictedEntity, Region
 from postlens.settings import Settings, get_settings
 from trainer.data.examples import Example
@@ -51,8 +54,13 @@ SYNTHETIC_WORKER_PORT = 6068
 CODE = Path(__file__).resolve().parent.parent
 
 
+STARTED = time.monotonic()
+
+
 def step(message: str) -> None:
-    print(f"\n==> {message}", flush=True)
+    """A heading for the next step, with the time since the demo started (where a slow run spends it)."""
+    minutes, seconds = divmod(int(time.monotonic() - STARTED), 60)
+    print(f"\n==> [{minutes:02d}:{seconds:02d}] {message}", flush=True)
 
 
 def run(command: Sequence[str], env: dict[str, str] | None = None) -> None:
@@ -283,13 +291,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     settings = get_settings()
     home = settings.home / "demo"
-    started = time.perf_counter()
+    stack = Stack(settings)
 
-    step(f"the default model: preset {DEFAULT_PRESET} on the Twitter train splits (trained once, then cached)")
-    default = default_checkpoint(settings, home)
-    step("synthetic posts and images, and the small model that grounds them (trained once, then cached)")
-    data = synthetic_data(home, args.posts, args.seed)
-    synthetic = demo_checkpoint(home, data)
+    # Training comes first, with the services not yet running (idle, they still take a share of the 2 cores);
+    # their downloads overlap it. A failed download is retried, and reported service by service, by `up`.
+    with ThreadPoolExecutor(1) as downloads:
+        downloads.submit(stack.prepare)
+        step(f"the default model: preset {DEFAULT_PRESET} on the Twitter train splits (trained once, then cached)")
+        default = default_checkpoint(settings, home)
+        step("synthetic posts and images, and the small model that grounds them (trained once, then cached)")
+        data = synthetic_data(home, args.posts, args.seed)
+        synthetic = demo_checkpoint(home, data)
+    step("the local stack: Kafka, Elasticsearch, Redis, Triton")
+    if report_up(stack) != 0:
+        raise SystemExit("the local stack did not start (python -m deploy.local status; logs under POSTLENS_HOME/logs)")
     step("export both to the Triton model repository")
     serve_model(settings, settings.triton_model, default)
     serve_model(settings, SYNTHETIC_MODEL, synthetic)
@@ -328,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"  curl '{settings.es_url}/{settings.es_index_posts}/_count?pretty'")
     print("  python -m stream search Jordan --min-confidence 0.8")
     print("  Kibana: import deploy/kibana/postlens.ndjson (Stack Management → Saved objects)")
-    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    print(f"\ndemo finished in {time.monotonic() - STARTED:.0f} s")
 
 
 if __name__ == "__main__":

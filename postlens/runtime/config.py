@@ -37,6 +37,10 @@ class TextEncoderConfig(BaseModel):
     # WordPiece lower-casing when the model's files do not say: SpanBERT's hub files have no tokenizer_config, and
     # transformers would lower-case its cased vocabulary. None: as the files say.
     lowercase: bool | None = None
+    # What the sub-word encoder reads in place of each URL word (None: the URL itself). A t.co link is some 15
+    # sub-tokens of hash, a third of a tweet's, that say nothing of its entities and cost a third of the encoder's
+    # work; the word keeps its place, and its shape and characters still see the URL.
+    url_placeholder: str | None = Field(None, min_length=1)
     tiny: dict[str, Any] = Field(  # architecture sizes of the tiny random encoders (every family)
         default_factory=lambda: {
             "hidden_size": 64,

@@ -2,8 +2,8 @@
 
 Torch-free and transformers-free: sub-word tokenization runs on the Hugging Face ``tokenizers`` library directly, so
 the served model loads neither. Texts are split by the shared word tokenizer; each word is represented by its first
-sub-token. Words past ``max_words``, or whose first sub-token falls past ``max_subtokens``, are not tagged (the
-words list returned says which were).
+sub-token (a URL word may be read as a placeholder: ``text_encoder.url_placeholder``). Words past ``max_words``, or
+whose first sub-token falls past ``max_subtokens``, are not tagged (the words list returned says which were).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tokenizers import Encoding, Tokenizer
 
 from postlens.runtime.config import ModelConfig, WordFeaturesConfig
 from postlens.runtime.word_features import encode_word_features
-from postlens.runtime.words import Word, word_tokenize
+from postlens.runtime.words import Word, is_url, word_tokenize
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -65,6 +65,7 @@ class Preprocessor:
         max_words: int,
         max_subtokens: int,
         word_features: WordFeaturesConfig | None = None,
+        url_placeholder: str | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self._subwords = tokenizer.truncating(max_subtokens)
@@ -74,6 +75,7 @@ class Preprocessor:
         self.max_words = max_words
         self.max_subtokens = max_subtokens
         self.word_features = word_features or WordFeaturesConfig()
+        self.url_placeholder = url_placeholder
 
     @classmethod
     def from_config(cls, config: ModelConfig, tokenizer: SubwordTokenizer) -> Preprocessor:
@@ -81,7 +83,14 @@ class Preprocessor:
         if vision.image_size is None or vision.mean is None or vision.std is None:
             raise ValueError("the model config's vision encoder is not resolved (no image size/mean/std)")
         return cls(
-            tokenizer, vision.image_size, vision.mean, vision.std, config.max_words, config.max_subtokens, config.word_features
+            tokenizer,
+            vision.image_size,
+            vision.mean,
+            vision.std,
+            config.max_words,
+            config.max_subtokens,
+            config.word_features,
+            config.text_encoder.url_placeholder,
         )
 
     def encode(
@@ -96,7 +105,9 @@ class Preprocessor:
         """Like :meth:`encode` for posts already split into words (training examples)."""
         words = [list(post_words[: self.max_words]) for post_words in words]
         encodings = self._subwords.encode_batch(
-            [[word.text for word in post_words] for post_words in words], is_pretokenized=True, add_special_tokens=True
+            [[self._encoder_text(word) for word in post_words] for post_words in words],
+            is_pretokenized=True,
+            add_special_tokens=True,
         )
         kept: list[list[Word]] = []
         first_subtoken: list[dict[int, int]] = []
@@ -123,6 +134,10 @@ class Preprocessor:
             **encode_word_features(kept, width, self.word_features),
         }
         return inputs, kept
+
+    def _encoder_text(self, word: Word) -> str:
+        """What the sub-word encoder reads for ``word``: the word, or the URL placeholder for a URL."""
+        return self.url_placeholder if self.url_placeholder is not None and is_url(word.text) else word.text
 
     def pixels(self, images: np.ndarray, image_mask: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 [B, N, S, S, 3] → normalized float32 [B, N, 3, S, S] (masked slots zeroed) and the bool mask."""

@@ -12,7 +12,7 @@ import numpy as np
 import regex
 
 from postlens.runtime.config import WordFeaturesConfig
-from postlens.runtime.words import Word
+from postlens.runtime.words import Word, is_url
 
 WORD_SHAPES = (
     "padding",
@@ -36,7 +36,7 @@ LATIN1 = 256  # code points below this keep their own char id
 
 def word_shape(text: str) -> int:
     """The shape class of one word (an index into :data:`WORD_SHAPES`)."""
-    if text.startswith(("http://", "https://", "www.")):
+    if is_url(text):
         return _SHAPE_INDEX["url"]
     if len(text) > 1 and text[0] in "@#":
         return _SHAPE_INDEX["mention" if text[0] == "@" else "hashtag"]

@@ -46,6 +46,8 @@ _WORD_CHAR = rf"[[\p{{L}}\p{{M}}\p{{N}}_]--[{_CJK}]]"
 _CLITIC_END = r"(?:s|re|ve|ll|d|m)"
 _APOSTROPHE = r"['’]"
 
+URL_PREFIXES = ("http://", "https://", "www.")  # what starts a URL word (the pattern below, word shapes)
+_URL_START = "|".join(regex.escape(prefix) for prefix in URL_PREFIXES)
 _URL_CHAR = r"[^\s()<>\"]"
 _URL_PARENS = r"\([^\s()<>\"]*\)"
 _URL_LAST = r"[^\s()<>\"'.,;:!?\[\]{}…]"
@@ -54,7 +56,7 @@ _PATTERN = regex.compile(
     "|".join(
         [
             # URL: may not end in sentence punctuation, so "see http://x.co/a." keeps the full stop apart.
-            rf"(?:https?://|www\.)(?:{_URL_PARENS}|{_URL_CHAR})*(?:{_URL_PARENS}|{_URL_LAST})",
+            rf"(?:{_URL_START})(?:{_URL_PARENS}|{_URL_CHAR})*(?:{_URL_PARENS}|{_URL_LAST})",
             r"[\p{L}\p{N}._%+-]+@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)+",  # e-mail
             rf"[@#]{_WORD_CHAR}+",  # mention, hashtag
             r"\$[A-Za-z]{1,6}(?![A-Za-z])",  # cashtag
@@ -82,3 +84,8 @@ _PATTERN = regex.compile(
 def word_tokenize(text: str) -> list[Word]:
     """Split ``text`` into words with character offsets (see the module docstring for the rules)."""
     return [Word(text=match.group(), start=match.start(), end=match.end()) for match in _PATTERN.finditer(text)]
+
+
+def is_url(text: str) -> bool:
+    """Whether a word is a URL (the tokenizer keeps a URL one word)."""
+    return text.lower().startswith(URL_PREFIXES)

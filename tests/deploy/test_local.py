@@ -92,6 +92,14 @@ async def test_down_stops_what_up_started(isolated: Settings) -> None:
     assert not port_open(isolated.redis_port)
 
 
+def test_prepare_readies_a_service_without_starting_it(isolated: Settings) -> None:
+    stack = Stack(isolated)
+    stack.prepare(["redis"])
+    assert (isolated.home / "redis" / "data").is_dir()
+    assert not port_open(isolated.redis_port)
+    assert stack.down() == []  # nothing was started, so nothing is stopped
+
+
 async def test_down_leaves_a_service_it_did_not_start(isolated: Settings, external_redis: int) -> None:
     stack = Stack(isolated)
     redis = (await stack.up_async(["redis"]))["redis"]

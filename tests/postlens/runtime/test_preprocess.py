@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from postlens.runtime.config import ModelConfig, WordFeaturesConfig
 from postlens.runtime.words import word_tokenize
 from postlens.runtime.images import stack_images
 from postlens.runtime.preprocess import Preprocessor, SubwordTokenizer
@@ -59,3 +62,43 @@ def test_pixels_are_normalized_and_masked_slots_zeroed(tokenizer) -> None:
     assert np.all(inputs["pixel_values"][1] == 0)
     with pytest.raises(ValueError, match="images must be"):
         preprocessor.encode(["a"], np.zeros((1, 1, 16, 16, 3), np.uint8), np.ones((1, 1), bool))
+
+
+def test_a_url_is_read_as_the_placeholder_and_keeps_its_place(tokenizer) -> None:
+    text = "Snowden speaks in Moscow http://t.co/ba1T7QxYzW via @CNN"
+    url = "http://t.co/ba1T7QxYzW"
+    features = WordFeaturesConfig(shape=True, chars=True)
+    as_is, words_as_is = Preprocessor(tokenizer, 8, MEAN, STD, 64, 64, features).encode([text], *no_images(1))
+    inputs, words = Preprocessor(tokenizer, 8, MEAN, STD, 64, 64, features, "link").encode([text], *no_images(1))
+    # The same words with the same offsets are tagged (an entity after the URL still lands where it is)...
+    assert words == words_as_is
+    # ...but the encoder reads one sub-token for the URL instead of its pieces of hash.
+    url_column = [w.text for w in words[0]].index(url)
+    assert tokenizer.backend.id_to_token(int(inputs["input_ids"][0, inputs["word_index"][0, url_column]])) == "link"
+    pieces = as_is["word_index"][0, url_column + 1] - as_is["word_index"][0, url_column]
+    assert pieces > 5
+    assert as_is["input_ids"].shape[1] - inputs["input_ids"].shape[1] == pieces - 1
+    # The word's own shape and characters still see the URL.
+    assert np.array_equal(inputs["word_shape"], as_is["word_shape"])
+    assert np.array_equal(inputs["word_chars"], as_is["word_chars"])
+
+
+def test_the_served_model_reads_urls_as_it_was_trained_to(tokenizer) -> None:
+    config = ModelConfig.model_validate(
+        {"text_encoder": {"url_placeholder": "link"}, "vision_encoder": {"image_size": 8, "mean": MEAN, "std": STD}}
+    )
+    served = Preprocessor.from_config(config, tokenizer)
+    trained = Preprocessor(tokenizer, 8, MEAN, STD, config.max_words, config.max_subtokens, url_placeholder="link")
+    text = "see www.example.com/a?b=1 and HTTPS://T.CO/X now"
+    served_inputs, _ = served.encode([text], *no_images(1))
+    trained_inputs, _ = trained.encode([text], *no_images(1))
+    assert np.array_equal(served_inputs["input_ids"], trained_inputs["input_ids"])
+    assert [tokenizer.backend.id_to_token(int(i)) for i in served_inputs["input_ids"][0]].count("link") == 2
+
+
+@given(text=st.text(st.characters(codec="utf-8", exclude_categories=()), max_size=120))
+def test_any_post_tags_the_same_words_with_or_without_the_placeholder(tokenizer, text: str) -> None:
+    _, words_as_is = Preprocessor(tokenizer, 8, MEAN, STD, 64, 512).encode([text], *no_images(1))
+    inputs, words = Preprocessor(tokenizer, 8, MEAN, STD, 64, 512, url_placeholder="link").encode([text], *no_images(1))
+    assert words == words_as_is
+    assert inputs["word_mask"].sum() == len(words[0])

@@ -27,6 +27,7 @@ from postlens.runtime.words import word_tokenize
         ("@nytimes", "mention"),
         ("#RedSox", "hashtag"),
         ("https://t.co/abc", "url"),
+        ("WWW.Example.com", "url"),  # as the word tokenizer, case-blind
         ("🎉", "emoji"),
         ("🇫🇷", "emoji"),
         ("東京", "uncased"),
