@@ -12,7 +12,8 @@ Two models are served side by side, because no one model here can show both:
 
 Both models are trained once and cached under ``POSTLENS_HOME/demo``, keyed by their data, preset and the training
 code, so a second run reuses them. The models are trained before the local stack starts (its downloads run
-meanwhile), so the training has the machine to itself; then the stack is started, or reused if it is up.
+meanwhile), so the training has the machine to itself; then the stack is started, or reused if it is up. Each
+model is exported to the Triton repository beside the next step, and Triton serves both once it is up.
 """
 
 from __future__ import annotations
@@ -63,9 +64,19 @@ def step(message: str) -> None:
     print(f"\n==> [{minutes:02d}:{seconds:02d}] {message}", flush=True)
 
 
-def run(command: Sequence[str], env: dict[str, str] | None = None) -> None:
-    print("$ " + " ".join(command), flush=True)
-    subprocess.run(command, check=True, env=env)
+def run(command: Sequence[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    """Run ``command``, failing the demo if it fails; with ``log``, its output goes there (a step running beside
+    another keeps the screen to the other), and is shown if it fails."""
+    print("$ " + " ".join(command) + (f"  (output: {log})" if log else ""), flush=True)
+    if log is None:
+        subprocess.run(command, check=True, env=env)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        finished = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if finished.returncode != 0:
+        print(log.read_text()[-4000:], file=sys.stderr)
+        raise subprocess.CalledProcessError(finished.returncode, command)
 
 
 def python(module: str, *args: str) -> list[str]:
@@ -141,19 +152,30 @@ def exported_version(repo: Path, name: str, checkpoint: Path) -> str | None:
     return None
 
 
-def serve_model(settings: Settings, name: str, checkpoint: Path) -> str:
-    """Export ``checkpoint`` as the newest version of Triton model ``name`` (unless it is already) and load it."""
+def export_version(settings: Settings, name: str, checkpoint: Path, log: Path) -> str:
+    """The version of Triton model ``name`` that holds ``checkpoint``: exported now as the newest one unless one
+    does already. Only written (:func:`serve` has Triton load it), so it can run before the stack is up."""
     repo = settings.model_repository
     version = exported_version(repo, name, checkpoint)
     if version is None:
-        run(python("trainer.export", "--model", str(checkpoint), "--repo", str(repo), "--name", name))
+        run(python("trainer.export", "--model", str(checkpoint), "--repo", str(repo), "--name", name, "--no-load"), log=log)
         version = exported_version(repo, name, checkpoint)
+        if version is None:
+            raise SystemExit(f"the export did not write a version of {name} for {checkpoint}")
+        print(f"wrote model_repository/{name}/{version}", flush=True)
     else:
-        print(f"model_repository/{name}/{version} already holds this checkpoint")
-    if version is None:
-        raise SystemExit(f"the export did not write a version of {name} for {checkpoint}")
-    print(f"Triton serves {name} version {version}")
+        print(f"model_repository/{name}/{version} already holds this checkpoint", flush=True)
     return version
+
+
+def serve(settings: Settings, name: str, version: str) -> None:
+    """Have the local Triton serve ``version`` of model ``name`` (loaded at its start, or now if it was up)."""
+    from trainer.export import ExportError, load_in_triton
+
+    try:
+        print(load_in_triton(settings.triton_load_url(settings.model_repository), name, int(version)), flush=True)
+    except ExportError as error:
+        raise SystemExit(str(error)) from None
 
 
 def real_posts(settings: Settings, home: Path) -> tuple[Path, list[Example]]:
@@ -294,20 +316,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     stack = Stack(settings)
 
     # Training comes first, with the services not yet running (idle, they still take a share of the 2 cores);
-    # their downloads overlap it. A failed download is retried, and reported service by service, by `up`.
+    # their downloads overlap it. A failed download is retried, and reported service by service, by `up`. The
+    # exports (mostly one core's tracing and checking) run beside the next step.
+    logs = home / "logs"
     with ThreadPoolExecutor(1) as downloads:
         downloads.submit(stack.prepare)
         step(f"the default model: preset {DEFAULT_PRESET} on the Twitter train splits (trained once, then cached)")
         default = default_checkpoint(settings, home)
-        step("synthetic posts and images, and the small model that grounds them (trained once, then cached)")
-        data = synthetic_data(home, args.posts, args.seed)
-        synthetic = demo_checkpoint(home, data)
-    step("the local stack: Kafka, Elasticsearch, Redis, Triton")
-    if report_up(stack) != 0:
-        raise SystemExit("the local stack did not start (python -m deploy.local status; logs under POSTLENS_HOME/logs)")
-    step("export both to the Triton model repository")
-    serve_model(settings, settings.triton_model, default)
-    serve_model(settings, SYNTHETIC_MODEL, synthetic)
+        step("synthetic posts and images, and the small model that grounds them (trained once, then cached); "
+             "the default model's export beside them")
+        with ThreadPoolExecutor(1) as beside:
+            default_export = beside.submit(export_version, settings, settings.triton_model, default, logs / "export-default.log")
+            data = synthetic_data(home, args.posts, args.seed)
+            synthetic = demo_checkpoint(home, data)
+            default_version = default_export.result()
+    step("the local stack: Kafka, Elasticsearch, Redis, Triton; the synthetic model's export beside it")
+    with ThreadPoolExecutor(1) as beside:
+        synthetic_export = beside.submit(export_version, settings, SYNTHETIC_MODEL, synthetic, logs / "export-synthetic.log")
+        if report_up(stack) != 0:
+            raise SystemExit("the local stack did not start (python -m deploy.local status; logs under POSTLENS_HOME/logs)")
+        synthetic_version = synthetic_export.result()
+    step("Triton serves both models")
+    serve(settings, settings.triton_model, default_version)
+    serve(settings, SYNTHETIC_MODEL, synthetic_version)
 
     real_file, real_examples = real_posts(settings, home)
     synthetic_file = data / "test.jsonl"
@@ -318,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          "POSTLENS_CONSUMER_GROUP": SYNTHETIC_GROUP}
         step(f"workers: two in group {settings.consumer_group} (model {settings.triton_model}), one in group "
              f"{SYNTHETIC_GROUP} (model {SYNTHETIC_MODEL}); images served at {base_url}")
-        with workers(home / "logs", {**{port: env for port in WORKER_PORTS}, SYNTHETIC_WORKER_PORT: synthetic_env}):
+        with workers(logs, {**{port: env for port in WORKER_PORTS}, SYNTHETIC_WORKER_PORT: synthetic_env}):
             since = datetime.now(timezone.utc).isoformat()
             count = line_count(real_file) + line_count(synthetic_file)
             step(f"publish {line_count(real_file)} real tweets to {settings.topic_posts} and "

@@ -11,8 +11,8 @@ from postlens.runtime.config import ModelConfig
 from postlens.runtime.decode import Decoder
 from postlens.schemas import PostPrediction
 from trainer.data.examples import Example
-from trainer.evaluate import build_report, gold_grounding, predicted_grounding
-from trainer.metrics import grounding_accuracy
+from trainer.evaluate import entity_correctness, gold_grounding, gold_spans, predicted_grounding, predicted_spans
+from trainer.metrics import calibration, grounding_accuracy
 from trainer.predict import RawBatch
 
 TEMPERATURES = np.geomspace(0.5, 4.0, 31)
@@ -28,12 +28,23 @@ def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decod
     """The temperature with the lowest entity-confidence ECE on valid → (temperature, ECE before, after).
 
     1 when valid is already well calibrated; among near-equal ECEs the temperature closest to 1 wins, so a
-    small valid set does not push confidences around for nothing.
+    small valid set does not push confidences around for nothing. The entities themselves do not depend on the
+    temperature (it scales every CRF score alike), so they are decoded and scored once; each temperature
+    recomputes only their confidences.
     """
+    spans = [decoder.spans(raw.emissions, raw.word_mask) for raw in raws]
+    predictions = decode_all(raws, decoder)
+    correct = entity_correctness([gold_spans(e) for e in examples], [predicted_spans(p) for p in predictions])
 
     def ece(temperature: float) -> float:
-        predictions = decode_all(raws, decoder.with_calibration(temperature=temperature))
-        return build_report(examples, predictions).report.ece or 0.0
+        scaled = decoder.with_calibration(temperature=temperature)
+        confidences = [
+            confidence
+            for raw, raw_spans in zip(raws, spans)
+            for post in scaled.confidences(raw.emissions, raw.word_mask, raw_spans)
+            for confidence in post
+        ]
+        return calibration(confidences, correct).ece if confidences else 0.0
 
     before = ece(1.0)
     if before <= WELL_CALIBRATED_ECE:

@@ -86,6 +86,16 @@ def predicted_spans(prediction: PostPrediction) -> list[Span]:
     return [(e.start, e.end, canonical_type(e.type)) for e in prediction.entities]
 
 
+def entity_correctness(gold: Sequence[Sequence[Span]], predicted: Sequence[Sequence[Span]]) -> list[bool]:
+    """Whether each predicted entity (posts in order, then their entities) exactly matches a gold span and type:
+    the outcome the confidences are calibrated against."""
+    return [span in gold_set for gold_set, spans in zip(map(set, gold), predicted) for span in spans]
+
+
+def gold_spans(example: Example) -> list[Span]:
+    return [(e.start, e.end, e.type) for e in example.entities]
+
+
 def gold_grounding(example: Example) -> list[GroundedSpan]:
     return [
         ((e.start, e.end, e.type), tuple((b.image_index, b.box) for b in example.boxes if b.entity == i))
@@ -123,7 +133,7 @@ def build_report(
         if prediction.id is not None and prediction.id != example.id:
             raise ValueError(f"prediction for {prediction.id!r} is in the place of post {example.id!r}")
 
-    gold = [[(e.start, e.end, e.type) for e in example.entities] for example in examples]
+    gold = [gold_spans(example) for example in examples]
     predicted = [predicted_spans(prediction) for prediction in predictions]
     grounded = any(example.boxes for example in examples)
 
@@ -137,7 +147,7 @@ def build_report(
         return GroundingReport(accuracy=accuracy)
 
     confidences = [e.confidence for prediction in predictions for e in prediction.entities]
-    correct = [span in gold_set for gold_set, spans in zip(map(set, gold), predicted) for span in spans]
+    correct = entity_correctness(gold, predicted)
     reliability = calibration(confidences, correct) if confidences else None
 
     alignment = None

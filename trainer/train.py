@@ -187,7 +187,7 @@ def train(
         return run_network(Predictor(network, preprocessor, decoder), valid_batches), decoder
 
     history: list[dict[str, Any]] = []
-    best_f1, best_epoch, best_state, stale, last_f1 = -1.0, 0, None, 0, 0.0
+    best_f1, best_epoch, best_state, best_valid, stale, last_f1 = -1.0, 0, None, None, 0, 0.0
     shuffler = np.random.default_rng(config.seed)
     for epoch in range(1, settings.epochs + 1):
         batches = tqdm(
@@ -216,6 +216,7 @@ def train(
         if report.entity.f1 > best_f1:
             best_f1, best_epoch, stale = report.entity.f1, epoch, 0
             best_state = copy.deepcopy(network.state_dict())
+            best_valid = raws, decoder  # the best weights' valid outputs: calibration reads them, not a new pass
         else:
             stale += 1
             if stale >= settings.patience:
@@ -223,7 +224,7 @@ def train(
     train_seconds = time.perf_counter() - started
     network.load_state_dict(best_state)
 
-    raws, decoder = validate()
+    raws, decoder = best_valid
     grounds = network.fusion.grounds and encoder.annotates_boxes
     model_config, calibrated = calibrate(model_config, raws, valid_examples, decoder, grounds)
     config = config.model_copy(update={"model": model_config})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -32,12 +33,20 @@ class TagScheme:
     name: Scheme = "bio"
     types: tuple[str, ...] = ENTITY_TYPES
 
-    @property
-    def labels(self) -> list[str]:
-        return labels_for(self.name, self.types)
+    # Cached: decoding asks for them per entity, and calibration decodes valid some thirty times.
+    @cached_property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(labels_for(self.name, self.types))
+
+    @cached_property
+    def _label_ids(self) -> dict[str, int]:
+        return {label: index for index, label in enumerate(self.labels)}
 
     def index(self, label: str) -> int:
-        return self.labels.index(label)
+        try:
+            return self._label_ids[label]
+        except KeyError:
+            raise ValueError(f"{label!r} is not a {self.name} tag of {', '.join(self.types)}") from None
 
     def allowed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boolean masks (start [T], transitions [T, T], end [T]) of well-formed tag sequences."""
@@ -238,6 +247,36 @@ class Decoder:
         grounding = self.grounding if threshold is None else replace(self.grounding, threshold=threshold)
         return replace(self, temperature=self.temperature if temperature is None else temperature, grounding=grounding)
 
+    def spans(self, emissions: np.ndarray, word_mask: np.ndarray) -> list[list[tuple[int, int, str]]]:
+        """Each post's entity spans ``(first, last, type)``: the CRF's best tag sequence (no temperature changes
+        it, so calibration reads them once)."""
+        paths = viterbi(np.asarray(emissions, dtype=np.float64), np.asarray(word_mask, dtype=bool), self.crf)
+        return [self.scheme.spans(path) for path in paths]
+
+    def confidences(
+        self, emissions: np.ndarray, word_mask: np.ndarray, spans: Sequence[Sequence[tuple[int, int, str]]]
+    ) -> list[list[float]]:
+        """Each span's confidence: its span marginal under the CRF with every score divided by the temperature."""
+        lattice = forward_backward(
+            np.asarray(emissions, dtype=np.float64) / self.temperature,
+            np.asarray(word_mask, dtype=bool),
+            self.crf.scaled(self.temperature),
+        )
+        return [
+            [
+                span_marginal(
+                    lattice,
+                    row,
+                    first,
+                    last,
+                    self.scheme.span_tags(last - first + 1, entity_type),
+                    self.scheme.forbidden_after_span(entity_type),
+                )
+                for first, last, entity_type in row_spans
+            ]
+            for row, row_spans in enumerate(spans)
+        ]
+
     def decode(
         self,
         texts: Sequence[str],
@@ -252,25 +291,14 @@ class Decoder:
         """Predictions for a batch. ``words`` are each post's word character offsets ``(start, end)``, in the
         order the network saw them (words past the network's limits are simply not tagged); the arrays are the
         network's outputs (:data:`postlens.runtime.exported.OUTPUT_NAMES`) and its word and image masks."""
-        emissions = np.asarray(emissions, dtype=np.float64) / self.temperature
-        word_mask = np.asarray(word_mask, dtype=bool)
-        crf = self.crf.scaled(self.temperature)
-        paths = viterbi(emissions, word_mask, crf)
-        lattice = forward_backward(emissions, word_mask, crf)
+        spans = self.spans(emissions, word_mask)
+        confidences = self.confidences(emissions, word_mask, spans)
         attention = np.asarray(word_region_attention, dtype=np.float64)
         predictions = []
-        for row, (text, offsets, path) in enumerate(zip(texts, words, paths)):
+        for row, (text, offsets) in enumerate(zip(texts, words)):
             relevance = float(np.clip(image_relevance[row], 0.0, 1.0))
             entities = []
-            for first, last, entity_type in self.scheme.spans(path):
-                confidence = span_marginal(
-                    lattice,
-                    row,
-                    first,
-                    last,
-                    self.scheme.span_tags(last - first + 1, entity_type),
-                    self.scheme.forbidden_after_span(entity_type),
-                )
+            for (first, last, entity_type), confidence in zip(spans[row], confidences[row]):
                 region = ground_span(attention[row], region_boxes[row], image_mask[row], first, last, self.grounding)
                 keep = region is not None and region.score * relevance >= self.grounding.threshold
                 start, end = offsets[first][0], offsets[last][1]

@@ -10,11 +10,24 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedTokenizerBase
 
 from postlens.runtime.config import TextEncoderConfig
 from trainer.model.tiny_text import TINY_FAMILIES
 from trainer.model.tokenizer import from_pretrained_kwargs, load_tokenizer, resolve_source
+
+
+# The dropout rates' names in the encoders' configs: BERT/RoBERTa/SpanBERT's, then DistilBERT-style ones.
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def with_dropout(config: PretrainedConfig, dropout: float | None) -> PretrainedConfig:
+    """``config`` with every dropout rate it has set to ``dropout`` (None: unchanged)."""
+    if dropout is not None:
+        for key in DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, dropout)
+    return config
 
 
 class TextEncoder(nn.Module):
@@ -59,9 +72,11 @@ def build_text_encoder(
     elif config.name in TINY_FAMILIES:
         model_type = TINY_FAMILIES[config.name].model_type
         sizes = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **config.tiny}
-        model = AutoModel.from_config(AutoConfig.for_model(model_type, **sizes))
+        model = AutoModel.from_config(with_dropout(AutoConfig.for_model(model_type, **sizes), config.dropout))
     else:
         source = resolve_source(config.name)
-        model = AutoModel.from_pretrained(source, **from_pretrained_kwargs(source))
+        kwargs = from_pretrained_kwargs(source)
+        model_config = with_dropout(AutoConfig.from_pretrained(source, **kwargs), config.dropout)
+        model = AutoModel.from_pretrained(source, config=model_config, **kwargs)
     architecture = {key: value for key, value in model.config.to_dict().items() if not key.startswith("_")}
     return TextEncoder(model), tokenizer, config.model_copy(update={"architecture": architecture})

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from postlens.runtime.config import TINY_ROBERTA, TINY_SPANBERT, TINY_TEXT, FusionConfig, ModelConfig, TextEncoderConfig
+from postlens.runtime.config import MINILM, TINY_ROBERTA, TINY_SPANBERT, TINY_TEXT, FusionConfig, ModelConfig, TextEncoderConfig
 from postlens.runtime.preprocess import Preprocessor
 from tests.trainer.model.inputs import no_targets, random_batch
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
@@ -71,6 +71,22 @@ def test_a_checkpoint_rebuilds_from_its_architecture_and_saved_tokenizer(family:
     with torch.no_grad():
         for want, got in zip(network.eval()(**inputs), rebuilt(**inputs)):
             torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("family", [MINILM, TINY_ROBERTA])  # pretrained weights, and a tiny random encoder
+def test_dropout_zero_makes_training_passes_repeatable_and_is_recorded(family: str) -> None:
+    def two_training_passes(config: TextEncoderConfig) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        encoder, tokenizer, resolved = build_text_encoder(config)
+        encoder.train()
+        batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+        embeds = encoder.embed_tokens(batch["input_ids"])
+        return encoder(embeds, batch["attention_mask"]), encoder(embeds, batch["attention_mask"]), resolved.architecture
+
+    first, second, architecture = two_training_passes(TextEncoderConfig(name=family, dropout=0.0))
+    assert torch.equal(first, second)
+    assert architecture["hidden_dropout_prob"] == architecture["attention_probs_dropout_prob"] == 0.0
+    first, second, architecture = two_training_passes(TextEncoderConfig(name=family))  # the model's own dropout
+    assert not torch.equal(first, second) and architecture["hidden_dropout_prob"] > 0
 
 
 def test_a_tiny_family_builds_the_same_tokenizer_in_every_process() -> None:
