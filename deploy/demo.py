@@ -11,8 +11,8 @@ Two models are served side by side, because no one model here can show both:
   grounded boxes, scored against gold labels and boxes and drawn into ``reports/demo/``.
 
 Both models are trained once and cached under ``POSTLENS_HOME/demo``, keyed by their data, preset and the training
-code, so a second run reuses them. The models are trained before the local stack starts (its downloads run
-meanwhile), so the training has the machine to itself; then the stack is started, or reused if it is up. Each
+code, so a second run reuses them. The default model is trained before the local stack starts (its downloads run
+meanwhile), so that training has the machine to itself; then the stack is started, or reused if it is up. Each
 model is exported to the Triton repository beside the next step, and Triton serves both once it is up.
 """
 
@@ -158,7 +158,10 @@ def export_version(settings: Settings, name: str, checkpoint: Path, log: Path) -
     repo = settings.model_repository
     version = exported_version(repo, name, checkpoint)
     if version is None:
-        run(python("trainer.export", "--model", str(checkpoint), "--repo", str(repo), "--name", name, "--no-load"), log=log)
+        try:
+            run(python("trainer.export", "--model", str(checkpoint), "--repo", str(repo), "--name", name, "--no-load"), log=log)
+        except subprocess.CalledProcessError:
+            raise SystemExit(f"the export of {checkpoint} as {name} failed (output: {log})") from None
         version = exported_version(repo, name, checkpoint)
         if version is None:
             raise SystemExit(f"the export did not write a version of {name} for {checkpoint}")

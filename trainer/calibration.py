@@ -29,8 +29,8 @@ def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decod
 
     1 when valid is already well calibrated; among near-equal ECEs the temperature closest to 1 wins, so a
     small valid set does not push confidences around for nothing. The entities themselves do not depend on the
-    temperature (it scales every CRF score alike), so they are decoded and scored once; each temperature
-    recomputes only their confidences.
+    temperature (it scales every CRF score alike), so they are found and scored against gold once; each
+    temperature recomputes only their confidences.
     """
     spans = [decoder.spans(raw.emissions, raw.word_mask) for raw in raws]
     predictions = decode_all(raws, decoder)
@@ -40,7 +40,7 @@ def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decod
         scaled = decoder.with_calibration(temperature=temperature)
         confidences = [
             confidence
-            for raw, raw_spans in zip(raws, spans)
+            for raw, raw_spans in zip(raws, spans, strict=True)
             for post in scaled.confidences(raw.emissions, raw.word_mask, raw_spans)
             for confidence in post
         ]

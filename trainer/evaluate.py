@@ -89,7 +89,7 @@ def predicted_spans(prediction: PostPrediction) -> list[Span]:
 def entity_correctness(gold: Sequence[Sequence[Span]], predicted: Sequence[Sequence[Span]]) -> list[bool]:
     """Whether each predicted entity (posts in order, then their entities) exactly matches a gold span and type:
     the outcome the confidences are calibrated against."""
-    return [span in gold_set for gold_set, spans in zip(map(set, gold), predicted) for span in spans]
+    return [span in gold_set for gold_set, spans in zip(map(set, gold), predicted, strict=True) for span in spans]
 
 
 def gold_spans(example: Example) -> list[Span]:

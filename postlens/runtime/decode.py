@@ -33,7 +33,7 @@ class TagScheme:
     name: Scheme = "bio"
     types: tuple[str, ...] = ENTITY_TYPES
 
-    # Cached: decoding asks for them per entity, and calibration decodes valid some thirty times.
+    # Cached: decoding asks for them per entity, and calibration re-scores valid's entities some thirty times.
     @cached_property
     def labels(self) -> tuple[str, ...]:
         return tuple(labels_for(self.name, self.types))
@@ -290,7 +290,8 @@ class Decoder:
     ) -> list[PostPrediction]:
         """Predictions for a batch. ``words`` are each post's word character offsets ``(start, end)``, in the
         order the network saw them (words past the network's limits are simply not tagged); the arrays are the
-        network's outputs (:data:`postlens.runtime.exported.OUTPUT_NAMES`) and its word and image masks."""
+        network's outputs (:data:`postlens.runtime.exported.OUTPUT_NAMES`) and its word and image masks. Each post's
+        entities are its :meth:`spans`, one each and in order (calibration pairs them with :meth:`confidences`)."""
         spans = self.spans(emissions, word_mask)
         confidences = self.confidences(emissions, word_mask, spans)
         attention = np.asarray(word_region_attention, dtype=np.float64)
@@ -298,7 +299,7 @@ class Decoder:
         for row, (text, offsets) in enumerate(zip(texts, words)):
             relevance = float(np.clip(image_relevance[row], 0.0, 1.0))
             entities = []
-            for (first, last, entity_type), confidence in zip(spans[row], confidences[row]):
+            for (first, last, entity_type), confidence in zip(spans[row], confidences[row], strict=True):
                 region = ground_span(attention[row], region_boxes[row], image_mask[row], first, last, self.grounding)
                 keep = region is not None and region.score * relevance >= self.grounding.threshold
                 start, end = offsets[first][0], offsets[last][1]

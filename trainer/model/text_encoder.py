@@ -17,16 +17,18 @@ from trainer.model.tiny_text import TINY_FAMILIES
 from trainer.model.tokenizer import from_pretrained_kwargs, load_tokenizer, resolve_source
 
 
-# The dropout rates' names in the encoders' configs: BERT/RoBERTa/SpanBERT's, then DistilBERT-style ones.
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+# The dropout rates in the configs of the encoder families PostLens trains (BERT, RoBERTa, SpanBERT).
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
 def with_dropout(config: PretrainedConfig, dropout: float | None) -> PretrainedConfig:
-    """``config`` with every dropout rate it has set to ``dropout`` (None: unchanged)."""
-    if dropout is not None:
-        for key in DROPOUT_KEYS:
-            if hasattr(config, key):
-                setattr(config, key, dropout)
+    """``config`` with its dropout rates set to ``dropout`` (None: unchanged)."""
+    if dropout is None:
+        return config
+    if missing := [key for key in DROPOUT_KEYS if not hasattr(config, key)]:
+        raise ValueError(f"text_encoder.dropout: a {config.model_type} encoder has no {', '.join(missing)} to set")
+    for key in DROPOUT_KEYS:
+        setattr(config, key, dropout)
     return config
 
 

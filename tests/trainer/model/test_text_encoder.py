@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from postlens.runtime.config import MINILM, TINY_ROBERTA, TINY_SPANBERT, TINY_TEXT, FusionConfig, ModelConfig, TextEncoderConfig
 from postlens.runtime.preprocess import Preprocessor
@@ -19,7 +19,7 @@ from tests.trainer.model.inputs import no_targets, random_batch
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
 from trainer.model.losses import LossConfig, total_loss
 from trainer.model.network import NerNetwork
-from trainer.model.text_encoder import build_text_encoder
+from trainer.model.text_encoder import build_text_encoder, with_dropout
 from trainer.model.tokenizer import load_tokenizer, subword_tokenizer
 
 FAMILIES = (TINY_TEXT, TINY_ROBERTA, TINY_SPANBERT)
@@ -87,6 +87,12 @@ def test_dropout_zero_makes_training_passes_repeatable_and_is_recorded(family: s
     assert architecture["hidden_dropout_prob"] == architecture["attention_probs_dropout_prob"] == 0.0
     first, second, architecture = two_training_passes(TextEncoderConfig(name=family))  # the model's own dropout
     assert not torch.equal(first, second) and architecture["hidden_dropout_prob"] > 0
+
+
+def test_dropout_on_an_encoder_without_bert_style_rates_is_refused_not_ignored() -> None:
+    with pytest.raises(ValueError, match="text_encoder.dropout: a distilbert encoder has no"):
+        with_dropout(AutoConfig.for_model("distilbert"), 0.0)
+    assert with_dropout(AutoConfig.for_model("distilbert"), None).dropout == 0.1  # unset: the model's own
 
 
 def test_a_tiny_family_builds_the_same_tokenizer_in_every_process() -> None:
