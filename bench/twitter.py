@@ -85,7 +85,7 @@ class SoftmaxTagger(nn.Module):
 
 
 def softmax_predictions(
-    logits: torch.Tensor, word_mask: torch.Tensor, examples: Sequence[Example], labels: list[str]
+    logits: torch.Tensor, word_mask: torch.Tensor, examples: Sequence[Example], labels: Sequence[str]
 ) -> list[PostPrediction]:
     """Argmax tags → entities (invalid sequences read the conlleval way); confidence = the weakest word's probability."""
     probabilities = logits.softmax(dim=-1)
