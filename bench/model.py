@@ -39,7 +39,9 @@ def previous_section(report: str, heading: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPORTS, help="where model.md, model.json and the PNGs go")
-    parser.add_argument("--work", type=Path, default=None, help="keep checkpoints and synthetic data here (default: temporary)")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="keep checkpoints and synthetic data here (default: temporary)"
+    )
     parser.add_argument("--only", choices=SECTIONS, help="run this section only; the other is kept from --out")
     parser.add_argument("--synthetic-posts", type=int, default=600)
     parser.add_argument("--synthetic-seed", type=int, default=0)
@@ -47,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     command = " ".join(["python -m bench.model", *(argv if argv is not None else sys.argv[1:])])
     running = [args.only] if args.only else list(SECTIONS)
     data_dir = get_settings().shared_data_dir
-    if "twitter" in running and not all((data_dir / path).is_file() for path in resolve_config(twitter.PRESET).data.train):
+    if "twitter" in running and not all(
+        (data_dir / path).is_file() for path in resolve_config(twitter.PRESET).data.train
+    ):
         parser.error(f"{data_dir} lacks the {twitter.PRESET} preset's data (set POSTLENS_SHARED_DATA_DIR)")
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             sections["twitter"] = twitter.markdown(results, command)
             figures["twitter"] = {"command": command, "variants": twitter.figures(results)}
 
-    header = ["# Model benchmark", "", "CPU only (2 cores, shared); times are wall-clock and include validation passes.", ""]
+    header = [
+        "# Model benchmark",
+        "",
+        "CPU only (2 cores, shared); times are wall-clock and include validation passes.",
+        "",
+    ]
     report = "\n".join(header) + "\n" + "\n".join(section for section in sections.values() if section)
     report_path.write_text(report)
     figures_path.write_text(json.dumps(figures, indent=2) + "\n")

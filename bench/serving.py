@@ -39,13 +39,13 @@ from tritonclient.grpc import model_config_pb2
 
 from deploy.local import triton_command
 from deploy.process import descendants, free_port, is_alive, spawn, stop, tail
+from postlens.runtime.exported import ExportedModel, execution_providers, read_model_config
+from postlens.runtime.images import load_images, stack_images
 from postlens.schemas import ModelRef
 from postlens.settings import Settings, get_settings
 from stream.stages.infer import InferRequest, TritonInferer
-from postlens.runtime.exported import ExportedModel, execution_providers, read_model_config
 from trainer.export import MODEL_SOURCE, export_model
 from trainer.model.checkpoint import load_checkpoint
-from postlens.runtime.images import load_images, stack_images
 from trainer.plots import LoadFigures, plot_serving
 from trainer.predict import read_posts
 
@@ -203,7 +203,10 @@ def _run(argv: list[str]) -> None:
 
 
 def load_requests(posts_file: Path, image_size: int) -> list[InferRequest]:
-    return [InferRequest(text=post.text, images=load_images(post.model_images, image_size, 4)) for post in read_posts(posts_file)]
+    return [
+        InferRequest(text=post.text, images=load_images(post.model_images, image_size, 4))
+        for post in read_posts(posts_file)
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -255,7 +258,11 @@ async def _counts(client: grpc_aio.InferenceServerClient) -> tuple[int, int]:
 
 
 async def _round(
-    load: Load, send: Callable[[], Awaitable[None]], posts: int, statistics: grpc_aio.InferenceServerClient, triton_pid: int
+    load: Load,
+    send: Callable[[], Awaitable[None]],
+    posts: int,
+    statistics: grpc_aio.InferenceServerClient,
+    triton_pid: int,
 ) -> None:
     before = await _counts(statistics)
     clock = CpuClock.read(triton_pid)
@@ -346,7 +353,9 @@ def stage_times(version_dir: Path, requests: Sequence[InferRequest], batch: int,
     return StageTimes(batch, float(preprocess), float(network), float(decode))
 
 
-def in_process(checkpoint: Path, version_dir: Path, requests: Sequence[InferRequest], seconds: float) -> list[InProcessResult]:
+def in_process(
+    checkpoint: Path, version_dir: Path, requests: Sequence[InferRequest], seconds: float
+) -> list[InProcessResult]:
     """Median time per batch of the network alone, ONNX Runtime and PyTorch timed alternately, one thread each (as
     one serving instance runs; on this shared machine PyTorch's two-thread OpenMP pool collapses whenever another
     process holds a core)."""
@@ -387,8 +396,13 @@ def plot(results: list[ConfigResult], local: list[InProcessResult], path: Path) 
     def figures(load: Load) -> LoadFigures:
         return LoadFigures(load.throughput, load.percentile(50), load.percentile(99))
 
-    configs = {r.config.label: {"sequential": figures(r.sequential), "concurrent": figures(r.concurrent)} for r in results}
-    in_process = {runtime: {r.batch: r.throughput for r in local if r.runtime == runtime} for runtime in ("ONNX Runtime", "PyTorch")}
+    configs = {
+        r.config.label: {"sequential": figures(r.sequential), "concurrent": figures(r.concurrent)} for r in results
+    }
+    in_process = {
+        runtime: {r.batch: r.throughput for r in local if r.runtime == runtime}
+        for runtime in ("ONNX Runtime", "PyTorch")
+    }
     plot_serving(configs, in_process, path)
 
 
@@ -423,7 +437,12 @@ class Headline:
 
 
 def report(
-    results: list[ConfigResult], stages: list[StageTimes], local: list[InProcessResult], checkpoint: Path, command: str, in_flight: int
+    results: list[ConfigResult],
+    stages: list[StageTimes],
+    local: list[InProcessResult],
+    checkpoint: Path,
+    command: str,
+    in_flight: int,
 ) -> str:
     best = Headline.of(results)
     single, batched = stages[0], stages[-1]
@@ -545,7 +564,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         local = in_process(checkpoint, version_dir, requests, args.in_process_seconds)
         for entry in local:
-            print(f"in-process {entry.runtime:<12} batch {entry.batch:>2}: {entry.throughput:8.1f} posts/s ({entry.latency_ms:.2f} ms/batch)")
+            print(
+                f"in-process {entry.runtime:<12} batch {entry.batch:>2}: {entry.throughput:8.1f} posts/s ({entry.latency_ms:.2f} ms/batch)"
+            )
 
     REPORTS.mkdir(exist_ok=True)
     command = " ".join(["python -m bench.serving", *(argv if argv is not None else sys.argv[1:])])

@@ -92,26 +92,41 @@ class Phase:
     @classmethod
     def create(cls, base: Settings, run: str, name: str) -> Phase:
         prefix = f"bench-{run}-{name}"
-        return cls(name, base.model_copy(update={
-            "topic_posts": f"{prefix}.posts", "topic_dlq": f"{prefix}.dlq", "consumer_group": prefix,
-            "es_index_entities": f"postlens-{prefix}-entities", "es_index_posts": f"postlens-{prefix}-posts",
-        }))
+        return cls(
+            name,
+            base.model_copy(
+                update={
+                    "topic_posts": f"{prefix}.posts",
+                    "topic_dlq": f"{prefix}.dlq",
+                    "consumer_group": prefix,
+                    "es_index_entities": f"postlens-{prefix}-entities",
+                    "es_index_posts": f"postlens-{prefix}-posts",
+                }
+            ),
+        )
 
     def env(self, triton_url: str, home: Path) -> dict[str, str]:
         s = self.settings
         return {
-            "POSTLENS_TOPIC_POSTS": s.topic_posts, "POSTLENS_TOPIC_DLQ": s.topic_dlq,
-            "POSTLENS_CONSUMER_GROUP": s.consumer_group, "POSTLENS_ES_INDEX_ENTITIES": s.es_index_entities,
-            "POSTLENS_ES_INDEX_POSTS": s.es_index_posts, "POSTLENS_TRITON_URL": triton_url,
-            "POSTLENS_HOME": str(home), "POSTLENS_FETCH_ALLOWLIST": json.dumps(["127.0.0.1/32"]),
+            "POSTLENS_TOPIC_POSTS": s.topic_posts,
+            "POSTLENS_TOPIC_DLQ": s.topic_dlq,
+            "POSTLENS_CONSUMER_GROUP": s.consumer_group,
+            "POSTLENS_ES_INDEX_ENTITIES": s.es_index_entities,
+            "POSTLENS_ES_INDEX_POSTS": s.es_index_posts,
+            "POSTLENS_TRITON_URL": triton_url,
+            "POSTLENS_HOME": str(home),
+            "POSTLENS_FETCH_ALLOWLIST": json.dumps(["127.0.0.1/32"]),
         }
 
     async def start_workers(self, count: int, triton_url: str, workdir: Path, checkout: Path) -> None:
         await ensure_topics(self.settings)
         for index in range(count):
             log = workdir / f"{self.name}-worker-{index}.log"
-            spec = LaunchSpec([sys.executable, "-m", "stream", "worker", "--web-port", str(free_port())],
-                              env=self.env(triton_url, workdir / "home"), cwd=checkout)
+            spec = LaunchSpec(
+                [sys.executable, "-m", "stream", "worker", "--web-port", str(free_port())],
+                env=self.env(triton_url, workdir / "home"),
+                cwd=checkout,
+            )
             self.workers.append(spawn(spec, log))
             self.logs.append(log)
         while not all(all(marker in log.read_text(errors="replace") for marker in READY_MARKERS) for log in self.logs):
@@ -150,8 +165,11 @@ class Phase:
         elapsed = time.perf_counter() - started
         triton_cores = (cpu_seconds([triton_pid]) - triton_s) / elapsed
         worker_cores = (cpu_seconds(self.workers) - workers_s) / elapsed
-        self.cores = {"triton": round(triton_cores, 2), "workers": round(worker_cores, 2),
-                      "rest": round((machine_cpu_seconds() - machine_s) / elapsed - triton_cores - worker_cores, 2)}
+        self.cores = {
+            "triton": round(triton_cores, 2),
+            "workers": round(worker_cores, 2),
+            "rest": round((machine_cpu_seconds() - machine_s) / elapsed - triton_cores - worker_cores, 2),
+        }
         # The slope between the first samples past 10 % and past 90 %: start-up and stragglers excluded.
         (t0, n0), (t1, n1) = (next(s for s in samples if s[1] >= share * total) for share in (0.1, 0.9))
         return (n1 - n0) / (t1 - t0)
@@ -165,13 +183,19 @@ class Phase:
         for pid in self.workers:
             stop(pid)
         async with es_client(self.settings) as es:
-            await es.indices.delete(index=f"{self.settings.es_index_posts},{self.settings.es_index_entities}",
-                                    ignore_unavailable=True)
+            await es.indices.delete(
+                index=f"{self.settings.es_index_posts},{self.settings.es_index_entities}", ignore_unavailable=True
+            )
         admin = AIOKafkaAdminClient(**kafka_client_options(self.settings))
         await admin.start()
         try:
-            await admin.delete_topics([self.settings.topic_posts, self.settings.topic_dlq,
-                                       f"{self.settings.consumer_group}-__assignor-__leader"])
+            await admin.delete_topics(
+                [
+                    self.settings.topic_posts,
+                    self.settings.topic_dlq,
+                    f"{self.settings.consumer_group}-__assignor-__leader",
+                ]
+            )
         finally:
             await admin.close()
 
@@ -194,7 +218,7 @@ def machine_cpu_seconds() -> float:
     return (sum(cpu) - cpu[3] - cpu[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
-async def _indexed(es, settings: Settings) -> int:  # noqa: ANN001 — an AsyncElasticsearch
+async def _indexed(es, settings: Settings) -> int:
     await es.indices.refresh(index=settings.es_index_posts)
     return (await es.count(index=settings.es_index_posts))["count"]
 
@@ -204,7 +228,9 @@ async def _indexed(es, settings: Settings) -> int:  # noqa: ANN001 — an AsyncE
 # --------------------------------------------------------------------------------------------------------------
 
 
-async def triton_only(triton_url: str, triton_pid: int, texts: list[str], in_flight: int) -> tuple[float, dict[str, float]]:
+async def triton_only(
+    triton_url: str, triton_pid: int, texts: list[str], in_flight: int
+) -> tuple[float, dict[str, float]]:
     """Posts/s with ``in_flight`` requests at once, each post sent once, through the worker's client; and the cores
     Triton and everything else used meanwhile."""
     inferer = await TritonInferer.connect(Settings(triton_url=triton_url))
@@ -230,7 +256,9 @@ async def triton_only(triton_url: str, triton_pid: int, texts: list[str], in_fli
         await inferer.close()
 
 
-async def latencies(phase: Phase, producer: AIOKafkaProducer, texts: list[str], rate: float, seconds: float) -> list[float]:
+async def latencies(
+    phase: Phase, producer: AIOKafkaProducer, texts: list[str], rate: float, seconds: float
+) -> list[float]:
     """Publish → indexed, in seconds, for posts published at ``rate`` per second for ``seconds``."""
     count = int(rate * seconds)
     published: dict[str, float] = {}
@@ -239,16 +267,28 @@ async def latencies(phase: Phase, producer: AIOKafkaProducer, texts: list[str], 
     for n in tqdm(range(count), desc=f"latency at {rate:.0f}/s", unit="post"):
         await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
         post_id = f"latency-{n}"
-        deliveries.append((post_id, await producer.send(
-            phase.settings.topic_posts, key=post_id.encode(), value=json.dumps({"id": post_id, "text": texts[n % len(texts)]}).encode())))
+        deliveries.append(
+            (
+                post_id,
+                await producer.send(
+                    phase.settings.topic_posts,
+                    key=post_id.encode(),
+                    value=json.dumps({"id": post_id, "text": texts[n % len(texts)]}).encode(),
+                ),
+            )
+        )
     for post_id, delivery in deliveries:
         published[post_id] = (await delivery).timestamp / 1000
     async with es_client(phase.settings) as es:
         deadline = time.monotonic() + 120
         while True:
             await es.indices.refresh(index=phase.settings.es_index_posts)
-            response = await es.search(index=phase.settings.es_index_posts, query={"prefix": {"id": "latency-"}},
-                                       size=10_000, source=["indexed_at"])
+            response = await es.search(
+                index=phase.settings.es_index_posts,
+                query={"prefix": {"id": "latency-"}},
+                size=10_000,
+                source=["indexed_at"],
+            )
             hits = response["hits"]["hits"]
             if len(hits) >= count or time.monotonic() > deadline:
                 break
@@ -289,18 +329,33 @@ class ImageSource:
 
 
 def machine() -> dict[str, object]:
-    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor())
-    memory_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                     if line.startswith("MemTotal"))
-    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "memory_gb": round(memory_kb / 2**20, 1),
-            "load_average_1m_at_end": round(os.getloadavg()[0], 2), "python": platform.python_version()}
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gb": round(memory_kb / 2**20, 1),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+    }
 
 
 def commit(checkout: Path) -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "stream", "postlens"], cwd=checkout,
-                           capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "stream", "postlens"], cwd=checkout, capture_output=True, text=True
+    ).stdout.strip()
     return f"{head}{' (+ uncommitted changes)' if dirty else ''}"
 
 
@@ -344,12 +399,14 @@ def markdown(figures: dict, command: str) -> str:
         "## What limits the figures",
         "",
         "Cores used during each drain (of the machine's "
-        f"{figures['machine']['cpus']}; \"rest\" is Kafka, Elasticsearch, Redis, this load generator and other jobs):",
+        f'{figures["machine"]["cpus"]}; "rest" is Kafka, Elasticsearch, Redis, this load generator and other jobs):',
         "",
         "| drain | Triton | worker(s) | rest |",
         "|---|---:|---:|---:|",
-        *(f"| {name} | {cores['triton']:.2f} | {cores['workers']:.2f} | {cores['rest']:.2f} |"
-          for name, cores in figures["cores"].items()),
+        *(
+            f"| {name} | {cores['triton']:.2f} | {cores['workers']:.2f} | {cores['rest']:.2f} |"
+            for name, cores in figures["cores"].items()
+        ),
         "",
         *figures["notes"],
         "",
@@ -390,7 +447,7 @@ def notes(figures: dict) -> list[str]:
     if figures["pipeline_over_triton"] < GOALS["pipeline_over_triton"]:
         found.append(
             f"- `pipeline_over_triton` below goal: alone, Triton used {figures['cores']['triton alone']['triton']:.2f} "
-            "cores (\"rest\" there is this load generator and other jobs); while one worker drained the "
+            'cores ("rest" there is this load generator and other jobs); while one worker drained the '
             f"backlog, Triton got {text['triton']:.2f} of them, the worker {text['workers']:.2f} (Kafka fetch, JSON and "
             f"pydantic, gRPC, bulk bodies) and the rest {text['rest']:.2f} (Elasticsearch indexing two or more "
             "documents per post, Kafka). The pipeline's own work per post is what the ratio pays for on a machine "
@@ -408,8 +465,10 @@ def notes(figures: dict) -> list[str]:
     if figures["latency_p99_s"] > GOALS["latency_p99_s"]:
         found.append("- `latency_p99_s` above goal: batches wait in line for Triton when the cores are busy.")
     if figures["worker_rss_mb"] > GOALS["worker_rss_mb"]:
-        found.append("- `worker_rss_mb` above goal: Faust, aiokafka, the Elasticsearch and Triton clients and numpy "
-                     "are resident before the first post.")
+        found.append(
+            "- `worker_rss_mb` above goal: Faust, aiokafka, the Elasticsearch and Triton clients and numpy "
+            "are resident before the first post."
+        )
     return found
 
 
@@ -437,7 +496,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
     phases: list[Phase] = []
     try:
         with triton_serving(version_dir, ServingConfig.committed(), workdir) as (triton_url, triton_pid):
-            figures["triton_only_posts_s"], triton_alone = await triton_only(triton_url, triton_pid, texts[:count], args.in_flight)
+            figures["triton_only_posts_s"], triton_alone = await triton_only(
+                triton_url, triton_pid, texts[:count], args.in_flight
+            )
 
             text_only = Phase.create(settings, run_id, "text")
             phases.append(text_only)
@@ -456,11 +517,17 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
                     phase = Phase.create(settings, run_id, f"images{workers}")
                     phases.append(phase)
                     await phase.start_workers(workers, triton_url, workdir, args.worker_checkout)
-                    posts = [{"id": f"img-{n}", "text": texts[n],
-                              "images": [f"http://127.0.0.1:{source.port}/{run_id}-{workers}-{n}.jpg"]}
-                             for n in range(args.image_posts)]
+                    posts = [
+                        {
+                            "id": f"img-{n}",
+                            "text": texts[n],
+                            "images": [f"http://127.0.0.1:{source.port}/{run_id}-{workers}-{n}.jpg"],
+                        }
+                        for n in range(args.image_posts)
+                    ]
                     figures[f"images_{workers}_worker{'s' if workers > 1 else ''}_posts_s"] = await phase.drain(
-                        posts, producer, triton_pid)
+                        posts, producer, triton_pid
+                    )
                     figures["cores"][phase.name] = phase.cores
                     figures["worker_rss_mb"] = max(figures["worker_rss_mb"], phase.peak_rss_mb)
                     await phase.cleanup()
@@ -475,9 +542,13 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
     figures["latency_p50_s"] = float(np.percentile(latency_s, 50))
     figures["latency_p99_s"] = float(np.percentile(latency_s, 99))
     figures["posts"] = count
-    figures["model"] = (f"tiny cross-attention model ({checkpoint}, trained by bench.serving.default_checkpoint on "
-                        "synthetic posts), served by Triton with model_repository/postlens/config.pbtxt")
-    figures["settings"] = {name: getattr(settings, name) for name in ("batch_size", "batch_wait_s", "worker_batches_in_flight")}
+    figures["model"] = (
+        f"tiny cross-attention model ({checkpoint}, trained by bench.serving.default_checkpoint on "
+        "synthetic posts), served by Triton with model_repository/postlens/config.pbtxt"
+    )
+    figures["settings"] = {
+        name: getattr(settings, name) for name in ("batch_size", "batch_wait_s", "worker_batches_in_flight")
+    }
     return figures, latency_s
 
 
@@ -487,13 +558,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--image-posts", type=int, default=1500, help="tweets per drain with images")
     parser.add_argument("--in-flight", type=int, default=64, help="requests at once for Triton alone")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
-    parser.add_argument("--worker-checkout", type=Path, default=REPO,
-                        help="run the workers from this checkout (a worktree of an older commit: before/after)")
+    parser.add_argument(
+        "--worker-checkout",
+        type=Path,
+        default=REPO,
+        help="run the workers from this checkout (a worktree of an older commit: before/after)",
+    )
     parser.add_argument("--reports", type=Path, default=REPORTS, help="where bench.json, bench.md, bench.png go")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="postlens-bench-stream-") as tmp:
         figures, latency_s = asyncio.run(run(args, Path(tmp)))
-    figures.update(commit=commit(args.worker_checkout), machine=machine(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    figures.update(
+        commit=commit(args.worker_checkout), machine=machine(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    )
     figures["notes"] = notes(figures)
     command = " ".join(["python -m bench.stream", *(argv if argv is not None else sys.argv[1:])])
     figures["command"] = command
@@ -501,8 +578,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     (args.reports / "bench.json").write_text(json.dumps(figures, indent=2) + "\n")
     (args.reports / "bench.md").write_text(markdown(figures, command))
     plot(figures, latency_s, args.reports / "bench.png")
-    for name in ("triton_only_posts_s", "pipeline_posts_s", "pipeline_over_triton", "images_1_worker_posts_s",
-                 "images_2_workers_posts_s", "scale_2_over_1", "latency_p50_s", "latency_p99_s", "worker_rss_mb"):
+    for name in (
+        "triton_only_posts_s",
+        "pipeline_posts_s",
+        "pipeline_over_triton",
+        "images_1_worker_posts_s",
+        "images_2_workers_posts_s",
+        "scale_2_over_1",
+        "latency_p50_s",
+        "latency_p99_s",
+        "worker_rss_mb",
+    ):
         print(f"{name:<26} {figures[name]:8.2f}")
     print(f"{args.reports}/bench.json, bench.md, bench.png")
 

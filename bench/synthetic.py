@@ -145,7 +145,9 @@ def served_posts_per_second(version_dir: Path, examples: Sequence[Example]) -> f
     exported = ExportedModel.load(version_dir, ModelRef(name="bench", version=version_dir.name), intra_op_threads=1)
     batches = []
     for chunk in chunks(examples, SERVING_BATCH):
-        images, mask = stack_images([load_images(e.images, exported.image_size, MAX_MODEL_IMAGES) for e in chunk], exported.image_size)
+        images, mask = stack_images(
+            [load_images(e.images, exported.image_size, MAX_MODEL_IMAGES) for e in chunk], exported.image_size
+        )
         batches.append(([e.text for e in chunk], images, mask))
     exported.predict(*batches[0])
     started = time.perf_counter()
@@ -173,7 +175,11 @@ def run_variant(variant: Variant, splits: Splits, work: Path) -> VariantResult:
     predictions = predict_all(predictor, splits.test, batch_size=64)
     report = build_report(splits.test, predictions, embed_all(predictor, splits.test, batch_size=64)).report
     parameters = dict(predictor.network.named_parameters())
-    served = None if variant.switches else served_posts_per_second(export_model(model_dir, model_dir / "repository"), splits.test)
+    served = (
+        None
+        if variant.switches
+        else served_posts_per_second(export_model(model_dir, model_dir / "repository"), splits.test)
+    )
     return VariantResult(
         variant,
         report,
@@ -226,7 +232,8 @@ def row(result: VariantResult) -> str:
 
 
 TABLE_HEAD = [
-    "| variant | entity F1 | " + " | ".join(f"{subset} F1" for subset in SUBSETS)
+    "| variant | entity F1 | "
+    + " | ".join(f"{subset} F1" for subset in SUBSETS)
     + " | grounding acc. | alignment R@1 | ECE | parameters (all / fusion) | train time / epoch | served posts/s |",
     "|---|---|" + "---|" * len(SUBSETS) + "---|---|---|---|---|---|",
 ]
@@ -316,7 +323,8 @@ def plot(results: Sequence[VariantResult], strategies_path: Path, ablations_path
     plot_scores(SCORE_GROUPS, series, strategies_path, "Synthetic test split by fusion strategy (tiny encoders)")
     panels = {
         f"{strategy} and its ablations": {
-            "full": _scores(by_variant[Variant(strategy)]), **{v.ablation: _scores(by_variant[v]) for v in ablations}
+            "full": _scores(by_variant[Variant(strategy)]),
+            **{v.ablation: _scores(by_variant[v]) for v in ablations},
         }
         for strategy, ablations in ABLATIONS.items()
     }

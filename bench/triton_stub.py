@@ -94,10 +94,18 @@ def main() -> None:
         code_root = args.code_root.resolve()
         model_code = (code_root / "model_repository" / "postlens" / TRITON_CODE_FILE).read_text()
         if code_root != THIS_CHECKOUT:
-            model_code = FOREIGN_PRELUDE.format(root=str(code_root)) + model_code.replace("from __future__ import annotations\n", "")
+            model_code = FOREIGN_PRELUDE.format(root=str(code_root)) + model_code.replace(
+                "from __future__ import annotations\n", ""
+            )
         (version_dir / TRITON_CODE_FILE).write_text(model_code)
         figures = measure(repository, Path(scratch))
-    result = {"label": args.label, "code_root": str(args.code_root), "checkpoint": str(checkpoint), **figures, "machine": f"{platform.node()}, {os.cpu_count()} cores"}
+    result = {
+        "label": args.label,
+        "code_root": str(args.code_root),
+        "checkpoint": str(checkpoint),
+        **figures,
+        "machine": f"{platform.node()}, {os.cpu_count()} cores",
+    }
     print(json.dumps(result))
     REPORTS.mkdir(exist_ok=True)
     with (REPORTS / "triton_stub.jsonl").open("a") as out:

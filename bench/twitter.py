@@ -47,7 +47,11 @@ SOFTMAX = "softmax"
 HEADING = "## (a) Twitter"
 # The CRF variants: overrides of the preset, from the plain CRF up to the preset as shipped.
 CRF_VARIANTS: dict[str, tuple[str, ...]] = {
-    "crf": ("model.word_features.shape=false", "model.word_features.chars=false", "model.word_features.into_encoder=false"),
+    "crf": (
+        "model.word_features.shape=false",
+        "model.word_features.chars=false",
+        "model.word_features.into_encoder=false",
+    ),
     "features at emissions": ("model.word_features.into_encoder=false",),
     "default": (),
 }
@@ -102,7 +106,9 @@ def softmax_predictions(
                     text=example.text[start:stop], type=entity_type, start=start, end=stop, confidence=confidence
                 )
             )
-        predictions.append(PostPrediction(id=example.id, entities=entities, model=ModelRef(name=SOFTMAX, version="bench")))
+        predictions.append(
+            PostPrediction(id=example.id, entities=entities, model=ModelRef(name=SOFTMAX, version="bench"))
+        )
     return predictions
 
 
@@ -137,7 +143,9 @@ def train_softmax(config: RunConfig, train_examples: list[Example], valid: dict[
     best: dict[str, EvaluationReport] = {}
     for epoch in range(1, settings.epochs + 1):
         model.train()
-        for chunk in tqdm(epoch_batches(train_examples, settings, shuffler), desc=f"softmax epoch {epoch}", leave=False):
+        for chunk in tqdm(
+            epoch_batches(train_examples, settings, shuffler), desc=f"softmax epoch {epoch}", leave=False
+        ):
             batch = encoder.encode(chunk)
             mask = batch.inputs["word_mask"]
             loss = nn.functional.cross_entropy(model(**batch.inputs)[mask], batch.targets.tags[mask])
@@ -153,7 +161,9 @@ def train_softmax(config: RunConfig, train_examples: list[Example], valid: dict[
                 predictions = [
                     prediction
                     for chunk, batch in batches
-                    for prediction in softmax_predictions(model(**batch.inputs), batch.inputs["word_mask"], chunk, scheme.labels)
+                    for prediction in softmax_predictions(
+                        model(**batch.inputs), batch.inputs["word_mask"], chunk, scheme.labels
+                    )
                 ]
                 reports[name] = build_report(valid[name], predictions).report
         if not best or _overall(reports, valid) > _overall(best, valid):
@@ -174,7 +184,9 @@ def _learned(config: RunConfig) -> dict:
     return dump
 
 
-def train_or_reuse(variant: str, overrides: Sequence[str], work: Path, train_examples: list[Example], valid_examples: list[Example]) -> tuple[Path, dict]:
+def train_or_reuse(
+    variant: str, overrides: Sequence[str], work: Path, train_examples: list[Example], valid_examples: list[Example]
+) -> tuple[Path, dict]:
     config = resolve_config(PRESET, None, overrides)
     out = work / f"twitter-{variant.replace(' ', '-')}"
     recorded = out / "bench_config.json"
@@ -195,8 +207,13 @@ def run_twitter(work: Path, batch_size: int = 64) -> list[TwitterResult]:
     for variant, overrides in CRF_VARIANTS.items():
         out, metrics = train_or_reuse(variant, overrides, work, train_examples, valid_examples)
         predictor = Predictor.load(out)
-        reports = {name: build_report(examples, predict_all(predictor, examples, batch_size)).report for name, examples in valid.items()}
-        command = " ".join(["python -m trainer.train --preset", PRESET, *(f"--set {o}" for o in overrides), "--out DIR"])
+        reports = {
+            name: build_report(examples, predict_all(predictor, examples, batch_size)).report
+            for name, examples in valid.items()
+        }
+        command = " ".join(
+            ["python -m trainer.train --preset", PRESET, *(f"--set {o}" for o in overrides), "--out DIR"]
+        )
         results.append(TwitterResult(variant, reports, metrics["train_seconds"], metrics["epochs_run"], command))
     for result in results:
         figures = "  ".join(f"{name} F1 {report.entity.f1:.4f}" for name, report in result.reports.items())
@@ -220,7 +237,9 @@ def markdown(results: list[TwitterResult], command: str) -> str:
         f"{config.train.batch_size}, encoder lr {config.train.encoder_lr:g}), trained once on {data}; each variant is "
         "scored on each valid split through `trainer.evaluate`'s code path. The test splits are held back.",
         "",
-        "| variant | valid | entity P | entity R | entity F1 | " + " | ".join(f"{t} F1" for t in TYPES) + " | train time |",
+        "| variant | valid | entity P | entity R | entity F1 | "
+        + " | ".join(f"{t} F1" for t in TYPES)
+        + " | train time |",
         "|---|---|---|---|---|" + "---|" * len(TYPES) + "---|",
     ]
     for result in results:

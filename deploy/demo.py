@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -102,8 +102,11 @@ def training_key(*inputs: Path | str) -> str:
     """A digest of what a trained model depends on: the given data files and names, and the code that trains it
     (``trainer/``, ``postlens/runtime/``, the presets)."""
     digest = hashlib.sha256()
-    sources = [*(CODE / "trainer").rglob("*.py"), *(CODE / "trainer" / "configs").glob("*.yaml"),
-               *(CODE / "postlens" / "runtime").rglob("*.py")]
+    sources = [
+        *(CODE / "trainer").rglob("*.py"),
+        *(CODE / "trainer" / "configs").glob("*.yaml"),
+        *(CODE / "postlens" / "runtime").rglob("*.py"),
+    ]
     for source in sorted(sources):
         digest.update(source.read_bytes())
     for item in inputs:
@@ -125,8 +128,16 @@ def demo_checkpoint(home: Path, data: Path) -> Path:
     key = training_key(data.name, DEMO_PRESET, DEMO_STRATEGY)
     return cached_checkpoint(
         home / "models" / f"{DEMO_PRESET}-{DEMO_STRATEGY}-{key}",
-        ["--preset", DEMO_PRESET, "--strategy", DEMO_STRATEGY,
-         "--train", str(data / "train.jsonl"), "--valid", str(data / "valid.jsonl")],
+        [
+            "--preset",
+            DEMO_PRESET,
+            "--strategy",
+            DEMO_STRATEGY,
+            "--train",
+            str(data / "train.jsonl"),
+            "--valid",
+            str(data / "valid.jsonl"),
+        ],
     )
 
 
@@ -137,7 +148,9 @@ def default_checkpoint(settings: Settings, home: Path) -> Path:
     named = resolve_config(DEFAULT_PRESET).data
     data = [settings.shared_data_dir / path for path in (*named.train, *named.valid)]
     if missing := [str(path) for path in data if not path.is_file()]:
-        raise SystemExit(f"the {DEFAULT_PRESET} preset's data is missing: {', '.join(missing)} (POSTLENS_SHARED_DATA_DIR)")
+        raise SystemExit(
+            f"the {DEFAULT_PRESET} preset's data is missing: {', '.join(missing)} (POSTLENS_SHARED_DATA_DIR)"
+        )
     key = training_key(DEFAULT_PRESET, *data)
     return cached_checkpoint(home / "models" / f"{DEFAULT_PRESET}-{key}", ["--preset", DEFAULT_PRESET])
 
@@ -159,7 +172,10 @@ def export_version(settings: Settings, name: str, checkpoint: Path, log: Path) -
     version = exported_version(repo, name, checkpoint)
     if version is None:
         try:
-            run(python("trainer.export", "--model", str(checkpoint), "--repo", str(repo), "--name", name, "--no-load"), log=log)
+            run(
+                python("trainer.export", "--model", str(checkpoint), "--repo", str(repo), "--name", name, "--no-load"),
+                log=log,
+            )
         except subprocess.CalledProcessError:
             raise SystemExit(f"the export of {checkpoint} as {name} failed (output: {log})") from None
         version = exported_version(repo, name, checkpoint)
@@ -191,7 +207,9 @@ def real_posts(settings: Settings, home: Path) -> tuple[Path, list[Example]]:
             post_id = f"{dataset}-{example.id}"
             examples.setdefault(post_id, example.model_copy(update={"id": post_id}))
     path = home / "real-posts.jsonl"
-    path.write_text("".join(json.dumps({"id": e.id, "text": e.text}, ensure_ascii=False) + "\n" for e in examples.values()))
+    path.write_text(
+        "".join(json.dumps({"id": e.id, "text": e.text}, ensure_ascii=False) + "\n" for e in examples.values())
+    )
     return path, list(examples.values())
 
 
@@ -213,7 +231,7 @@ def image_server(root: Path) -> Iterator[str]:
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -224,9 +242,14 @@ def workers(logs: Path, envs: dict[int, dict[str, str]]) -> Iterator[list[subpro
     started = []
     try:
         for port, env in envs.items():
-            log = open(logs / f"worker-{port}.log", "w")  # noqa: SIM115 - closed with the process below
-            process = subprocess.Popen(python("stream", "worker", "--web-port", str(port)), stdout=log,
-                                       stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            log = open(logs / f"worker-{port}.log", "w")
+            process = subprocess.Popen(
+                python("stream", "worker", "--web-port", str(port)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
             started.append((process, log))
             print(f"worker pid {process.pid}, metrics http://localhost:{port}/metrics, log {log.name}")
         yield [process for process, _ in started]
@@ -253,18 +276,29 @@ async def indexed_predictions(settings: Settings, post_ids: Sequence[str]) -> di
 
     async with es_client(settings) as es:
         await es.indices.refresh(index=settings.es_index_entities)
-        predictions = {post_id: PostPrediction(id=post_id, model=ModelRef(name="postlens", version="?"))
-                       for post_id in post_ids}
-        response = await es.search(index=settings.es_index_entities, size=10_000,
-                                   query={"terms": {"post_id": list(post_ids)}})
+        predictions = {
+            post_id: PostPrediction(id=post_id, model=ModelRef(name="postlens", version="?")) for post_id in post_ids
+        }
+        response = await es.search(
+            index=settings.es_index_entities, size=10_000, query={"terms": {"post_id": list(post_ids)}}
+        )
         for hit in response["hits"]["hits"]:
             doc = hit["_source"]
             prediction = predictions[doc["post_id"]]
             prediction.model = ModelRef(**doc["model"])
-            prediction.entities.append(PredictedEntity(
-                text=doc["text"], type=doc["type"], start=doc["start"], end=doc["end"], confidence=doc["confidence"],
-                regions=[Region(image_index=r["image_index"], box=tuple(r["box"]), score=r["score"])
-                         for r in doc.get("regions", [])]))
+            prediction.entities.append(
+                PredictedEntity(
+                    text=doc["text"],
+                    type=doc["type"],
+                    start=doc["start"],
+                    end=doc["end"],
+                    confidence=doc["confidence"],
+                    regions=[
+                        Region(image_index=r["image_index"], box=tuple(r["box"]), score=r["score"])
+                        for r in doc.get("regions", [])
+                    ],
+                )
+            )
         return predictions
 
 
@@ -284,7 +318,9 @@ def report_real(settings: Settings, examples: Sequence[Example], out: Path, show
     predictions = asyncio.run(indexed_predictions(settings, [example.id for example in examples]))
     print(f"\nEntities found on real tweets (the first {shown} that have any; type and confidence):")
     for example in [e for e in examples if predictions[e.id].entities][:shown]:
-        found = ", ".join(f"{entity.text} {entity.type} {entity.confidence:.2f}" for entity in predictions[example.id].entities)
+        found = ", ".join(
+            f"{entity.text} {entity.type} {entity.confidence:.2f}" for entity in predictions[example.id].entities
+        )
         print(f"  {example.text[:100]}\n      → {found}")
     for dataset in REAL_DATASETS:
         subset = [example for example in examples if example.id.startswith(f"{dataset}-")]
@@ -309,7 +345,9 @@ def line_count(path: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deploy.demo", description=__doc__)
-    parser.add_argument("--posts", type=int, default=DEMO_POSTS, help="synthetic posts generated (the test split is published)")
+    parser.add_argument(
+        "--posts", type=int, default=DEMO_POSTS, help="synthetic posts generated (the test split is published)"
+    )
     parser.add_argument("--seed", type=int, default=DEMO_SEED)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the index")
     args = parser.parse_args(argv)
@@ -326,18 +364,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         downloads.submit(stack.prepare)
         step(f"the default model: preset {DEFAULT_PRESET} on the Twitter train splits (trained once, then cached)")
         default = default_checkpoint(settings, home)
-        step("synthetic posts and images, and the small model that grounds them (trained once, then cached); "
-             "the default model's export beside them")
+        step(
+            "synthetic posts and images, and the small model that grounds them (trained once, then cached); "
+            "the default model's export beside them"
+        )
         with ThreadPoolExecutor(1) as beside:
-            default_export = beside.submit(export_version, settings, settings.triton_model, default, logs / "export-default.log")
+            default_export = beside.submit(
+                export_version, settings, settings.triton_model, default, logs / "export-default.log"
+            )
             data = synthetic_data(home, args.posts, args.seed)
             synthetic = demo_checkpoint(home, data)
             default_version = default_export.result()
     step("the local stack: Kafka, Elasticsearch, Redis, Triton; the synthetic model's export beside it")
     with ThreadPoolExecutor(1) as beside:
-        synthetic_export = beside.submit(export_version, settings, SYNTHETIC_MODEL, synthetic, logs / "export-synthetic.log")
+        synthetic_export = beside.submit(
+            export_version, settings, SYNTHETIC_MODEL, synthetic, logs / "export-synthetic.log"
+        )
         if report_up(stack) != 0:
-            raise SystemExit("the local stack did not start (python -m deploy.local status; logs under POSTLENS_HOME/logs)")
+            raise SystemExit(
+                "the local stack did not start (python -m deploy.local status; logs under POSTLENS_HOME/logs)"
+            )
         synthetic_version = synthetic_export.result()
     step("Triton serves both models")
     serve(settings, settings.triton_model, default_version)
@@ -348,15 +394,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     with image_server(data) as base_url:
         # The image server is on loopback, which the SSRF guard refuses unless allowed.
         env = {**os.environ, "POSTLENS_FETCH_ALLOWLIST": json.dumps(["127.0.0.1"])}
-        synthetic_env = {**env, "POSTLENS_TRITON_MODEL": SYNTHETIC_MODEL, "POSTLENS_TOPIC_POSTS": SYNTHETIC_TOPIC,
-                         "POSTLENS_CONSUMER_GROUP": SYNTHETIC_GROUP}
-        step(f"workers: two in group {settings.consumer_group} (model {settings.triton_model}), one in group "
-             f"{SYNTHETIC_GROUP} (model {SYNTHETIC_MODEL}); images served at {base_url}")
+        synthetic_env = {
+            **env,
+            "POSTLENS_TRITON_MODEL": SYNTHETIC_MODEL,
+            "POSTLENS_TOPIC_POSTS": SYNTHETIC_TOPIC,
+            "POSTLENS_CONSUMER_GROUP": SYNTHETIC_GROUP,
+        }
+        step(
+            f"workers: two in group {settings.consumer_group} (model {settings.triton_model}), one in group "
+            f"{SYNTHETIC_GROUP} (model {SYNTHETIC_MODEL}); images served at {base_url}"
+        )
         with workers(logs, {**{port: env for port in WORKER_PORTS}, SYNTHETIC_WORKER_PORT: synthetic_env}):
-            since = datetime.now(timezone.utc).isoformat()
+            since = datetime.now(UTC).isoformat()
             count = line_count(real_file) + line_count(synthetic_file)
-            step(f"publish {line_count(real_file)} real tweets to {settings.topic_posts} and "
-                 f"{line_count(synthetic_file)} synthetic posts to {SYNTHETIC_TOPIC}")
+            step(
+                f"publish {line_count(real_file)} real tweets to {settings.topic_posts} and "
+                f"{line_count(synthetic_file)} synthetic posts to {SYNTHETIC_TOPIC}"
+            )
             published = time.perf_counter()
             run(python("stream", "publish", str(real_file)), env=env)
             # With the synthetic workers' settings, so publishing creates their topic with its partitions.

@@ -31,7 +31,9 @@ def _number_as_string(value: Any) -> Any:
 
 def validation_summary(error: ValidationError, subject: str) -> str:
     """One line naming each field that failed and why; ``subject`` names a failure of the whole document."""
-    return "; ".join(f"{'.'.join(str(part) for part in item['loc']) or subject}: {item['msg']}" for item in error.errors())
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or subject}: {item['msg']}" for item in error.errors()
+    )
 
 
 def text_refusal(text: str, max_chars: int) -> tuple[str, str] | None:
@@ -139,7 +141,9 @@ class Label(BaseModel):
             spans = sorted(self.entities, key=lambda e: e.start)
             for span in spans:
                 if span.end > len(self.text):
-                    raise ValueError(f"entity [{span.start}, {span.end}) is past the end of the text ({len(self.text)})")
+                    raise ValueError(
+                        f"entity [{span.start}, {span.end}) is past the end of the text ({len(self.text)})"
+                    )
                 if not self.text[span.start : span.end].strip():
                     raise ValueError(f"entity [{span.start}, {span.end}) covers only white space")
             for left, right in zip(spans, spans[1:]):

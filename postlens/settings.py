@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     es_request_timeout_s: float = Field(30.0, gt=0)
 
     # --- Worker ------------------------------------------------------------------------------------
-    batch_size: int = Field(32, ge=1, description="posts per micro-batch (one bulk request, one previous-entities read)")
+    batch_size: int = Field(
+        32, ge=1, description="posts per micro-batch (one bulk request, one previous-entities read)"
+    )
     batch_wait_s: float = Field(0.2, gt=0)
     worker_web_port: int = Field(6066, ge=1, le=65535)
     # How long the consumer group waits for a silent (crashed) worker before giving its partitions to others.

@@ -74,7 +74,8 @@ def parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run a pipeline worker (joins the consumer group)")
     worker.add_argument(
-        "--web-port", type=int,
+        "--web-port",
+        type=int,
         help="metrics/web port (default: POSTLENS_WORKER_WEB_PORT if set, else 6066 or, when taken, a free port)",
     )
     worker.add_argument("--loglevel", default="info")

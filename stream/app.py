@@ -86,7 +86,11 @@ def create_app(settings: Settings, requested_web_port: int | None = None) -> Wor
         value_serializer="raw",
     )
     dead_letters = app.topic(
-        settings.topic_dlq, partitions=1, key_type=bytes, value_type=bytes, key_serializer="raw",
+        settings.topic_dlq,
+        partitions=1,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
         value_serializer="raw",
     )
     return WorkerApp(app, posts, dead_letters)

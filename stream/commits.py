@@ -14,8 +14,9 @@ batch of the old assignment finishing late commits nothing.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Generic, Hashable, TypeVar
+from typing import Generic, TypeVar
 
 Partition = TypeVar("Partition", bound=Hashable)
 

@@ -21,17 +21,22 @@ class Metrics:
             "postlens_posts", "Posts finished, by outcome (indexed or dead_lettered)", ["outcome"], registry=registry
         )
         self.throughput = Gauge(
-            "postlens_posts_per_second", f"Posts finished per second over the last {THROUGHPUT_WINDOW_S:g} s",
+            "postlens_posts_per_second",
+            f"Posts finished per second over the last {THROUGHPUT_WINDOW_S:g} s",
             registry=registry,
         )
         self.batch_size = Histogram(
-            "postlens_batch_size", "Messages per micro-batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            "postlens_batch_size",
+            "Messages per micro-batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=registry,
         )
         self.stage_seconds = Histogram(
             "postlens_stage_seconds", "Time a micro-batch spends in each stage", ["stage"], registry=registry
         )
-        self.image_cache = Counter("postlens_image_cache", "Image cache lookups by result", ["result"], registry=registry)
+        self.image_cache = Counter(
+            "postlens_image_cache", "Image cache lookups by result", ["result"], registry=registry
+        )
         self.fetch_failures = Counter(
             "postlens_image_fetch_failures", "Images that could not be used, by kind", ["kind"], registry=registry
         )
@@ -39,29 +44,36 @@ class Metrics:
             "postlens_dead_letters", "Messages sent to the dead-letter topic", ["stage", "kind"], registry=registry
         )
         self.bulk_errors = Counter(
-            "postlens_bulk_item_errors", "Elasticsearch bulk items that failed", ["kind", "retriable"],
+            "postlens_bulk_item_errors",
+            "Elasticsearch bulk items that failed",
+            ["kind", "retriable"],
             registry=registry,
         )
         self.dependency_retries = Counter(
-            "postlens_dependency_retries", "Retries while a dependency was unavailable", ["dependency"],
+            "postlens_dependency_retries",
+            "Retries while a dependency was unavailable",
+            ["dependency"],
             registry=registry,
         )
         self.triton_seconds = Histogram(
             "postlens_triton_seconds", "Triton inference time per micro-batch", registry=registry
         )
         self.agent_crashes = Counter(
-            "postlens_agent_crashes", "Times the pipeline agent raised (Faust then restarts it); 0 when healthy",
+            "postlens_agent_crashes",
+            "Times the pipeline agent raised (Faust then restarts it); 0 when healthy",
             registry=registry,
         )
         self.batch_splits = Counter(
-            "postlens_batch_splits", "Micro-batches split in halves to find the one post an unforeseen fault is about",
+            "postlens_batch_splits",
+            "Micro-batches split in halves to find the one post an unforeseen fault is about",
             registry=registry,
         )
         self.in_flight = Gauge(
             "postlens_messages_in_flight", "Messages received and not yet indexed or dead-lettered", registry=registry
         )
-        self.model = Gauge("postlens_model_info", "Model version serving this worker (value 1)", ["name", "version"],
-                           registry=registry)
+        self.model = Gauge(
+            "postlens_model_info", "Model version serving this worker (value 1)", ["name", "version"], registry=registry
+        )
         self._finished: deque[tuple[float, int]] = deque()
 
     def record_finished(self, indexed: int, dead_lettered: int) -> None:

@@ -121,7 +121,7 @@ class Pipeline:
         started = time.perf_counter()
         try:
             yield
-        except Exception as error:  # noqa: BLE001 — outages are retried inside; anything else is a post's doing
+        except Exception as error:
             log.exception("unforeseen %s in the %s stage of a batch", type(error).__name__, name)
             raise StageFailed(name, f"{type(error).__name__}: {error}") from error
         self._metrics.stage_seconds.labels(name).observe(time.perf_counter() - started)
@@ -238,8 +238,13 @@ class BatchFlow:
 
     async def put(self, message: faust.types.Message) -> None:
         received = self._ledger.received(message.tp, message.offset)
-        raw = RawMessage(value=message.value, key=message.key, topic=message.topic, partition=message.partition,
-                         offset=message.offset)
+        raw = RawMessage(
+            value=message.value,
+            key=message.key,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+        )
         await self._queue.put((raw, received))
         self._metrics.in_flight.set(self._ledger.in_flight)
 

@@ -94,7 +94,10 @@ def tiny_checkpoint(model_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def seed_checkpoints(model_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each seed strategy's tiny model trained in this session, by strategy."""
-    return {strategy: _train_tiny(model_data, strategy, tmp_path_factory.mktemp(f"{strategy}-checkpoint")) for strategy in SEED_STRATEGIES}
+    return {
+        strategy: _train_tiny(model_data, strategy, tmp_path_factory.mktemp(f"{strategy}-checkpoint"))
+        for strategy in SEED_STRATEGIES
+    }
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +118,9 @@ def start_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     def start(repo: Path) -> ServedModel:
         grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
         log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-        pids.append(spawn(triton_command(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port), log))
+        pids.append(
+            spawn(triton_command(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port), log)
+        )
         served = ServedModel(f"localhost:{grpc_port}", f"http://localhost:{http_port}", repo, log)
         _wait_until_ready(served, pids[-1])
         return served
@@ -133,7 +138,9 @@ def served_model(exported_repo: Path, start_triton: Callable[[Path], ServedModel
 
 @pytest.fixture(scope="session")
 def served_seeds(
-    seed_checkpoints: dict[str, Path], start_triton: Callable[[Path], ServedModel], tmp_path_factory: pytest.TempPathFactory
+    seed_checkpoints: dict[str, Path],
+    start_triton: Callable[[Path], ServedModel],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> ServedModel:
     """One Triton of this session serving each seed strategy's tiny model as ``postlens-<strategy>``."""
     from trainer.export import export_model
@@ -160,8 +167,15 @@ def _wait_until_ready(served: ServedModel, pid: int) -> None:
         entries = [entry for entry in json.load(index) if entry["name"] in served.models]
         if {entry["name"] for entry in entries if entry.get("state") == "READY"} == set(served.models):
             return
-        failures = [f"{entry['name']}: {entry['reason']}" for entry in entries if entry.get("state") == "UNAVAILABLE" and entry.get("reason")]
+        failures = [
+            f"{entry['name']}: {entry['reason']}"
+            for entry in entries
+            if entry.get("state") == "UNAVAILABLE" and entry.get("reason")
+        ]
         if failures:
             pytest.fail(f"Triton could not load {failures[0]} (repository {served.repo})", pytrace=False)
         time.sleep(1.0)
-    pytest.fail(f"{served.models} not all ready after {TRITON_START_TIMEOUT_S:.0f}s; log {served.log}:\n{tail(served.log, 60)}", pytrace=False)
+    pytest.fail(
+        f"{served.models} not all ready after {TRITON_START_TIMEOUT_S:.0f}s; log {served.log}:\n{tail(served.log, 60)}",
+        pytrace=False,
+    )

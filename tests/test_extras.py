@@ -25,7 +25,12 @@ def makefile_variable(name: str) -> str:
     raise LookupError(f"the Makefile defines no {name}")
 
 
-UV = Path(os.environ.get("POSTLENS_HOME", Path.home() / ".cache" / "postlens")) / f"uv-{makefile_variable('UV_VERSION')}" / "bin" / "uv"
+UV = (
+    Path(os.environ.get("POSTLENS_HOME", Path.home() / ".cache" / "postlens"))
+    / f"uv-{makefile_variable('UV_VERSION')}"
+    / "bin"
+    / "uv"
+)
 SYSTEM_PYTHON = makefile_variable("SYSTEM_PYTHON")
 
 pytestmark = pytest.mark.slow
@@ -57,8 +62,17 @@ def build_venv(extra: str, target: Path) -> Path:
     if not UV.is_file():
         pytest.fail(f"uv is not at {UV}: run `make setup` first", pytrace=False)
     environment = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(target)}
-    command = [str(UV), "sync", "--frozen", "--offline", "--no-default-groups", "--extra", extra,
-               "--python", SYSTEM_PYTHON]
+    command = [
+        str(UV),
+        "sync",
+        "--frozen",
+        "--offline",
+        "--no-default-groups",
+        "--extra",
+        extra,
+        "--python",
+        SYSTEM_PYTHON,
+    ]
     result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"uv sync --extra {extra} failed:\n{result.stderr[-3000:]}"
     return target / "bin" / "python"
@@ -93,10 +107,14 @@ def test_trainer_extra_runs_training_and_retraining(tmp_path: Path) -> None:
 def test_serving_extra_loads_an_exported_version_without_torch(tmp_path: Path, exported_repo: Path) -> None:
     python = build_venv("serving", tmp_path / "serving")
     backend_utils = run(
-        python, "-c", "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('pytriton').origin)"
-        ".parent / 'tritonserver' / 'backends' / 'python')"
+        python,
+        "-c",
+        "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('pytriton').origin)"
+        ".parent / 'tritonserver' / 'backends' / 'python')",
     ).stdout.strip()
-    version_dir = max((path for path in (exported_repo / "postlens").iterdir() if path.name.isdigit()), key=lambda p: int(p.name))
+    version_dir = max(
+        (path for path in (exported_repo / "postlens").iterdir() if path.name.isdigit()), key=lambda p: int(p.name)
+    )
     output = run(python, "-c", SERVE_ONE_POST, backend_utils, str(version_dir / "model.py"), str(version_dir)).stdout
     assert "served" in output
     assert not installed(python, "torch") and not installed(python, "transformers")

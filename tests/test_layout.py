@@ -46,7 +46,9 @@ def project_graph() -> nx.DiGraph:
     graph = nx.DiGraph()
     graph.add_nodes_from(modules)
     for name, path in modules.items():
-        graph.add_edges_from((name, target) for target in imported_modules(path) if target in modules and target != name)
+        graph.add_edges_from(
+            (name, target) for target in imported_modules(path) if target in modules and target != name
+        )
     return graph
 
 

@@ -24,7 +24,9 @@ def decode_all(raws: Sequence[RawBatch], decoder: Decoder) -> list[PostPredictio
     return [prediction for raw in raws for prediction in raw.decode(decoder)]
 
 
-def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder) -> tuple[float, float, float]:
+def fit_temperature(
+    raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder
+) -> tuple[float, float, float]:
     """The temperature with the lowest entity-confidence ECE on valid → (temperature, ECE before, after).
 
     1 when valid is already well calibrated; among near-equal ECEs the temperature closest to 1 wins, so a
@@ -53,7 +55,9 @@ def fit_temperature(raws: Sequence[RawBatch], examples: Sequence[Example], decod
     return best, before, ece(best)
 
 
-def fit_grounding_threshold(raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder) -> tuple[float, float]:
+def fit_grounding_threshold(
+    raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder
+) -> tuple[float, float]:
     """The evidence threshold (region score × image relevance) maximising valid grounding accuracy → (threshold,
     accuracy). Candidates lie midway between observed evidence values, so the choice is not on a knife edge."""
     predictions = decode_all(raws, decoder.with_calibration(threshold=0.0))
@@ -76,7 +80,9 @@ def fit_grounding_threshold(raws: Sequence[RawBatch], examples: Sequence[Example
 
 def _drop_weak_regions(prediction: PostPrediction, threshold: float) -> PostPrediction:
     entities = [
-        entity.model_copy(update={"regions": [r for r in entity.regions if r.score * prediction.image_relevance >= threshold]})
+        entity.model_copy(
+            update={"regions": [r for r in entity.regions if r.score * prediction.image_relevance >= threshold]}
+        )
         for entity in prediction.entities
     ]
     return prediction.model_copy(update={"entities": entities})

@@ -23,10 +23,10 @@ import numpy as np
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from postlens.runtime.schemes import Span, spans_from_tags
 from postlens.schemas import ENTITY_TYPES, Post, PostPrediction, canonical_type
 from trainer.data.examples import Example, covering_words
 from trainer.data.load import load_examples
-from postlens.runtime.schemes import Span, spans_from_tags
 from trainer.metrics import (
     PRF,
     Calibration,
@@ -142,7 +142,8 @@ def build_report(
         if not grounded or not with_images:
             return None
         accuracy = grounding_accuracy(
-            [gold_grounding(examples[i]) for i in with_images], [predicted_grounding(predictions[i]) for i in with_images]
+            [gold_grounding(examples[i]) for i in with_images],
+            [predicted_grounding(predictions[i]) for i in with_images],
         )
         return GroundingReport(accuracy=accuracy)
 
@@ -187,7 +188,9 @@ def build_report(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def write_plots(evaluation: Evaluation, examples: Sequence[Example], predictions: Sequence[PostPrediction], out: Path) -> list[Path]:
+def write_plots(
+    evaluation: Evaluation, examples: Sequence[Example], predictions: Sequence[PostPrediction], out: Path
+) -> list[Path]:
     """The ``--plots`` files of an evaluation (those that apply) → their paths."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "confusion.png"]

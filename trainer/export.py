@@ -23,7 +23,7 @@ import urllib.request
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,11 @@ class ParityCase:
 
 
 def next_version(model_root: Path) -> int:
-    versions = [int(entry.name) for entry in model_root.iterdir() if entry.is_dir() and entry.name.isdigit()] if model_root.is_dir() else []
+    versions = (
+        [int(entry.name) for entry in model_root.iterdir() if entry.is_dir() and entry.name.isdigit()]
+        if model_root.is_dir()
+        else []
+    )
     return max(versions, default=0) + 1
 
 
@@ -105,12 +109,20 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None, name: 
         started = time.perf_counter()
         _write_onnx(network, Preprocessor.from_config(config, subword_tokenizer(tokenizer)), staging / ONNX_FILE)
         crf = network.crf.numpy_params()
-        np.savez(staging / CRF_FILE, labels=np.array(config.labels), start=crf.start, transitions=crf.transitions, end=crf.end)
+        np.savez(
+            staging / CRF_FILE,
+            labels=np.array(config.labels),
+            start=crf.start,
+            transitions=crf.transitions,
+            end=crf.end,
+        )
         shutil.copytree(model_dir / TOKENIZER_DIR, staging / TOKENIZER_DIR)
         shutil.copy2(model_dir / CONFIG_FILE, staging / CONFIG_FILE)
         shutil.copy2(MODEL_SOURCE / TRITON_CODE_FILE, staging / TRITON_CODE_FILE)
         cases = verify_parity(network, staging)
-        card = _model_card(model_dir, model_root.name, checkpoint_version, version, config, cases, time.perf_counter() - started)
+        card = _model_card(
+            model_dir, model_root.name, checkpoint_version, version, config, cases, time.perf_counter() - started
+        )
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (model_root / TRITON_CONFIG_FILE).write_text(triton_config)
         staging.rename(target)
@@ -176,7 +188,9 @@ def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> 
     program.save(str(path))
 
 
-def random_inputs(preprocessor: Preprocessor, batch: int, images: int, seed: int, long: bool = False) -> dict[str, np.ndarray]:
+def random_inputs(
+    preprocessor: Preprocessor, batch: int, images: int, seed: int, long: bool = False
+) -> dict[str, np.ndarray]:
     """Encoded random posts (vocabulary words, random pixels, ragged image counts) of the given shape; ``long``
     posts run past the word and sub-token limits."""
     rng = np.random.default_rng(seed)
@@ -207,7 +221,9 @@ def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
         for name, want, got in zip(OUTPUT_NAMES, expected, actual):
             want = want.numpy()
             if want.shape != got.shape:
-                raise ExportError(f"ONNX output {name} has shape {got.shape}, PyTorch {want.shape} (batch {batch}, {images} images)")
+                raise ExportError(
+                    f"ONNX output {name} has shape {got.shape}, PyTorch {want.shape} (batch {batch}, {images} images)"
+                )
             errors.append(float(np.abs(want - got).max()) if want.size else 0.0)
         case = ParityCase(batch, images, inputs["input_ids"].shape[1], inputs["word_index"].shape[1], max(errors))
         if case.max_abs_error > PARITY_TOLERANCE or not np.isfinite(case.max_abs_error):
@@ -222,7 +238,13 @@ def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
 
 
 def _model_card(
-    model_dir: Path, name: str, checkpoint_version: str, version: int, config: ModelConfig, cases: list[ParityCase], seconds: float
+    model_dir: Path,
+    name: str,
+    checkpoint_version: str,
+    version: int,
+    config: ModelConfig,
+    cases: list[ParityCase],
+    seconds: float,
 ) -> dict[str, Any]:
     import onnx
     import transformers
@@ -241,7 +263,7 @@ def _model_card(
         "max_words": config.max_words,
         "max_subtokens": config.max_subtokens,
         "metrics": json.loads(metrics.read_text()) if metrics.is_file() else None,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "export_seconds": round(seconds, 1),
         "git": _git_state(),
         "libraries": {
@@ -258,8 +280,12 @@ def _git_state() -> dict[str, Any] | None:
     """The commit the exporting code is at, and whether the work tree had changes on top of it."""
     root = MODEL_SOURCE.parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     return {"commit": commit, "dirty": bool(status.strip())}
@@ -283,7 +309,9 @@ def load_in_triton(http_url: str, model_name: str, version: int, timeout_s: floa
         urllib.request.urlopen(f"{http_url}/v2/models/{model_name}/versions/{version}/ready", timeout=10).close()
     except urllib.error.HTTPError as error:
         detail = error.read().decode(errors="replace")
-        raise ExportError(f"version {version} is written, but Triton at {http_url} did not load it: {detail}") from error
+        raise ExportError(
+            f"version {version} is written, but Triton at {http_url} did not load it: {detail}"
+        ) from error
     return f"Triton at {http_url} now serves {model_name} version {version}"
 
 

@@ -125,10 +125,14 @@ def grounding_accuracy(gold: Sequence[Sequence[GroundedSpan]], predicted: Sequen
     return correct / total if total else 0.0
 
 
-def retrieval_recall(text_embeddings: np.ndarray, image_embeddings: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
+def retrieval_recall(
+    text_embeddings: np.ndarray, image_embeddings: np.ndarray, ks: Sequence[int] = (1, 5)
+) -> dict[int, float]:
     """Recall@k of text→image and image→text retrieval (row i of each matrix is one pair), averaged."""
     if text_embeddings.shape != image_embeddings.shape or text_embeddings.ndim != 2:
-        raise ValueError(f"need two [n, d] matrices of one shape, got {text_embeddings.shape} and {image_embeddings.shape}")
+        raise ValueError(
+            f"need two [n, d] matrices of one shape, got {text_embeddings.shape} and {image_embeddings.shape}"
+        )
 
     def normalized(matrix: np.ndarray) -> np.ndarray:
         matrix = matrix.astype(np.float64)
@@ -172,7 +176,11 @@ def calibration(confidences: Sequence[float], correct: Sequence[bool], n_bins: i
         mean_confidence = float(confidence[members].mean()) if count else None
         if count:
             ece += count / confidence.size * abs(accuracy - mean_confidence)
-        bins.append(CalibrationBin(low=b / n_bins, high=(b + 1) / n_bins, count=count, accuracy=accuracy, confidence=mean_confidence))
+        bins.append(
+            CalibrationBin(
+                low=b / n_bins, high=(b + 1) / n_bins, count=count, accuracy=accuracy, confidence=mean_confidence
+            )
+        )
     return Calibration(ece=ece, bins=bins)
 
 
@@ -181,7 +189,9 @@ class Confusion(BaseModel):
     counts: list[list[int]]  # counts[gold label][predicted label]
 
 
-def type_confusion(gold: Sequence[Sequence[Span]], predicted: Sequence[Sequence[Span]], types: Sequence[str]) -> Confusion:
+def type_confusion(
+    gold: Sequence[Sequence[Span]], predicted: Sequence[Sequence[Span]], types: Sequence[str]
+) -> Confusion:
     _same_length(gold, predicted)
     labels = [*types, OUTSIDE]
     position = {label: i for i, label in enumerate(labels)}

@@ -69,7 +69,9 @@ def plot_training_curve(history: Sequence[dict[str, Any]], path: Path, title: st
     loss_axes.set_xlabel("epoch")
     loss_axes.set_ylabel("train loss", color="tab:blue")
     score_axes = loss_axes.twinx()
-    score_axes.plot(epochs, [record["valid_f1"] for record in history], "s-", color="tab:green", label="valid entity F1")
+    score_axes.plot(
+        epochs, [record["valid_f1"] for record in history], "s-", color="tab:green", label="valid entity F1"
+    )
     if any(record["valid_grounding"] is not None for record in history):
         grounding = [record["valid_grounding"] for record in history]
         score_axes.plot(epochs, grounding, "^-", color="tab:red", label="valid grounding acc.")
@@ -104,7 +106,15 @@ def plot_reliability(reliability: Calibration, path: Path) -> None:
     width = reliability.bins[0].high - reliability.bins[0].low
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    top.bar([b.low for b in bins], [b.accuracy for b in bins], width=width, align="edge", edgecolor="black", alpha=0.7, label="accuracy")
+    top.bar(
+        [b.low for b in bins],
+        [b.accuracy for b in bins],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy",
+    )
     top.plot([b.confidence for b in bins], [b.accuracy for b in bins], "o", color="red", label="mean confidence")
     top.set_ylabel("share exactly correct")
     top.set_title(f"Entity confidence reliability (ECE {reliability.ece:.3f})")
@@ -116,7 +126,9 @@ def plot_reliability(reliability: Calibration, path: Path) -> None:
     _save(figure, path)
 
 
-def plot_grounding(examples: Sequence[Example], predictions: Sequence[PostPrediction], path: Path, limit: int = 8) -> bool:
+def plot_grounding(
+    examples: Sequence[Example], predictions: Sequence[PostPrediction], path: Path, limit: int = 8
+) -> bool:
     """A grid of images with gold boxes (green) and predicted regions (red); False when there is nothing to show."""
     from matplotlib.patches import Rectangle
     from PIL import Image
@@ -215,14 +227,28 @@ def plot_serving(
     throughput per runtime (runtime → batch size → posts/s)."""
     figure, (throughput_axes, latency_axes, runtime_axes) = _pyplot().subplots(1, 3, figsize=(17, 5))
     positions = np.arange(len(configs))
-    modes = {"sequential": ("batch 1, sequential", "tab:gray"), "concurrent": ("concurrent (dynamic batching)", "tab:blue")}
+    modes = {
+        "sequential": ("batch 1, sequential", "tab:gray"),
+        "concurrent": ("concurrent (dynamic batching)", "tab:blue"),
+    }
     for offset, (mode, (name, color)) in zip((-0.2, 0.2), modes.items()):
         loads = [loads_by_mode[mode] for loads_by_mode in configs.values()]
-        throughput_axes.barh(positions + offset, [load.throughput for load in loads], height=0.4, color=color, label=name)
+        throughput_axes.barh(
+            positions + offset, [load.throughput for load in loads], height=0.4, color=color, label=name
+        )
         latency_axes.barh(positions + offset, [load.p99_ms for load in loads], height=0.4, color=color, alpha=0.4)
-        latency_axes.barh(positions + offset, [load.p50_ms for load in loads], height=0.4, color=color, label=f"{name}: p50 (p99 light)")
+        latency_axes.barh(
+            positions + offset,
+            [load.p50_ms for load in loads],
+            height=0.4,
+            color=color,
+            label=f"{name}: p50 (p99 light)",
+        )
     labels = [label.replace(", ", "\n", 1) for label in configs]
-    for axes, title, unit in ((throughput_axes, "Triton entry model: throughput", "posts/s"), (latency_axes, "latency per post", "ms")):
+    for axes, title, unit in (
+        (throughput_axes, "Triton entry model: throughput", "posts/s"),
+        (latency_axes, "latency per post", "ms"),
+    ):
         axes.set_yticks(positions, labels if axes is throughput_axes else [""] * len(configs), fontsize=8)
         axes.invert_yaxis()
         axes.set_xlabel(unit)

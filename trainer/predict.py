@@ -19,17 +19,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from postlens.runtime.images import empty_images, to_model_pixels
+from postlens.runtime.decode import Decoder
+from postlens.runtime.images import empty_images, load_images, stack_images, to_model_pixels
+from postlens.runtime.preprocess import Preprocessor
+from postlens.runtime.words import Word
 from postlens.schemas import ModelRef, Post, PostPrediction, text_refusal
 from postlens.settings import get_settings
-from postlens.runtime.words import Word
 from trainer.data.jsonl import resolve_image
 from trainer.model.checkpoint import load_checkpoint
-from postlens.runtime.decode import Decoder
 from trainer.model.network import ALIGNMENT_DIM, NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
-from postlens.runtime.images import load_images, stack_images
-from postlens.runtime.preprocess import Preprocessor
 
 
 @dataclass
@@ -99,7 +98,9 @@ class Predictor:
             region_boxes=boxes.numpy(),
         )
 
-    def predict(self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None) -> list[PostPrediction]:
+    def predict(
+        self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None
+    ) -> list[PostPrediction]:
         """Predictions in the order of ``posts``. Without ``images``, each post's ``images`` are read as local files."""
         accepted, pixels, predictions = self._accept(posts, images)
         if accepted:

@@ -209,7 +209,9 @@ class Generator:
     # -- text ----------------------------------------------------------------------------------------------
     def context_entity(self, draft: Draft) -> None:
         entity_type = self.rng.choice(list(CONTEXT_TEMPLATES))
-        draft.add(self.rng.choice(CONTEXT_TEMPLATES[entity_type]), self.rng.choice(CONTEXT_NAMES[entity_type]), entity_type)
+        draft.add(
+            self.rng.choice(CONTEXT_TEMPLATES[entity_type]), self.rng.choice(CONTEXT_NAMES[entity_type]), entity_type
+        )
 
     def context_post(self, draft: Draft) -> None:
         """0 (15 %), 1 (60 %) or 2 (25 %) context-settled entities."""
@@ -233,7 +235,9 @@ class Generator:
         target = self.rng.randrange(n_images)
         for index in range(n_images):
             if index == target:
-                shapes = self.place([(SHAPE_OF_TYPE[entity_type], NAME_COLOURS[name]), *self.distractors(self.rng.randint(0, 2))])
+                shapes = self.place(
+                    [(SHAPE_OF_TYPE[entity_type], NAME_COLOURS[name]), *self.distractors(self.rng.randint(0, 2))]
+                )
                 draft.depicted[position] = (index, shapes[0])
             else:
                 shapes = self.place(self.distractors(self.rng.randint(1, 3)))
@@ -308,7 +312,14 @@ def sentences() -> list[str]:
         for template in templates
         for name in CONTEXT_NAMES[entity_type]
     ]
-    return [*neutral, *context, *NO_ENTITY_TEXTS, *(suffix.strip() for suffix in SUFFIXES), "RT @user0:", "http://t.co/"]
+    return [
+        *neutral,
+        *context,
+        *NO_ENTITY_TEXTS,
+        *(suffix.strip() for suffix in SUFFIXES),
+        "RT @user0:",
+        "http://t.co/",
+    ]
 
 
 def generate(out: Path, posts: int, seed: int, image_size: int = 64) -> dict[str, int]:

@@ -264,7 +264,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--images", type=Path, help="image dir for CoNLL data (looked up by IMGID)")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint dir to write")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -276,8 +281,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if (args.train is None or args.valid is None) and config.data is None:
         parser.error(f"preset {config.preset!r} names no data: give --train and --valid")
     # Paths given here are the caller's (relative to the working directory); the preset's are under the shared data.
-    train_examples = load_split([path.resolve() for path in args.train] if args.train else config.data.train, args.images)
-    valid_examples = load_split([path.resolve() for path in args.valid] if args.valid else config.data.valid, args.images)
+    train_examples = load_split(
+        [path.resolve() for path in args.train] if args.train else config.data.train, args.images
+    )
+    valid_examples = load_split(
+        [path.resolve() for path in args.valid] if args.valid else config.data.valid, args.images
+    )
     result = train(config, train_examples, valid_examples, args.out)
     valid = result.metrics["valid"]
     print(

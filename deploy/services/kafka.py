@@ -144,4 +144,3 @@ class Kafka(Service):
         except OSError:
             found = []
         return found[-1] if found else "unknown"
-

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from postlens.runtime.exported import ExportedModel, execution_providers
 from postlens.schemas import ModelRef, text_refusal
 from postlens.settings import get_settings
-from postlens.runtime.exported import ExportedModel, execution_providers
 
 
 class InvalidInput(ValueError):
@@ -31,7 +31,9 @@ class InvalidInput(ValueError):
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         started = time.perf_counter()
-        parameters = {key: value["string_value"] for key, value in json.loads(args["model_config"]).get("parameters", {}).items()}
+        parameters = {
+            key: value["string_value"] for key, value in json.loads(args["model_config"]).get("parameters", {}).items()
+        }
         provider = parameters.get("execution_provider", "auto")
         if provider == "auto":
             provider = "cuda" if args["model_instance_kind"] == "GPU" else "cpu"
@@ -55,7 +57,9 @@ class TritonPythonModel:
             try:
                 accepted[index] = self._read(request)
             except InvalidInput as error:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+                responses[index] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
+                )
         if accepted:
             texts = [text for texts, _, _ in accepted.values() for text in texts]
             images = np.concatenate([images for _, images, _ in accepted.values()])

@@ -22,10 +22,10 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 from yarl import URL
 
-from postlens.runtime.images import to_model_pixels
-from postlens.settings import Settings
 from postlens.io.image_cache import CachedFailure, ImageCache
 from postlens.io.ssrf import AddressPolicy, BlockedAddress, GuardedResolver
+from postlens.runtime.images import to_model_pixels
+from postlens.settings import Settings
 
 OK = "ok"
 SKIPPED = "skipped"  # beyond the images the model takes; recorded, not fetched
@@ -80,7 +80,7 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
             raise FetchError("not_image", f"not a {'/'.join(IMAGE_FORMATS)} image ({len(data)} bytes)") from error
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise FetchError("bomb", str(error)) from error
-        except Exception as error:  # noqa: BLE001 — see the docstring
+        except Exception as error:
             kind = "truncated" if "truncated" in str(error) else "corrupt"
             raise FetchError(kind, f"cannot decode image: {type(error).__name__}: {error}") from error
 
@@ -161,12 +161,14 @@ class ImageFetcher:
             if isinstance(cached, np.ndarray):
                 return FetchedImage(FetchOutcome(url=url, status=OK, cached=True), cached)
             if isinstance(cached, CachedFailure):
-                return FetchedImage(FetchOutcome(url=url, status=cached.kind, message=cached.message, cached=True), None)
+                return FetchedImage(
+                    FetchOutcome(url=url, status=cached.kind, message=cached.message, cached=True), None
+                )
         try:
             pixels = await self._fetch_uncached(url)
         except FetchError as error:
             return await self._failed(url, error)
-        except Exception as error:  # noqa: BLE001 — a fault nobody foresaw (a library's, on a crafted URL) costs only this image
+        except Exception as error:
             log.warning("fetching %r failed unexpectedly", url, exc_info=True)
             return await self._failed(url, FetchError("fetch_error", f"{type(error).__name__}: {error}"))
         if self._cache is not None:

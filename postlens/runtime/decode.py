@@ -17,9 +17,9 @@ from functools import cached_property
 
 import numpy as np
 
-from postlens.schemas import ENTITY_TYPES, ModelRef, PostPrediction, PredictedEntity, Region
-from postlens.runtime.schemes import Scheme, allowed_transition, labels_for, spans_from_tags, tags_from_spans
 from postlens.runtime.config import ModelConfig
+from postlens.runtime.schemes import Scheme, allowed_transition, labels_for, spans_from_tags, tags_from_spans
+from postlens.schemas import ENTITY_TYPES, ModelRef, PostPrediction, PredictedEntity, Region
 
 # Score of a forbidden transition: exp() of it is exactly 0 in float64, while sums of it stay finite.
 FORBIDDEN = -1e4

@@ -74,7 +74,11 @@ class ExportedModel:
 
     @classmethod
     def load(
-        cls, version_dir: Path, model: ModelRef, providers: Sequence[Any] = ("CPUExecutionProvider",), intra_op_threads: int = 0
+        cls,
+        version_dir: Path,
+        model: ModelRef,
+        providers: Sequence[Any] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
     ) -> ExportedModel:
         config = read_model_config(version_dir)
         tokenizer = SubwordTokenizer.load(version_dir / TOKENIZER_DIR)
@@ -109,7 +113,11 @@ class ExportedModel:
         return INPUT_NAMES + feature_input_names(self.preprocessor.word_features)
 
     def decode(
-        self, texts: Sequence[str], words: Sequence[Sequence[Word]], inputs: dict[str, np.ndarray], outputs: Sequence[np.ndarray]
+        self,
+        texts: Sequence[str],
+        words: Sequence[Sequence[Word]],
+        inputs: dict[str, np.ndarray],
+        outputs: Sequence[np.ndarray],
     ) -> list[PostPrediction]:
         """Entities, confidences and regions from the network's ``outputs`` for encoded ``inputs``."""
         emissions, attention, relevance, boxes = outputs
@@ -151,5 +159,3 @@ def read_model_config(directory: Path) -> ModelConfig:
             f"{WORD_TOKENIZER_VERSION}; retrain (and export) again"
         )
     return config
-
-

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
 from postlens.runtime.config import ModelConfig, WordFeaturesConfig
 from postlens.runtime.word_features import encode_word_features
@@ -143,7 +143,9 @@ class Preprocessor:
         """uint8 [B, N, S, S, 3] → normalized float32 [B, N, 3, S, S] (masked slots zeroed) and the bool mask."""
         images = np.asarray(images)
         if images.ndim != 5 or images.shape[2:] != (self.image_size, self.image_size, 3):
-            raise ValueError(f"images must be uint8 [B, N, {self.image_size}, {self.image_size}, 3], got {images.shape}")
+            raise ValueError(
+                f"images must be uint8 [B, N, {self.image_size}, {self.image_size}, 3], got {images.shape}"
+            )
         mask = np.asarray(image_mask, dtype=bool)
         scaled = images.transpose(0, 1, 4, 2, 3).astype(np.float32) / 255.0
         normalized = (scaled - self.mean) / self.std

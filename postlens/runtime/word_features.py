@@ -72,7 +72,9 @@ def feature_input_names(config: WordFeaturesConfig) -> tuple[str, ...]:
     return tuple(name for name, enabled in (("word_shape", config.shape), ("word_chars", config.chars)) if enabled)
 
 
-def encode_word_features(words: Sequence[Sequence[Word]], width: int, config: WordFeaturesConfig) -> dict[str, np.ndarray]:
+def encode_word_features(
+    words: Sequence[Sequence[Word]], width: int, config: WordFeaturesConfig
+) -> dict[str, np.ndarray]:
     """The enabled feature arrays for posts' tagged words, padded to ``width`` words."""
     features: dict[str, np.ndarray] = {}
     if config.shape:

@@ -14,9 +14,9 @@ from urllib.parse import urljoin, urlsplit
 from aiokafka import AIOKafkaProducer
 from tqdm import tqdm
 
-from postlens.settings import Settings
 from postlens.io.connections import kafka_client_options
 from postlens.io.kafka import ensure_topics
+from postlens.settings import Settings
 
 
 def post_key(line: bytes) -> bytes | None:

@@ -11,8 +11,8 @@ from typing import Any
 from elasticsearch import NotFoundError
 from tqdm import tqdm
 
-from postlens.settings import Settings
 from postlens.io.connections import es_client
+from postlens.settings import Settings
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

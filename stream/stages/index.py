@@ -25,13 +25,13 @@ from typing import Any, TypeVar
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, SerializationError, TransportError
 from elasticsearch.helpers import async_streaming_bulk
 
-from postlens.schemas import PredictedEntity, Post, PostPrediction
-from postlens.settings import Settings
 from postlens.io.deadletter import RawMessage
 from postlens.io.fetch import FetchOutcome
-from stream.stages.index_templates import index_templates
-from stream.metrics import Metrics
 from postlens.io.retry import Backoff, retry_forever
+from postlens.schemas import Post, PostPrediction, PredictedEntity
+from postlens.settings import Settings
+from stream.metrics import Metrics
+from stream.stages.index_templates import index_templates
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -194,12 +194,30 @@ class Indexer:
             post_id = item.post.id
             new_ids = {entity_id(post_id, entity) for entity in item.prediction.entities}
             for entity in item.prediction.entities:
-                actions.append(({"_op_type": "index", "_index": entities_index, "_id": entity_id(post_id, entity),
-                                 "_source": entity_document(item, entity, indexed_at)}, post_id))
+                actions.append(
+                    (
+                        {
+                            "_op_type": "index",
+                            "_index": entities_index,
+                            "_id": entity_id(post_id, entity),
+                            "_source": entity_document(item, entity, indexed_at),
+                        },
+                        post_id,
+                    )
+                )
             for stale_id in sorted(previous.get(post_id, set()) - new_ids):
                 actions.append(({"_op_type": "delete", "_index": entities_index, "_id": stale_id}, post_id))
-            actions.append(({"_op_type": "index", "_index": posts_index, "_id": post_id,
-                             "_source": post_document(item, indexed_at)}, post_id))
+            actions.append(
+                (
+                    {
+                        "_op_type": "index",
+                        "_index": posts_index,
+                        "_id": post_id,
+                        "_source": post_document(item, indexed_at),
+                    },
+                    post_id,
+                )
+            )
         return actions
 
     async def _remove(self, items: list[ProcessedPost], previous: dict[str, set[str]]) -> None:

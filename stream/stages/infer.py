@@ -218,8 +218,12 @@ def grounded_in_post(prediction: PostPrediction, fed: Sequence[int], urls: Seque
         entity.model_copy(
             update={
                 "regions": [
-                    Region(image_index=fed[region.image_index], box=region.box, score=region.score,
-                           image_url=urls[fed[region.image_index]])
+                    Region(
+                        image_index=fed[region.image_index],
+                        box=region.box,
+                        score=region.score,
+                        image_url=urls[fed[region.image_index]],
+                    )
                     for region in entity.regions
                 ]
             }

@@ -17,8 +17,11 @@ def strict(schema: dict) -> dict:
     would otherwise be pruned silently, not reported)."""
     if isinstance(schema, dict):
         schema = {key: strict(value) for key, value in schema.items()}
-        if "properties" in schema and "additionalProperties" not in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
     elif isinstance(schema, list):
         schema = [strict(item) for item in schema]

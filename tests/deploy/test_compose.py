@@ -45,8 +45,11 @@ def env_file() -> dict[str, str]:
 def worker_settings(config: dict[str, Any], service: str = "worker") -> Settings:
     """The settings a PostLens process of ``service`` would run with (its environment, nothing else)."""
     environment = config["services"][service]["environment"]
-    fields = {key.removeprefix("POSTLENS_").lower(): value for key, value in environment.items()
-              if key.startswith("POSTLENS_")}
+    fields = {
+        key.removeprefix("POSTLENS_").lower(): value
+        for key, value in environment.items()
+        if key.startswith("POSTLENS_")
+    }
     return Settings(_env_file=None, **fields)
 
 
@@ -77,7 +80,9 @@ def test_workers_reach_services_of_this_file(config: dict[str, Any]) -> None:
     # The repository retrain exports into is the one Triton serves.
     triton = next(s for s in config["services"].values() if s.get("image") == "postlens-triton:local")
     served = {v["source"] for v in triton["volumes"] if v["target"] == "/models"}
-    written = {v["source"] for v in config["services"]["retrain"]["volumes"] if v["target"] == str(retrain.model_repository)}
+    written = {
+        v["source"] for v in config["services"]["retrain"]["volumes"] if v["target"] == str(retrain.model_repository)
+    }
     assert served and served == written
 
 

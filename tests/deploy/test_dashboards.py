@@ -45,8 +45,11 @@ def worker_series() -> dict[str, set[str]]:
 
 def queries(dashboard: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(panel title, PromQL, legend) of every target."""
-    return [(panel["title"], target["expr"], target.get("legendFormat", ""))
-            for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    return [
+        (panel["title"], target["expr"], target.get("legendFormat", ""))
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
 
 
 @pytest.fixture(params=GRAFANA_DASHBOARDS, ids=lambda path: path.name)
@@ -71,10 +74,17 @@ def test_grafana_queries_name_existing_series_and_labels(dashboard: dict[str, An
 
 
 def test_every_worker_metric_is_charted() -> None:
-    charted = {name for path in GRAFANA_DASHBOARDS for _, expr, _ in queries(json.loads(path.read_text()))
-               for name, _ in SERIES.findall(expr)}
-    uncharted = [metric._name for metric in worker_metrics()
-                 if not any(metric._name + suffix in charted for suffix in SERIES_SUFFIXES[metric._type])]
+    charted = {
+        name
+        for path in GRAFANA_DASHBOARDS
+        for _, expr, _ in queries(json.loads(path.read_text()))
+        for name, _ in SERIES.findall(expr)
+    }
+    uncharted = [
+        metric._name
+        for metric in worker_metrics()
+        if not any(metric._name + suffix in charted for suffix in SERIES_SUFFIXES[metric._type])
+    ]
     assert not uncharted, f"metrics without a panel: {uncharted}"
 
 
@@ -89,8 +99,13 @@ def test_dashboard_defaults_are_the_settings_defaults(dashboard: dict[str, Any])
 def test_panels_have_unique_ids_and_do_not_overlap(dashboard: dict[str, Any]) -> None:
     panels = dashboard["panels"]
     assert len({panel["id"] for panel in panels}) == len(panels)
-    cells = [(x, y) for panel in panels for g in [panel["gridPos"]]
-             for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])]
+    cells = [
+        (x, y)
+        for panel in panels
+        for g in [panel["gridPos"]]
+        for x in range(g["x"], g["x"] + g["w"])
+        for y in range(g["y"], g["y"] + g["h"])
+    ]
     assert len(cells) == len(set(cells)) and all(0 <= x < 24 for x, _ in cells)
 
 
@@ -112,8 +127,9 @@ def field(mappings: dict[str, Any], dotted: str) -> dict[str, Any] | None:
 
 def kql_fields(query: str) -> list[tuple[str, str | None]]:
     """(field, nested path it was queried under or None) for every field a KQL query names."""
-    found = [(f"{path}.{inner}", path) for path, group in NESTED_GROUP.findall(query)
-             for inner in KQL_FIELD.findall(group)]
+    found = [
+        (f"{path}.{inner}", path) for path, group in NESTED_GROUP.findall(query) for inner in KQL_FIELD.findall(group)
+    ]
     rest = NESTED_GROUP.sub(" ", query)
     return found + [(name, None) for name in KQL_FIELD.findall(rest) if name not in {"not", "and", "or"}]
 

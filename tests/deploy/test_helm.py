@@ -16,7 +16,15 @@ import pytest
 import yaml
 
 from tests.deploy.tools import (
-    DEPLOY, HELM, KEDA, KUBERNETES_VALIDATE, TOOLS_PYTHON, installed, output_of, run, settings_fields,
+    DEPLOY,
+    HELM,
+    KEDA,
+    KUBERNETES_VALIDATE,
+    TOOLS_PYTHON,
+    installed,
+    output_of,
+    run,
+    settings_fields,
 )
 
 CHART = DEPLOY / "helm" / "postlens"
@@ -24,16 +32,27 @@ CHART = DEPLOY / "helm" / "postlens"
 KUBERNETES_VERSIONS = ("1.25.0", "1.37.0")
 # Everything switched on: the chart creates the Secret, Kafka SASL over TLS with a private CA, ES API key with a CA.
 SECURED = [
-    "secrets.existingSecret=", "kafka.securityProtocol=SASL_SSL", "kafka.saslMechanism=SCRAM-SHA-256",
-    "secrets.kafkaSaslUsername=postlens", "secrets.kafkaSaslPassword=s3cret", "kafka.customCa=true",
-    "secrets.kafkaCaCert=-----BEGIN CERTIFICATE-----", "secrets.esApiKey=aWQ6a2V5", "elasticsearch.customCa=true",
+    "secrets.existingSecret=",
+    "kafka.securityProtocol=SASL_SSL",
+    "kafka.saslMechanism=SCRAM-SHA-256",
+    "secrets.kafkaSaslUsername=postlens",
+    "secrets.kafkaSaslPassword=s3cret",
+    "kafka.customCa=true",
+    "secrets.kafkaCaCert=-----BEGIN CERTIFICATE-----",
+    "secrets.esApiKey=aWQ6a2V5",
+    "elasticsearch.customCa=true",
     "secrets.esCaCert=-----BEGIN CERTIFICATE-----",
 ]
 VARIANTS = {
     "defaults": [],
     "secured": SECURED,
-    "plaintext-no-autoscaling": ["kafka.securityProtocol=PLAINTEXT", "autoscaling.enabled=false", "triton.gpus=0",
-                                 "retrain.enabled=false", "modelRepository.existingClaim=models"],
+    "plaintext-no-autoscaling": [
+        "kafka.securityProtocol=PLAINTEXT",
+        "autoscaling.enabled=false",
+        "triton.gpus=0",
+        "retrain.enabled=false",
+        "modelRepository.existingClaim=models",
+    ],
 }
 
 
@@ -83,8 +102,10 @@ def one(rendered: dict[tuple[str, str], dict[str, Any]], kind: str, suffix: str)
 def pod_specs(rendered: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(name, pod template metadata, pod spec) of every Deployment and CronJob."""
     pods = [(obj["metadata"]["name"], obj["spec"]["template"]) for obj in of_kind(rendered, "Deployment")]
-    pods += [(obj["metadata"]["name"], obj["spec"]["jobTemplate"]["spec"]["template"])
-             for obj in of_kind(rendered, "CronJob")]
+    pods += [
+        (obj["metadata"]["name"], obj["spec"]["jobTemplate"]["spec"]["template"])
+        for obj in of_kind(rendered, "CronJob")
+    ]
     return [(name, template["metadata"], template["spec"]) for name, template in pods]
 
 
@@ -119,9 +140,14 @@ def test_keda_objects_validate_against_the_keda_crds(manifest: str, tmp_path: Pa
 def test_settings_are_postlens_settings(rendered: dict[tuple[str, str], dict[str, Any]]) -> None:
     unknown = set(settings_of(rendered)) - settings_fields()
     assert not unknown, f"not PostLens settings (silently ignored): {sorted(unknown)}"
-    secret_keys = {ref["secretKeyRef"]["key"] for _, _, spec in pod_specs(rendered)
-                   for container in spec["containers"] for env in container.get("env", [])
-                   for ref in [env.get("valueFrom", {})] if "secretKeyRef" in ref}
+    secret_keys = {
+        ref["secretKeyRef"]["key"]
+        for _, _, spec in pod_specs(rendered)
+        for container in spec["containers"]
+        for env in container.get("env", [])
+        for ref in [env.get("valueFrom", {})]
+        if "secretKeyRef" in ref
+    }
     assert secret_keys and secret_keys <= settings_fields()
 
 
@@ -157,13 +183,25 @@ def test_autoscaler_watches_the_workers_group_topic_and_brokers(
 
 
 def test_the_autoscaler_follows_the_worker_settings() -> None:
-    rendered = {(o["kind"], o["metadata"]["name"]): o for o in objects(render(
-        ["kafka.consumerGroup=team-a", "kafka.topics.posts=team-a.posts", "kafka.bootstrap=broker-1:9093\\,broker-2:9093",
-         "kafka.partitions=3"]
-    ))}
+    rendered = {
+        (o["kind"], o["metadata"]["name"]): o
+        for o in objects(
+            render(
+                [
+                    "kafka.consumerGroup=team-a",
+                    "kafka.topics.posts=team-a.posts",
+                    "kafka.bootstrap=broker-1:9093\\,broker-2:9093",
+                    "kafka.partitions=3",
+                ]
+            )
+        )
+    }
     metadata = one(rendered, "ScaledObject", "-worker")["spec"]["triggers"][0]["metadata"]
     assert (metadata["consumerGroup"], metadata["topic"], metadata["bootstrapServers"]) == (
-        "team-a", "team-a.posts", "broker-1:9093,broker-2:9093")
+        "team-a",
+        "team-a.posts",
+        "broker-1:9093,broker-2:9093",
+    )
     assert one(rendered, "ScaledObject", "-worker")["spec"]["maxReplicaCount"] == 3
 
 
@@ -173,15 +211,18 @@ def test_more_workers_than_partitions_is_refused() -> None:
 
 
 def test_sasl_without_credentials_is_refused_when_the_chart_makes_the_secret() -> None:
-    refusal = helm_refusal("template", "pl", CHART, "--set", "secrets.existingSecret=",
-                           "--set", "kafka.securityProtocol=SASL_SSL")
+    refusal = helm_refusal(
+        "template", "pl", CHART, "--set", "secrets.existingSecret=", "--set", "kafka.securityProtocol=SASL_SSL"
+    )
     assert "secrets.kafkaSaslUsername is required" in refusal
 
 
 def test_references_resolve(variant: tuple[str, list[str]], rendered: dict[tuple[str, str], dict[str, Any]]) -> None:
     names = {kind: {name for (k, name) in rendered if k == kind} for kind, _ in rendered}
-    secrets = {obj["metadata"]["name"]: set(obj.get("stringData", {})) | set(obj.get("data", {}))
-               for obj in of_kind(rendered, "Secret")}
+    secrets = {
+        obj["metadata"]["name"]: set(obj.get("stringData", {})) | set(obj.get("data", {}))
+        for obj in of_kind(rendered, "Secret")
+    }
     overrides = dict(item.split("=", 1) for item in variant[1])
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     # Objects the chart expects to exist already, by name.
@@ -223,11 +264,17 @@ def test_references_resolve(variant: tuple[str, list[str]], rendered: dict[tuple
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in container_ports, (service["metadata"]["name"], port)
     for budget in of_kind(rendered, "PodDisruptionBudget"):
-        selected = [name for name, labels in pod_labels.items()
-                    if budget["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        selected = [
+            name
+            for name, labels in pod_labels.items()
+            if budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
         assert len(selected) == 1, budget["metadata"]["name"]
     for deployment in of_kind(rendered, "Deployment"):
-        assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert (
+            deployment["spec"]["selector"]["matchLabels"].items()
+            <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        )
     for scaled in of_kind(rendered, "ScaledObject"):
         assert scaled["spec"]["scaleTargetRef"]["name"] in names["Deployment"]
         for trigger in scaled["spec"]["triggers"]:
@@ -243,7 +290,9 @@ def test_workers_and_triton_agree_on_addresses_and_the_model(rendered: dict[tupl
     triton_service = one(rendered, "Service", "-triton")
     service_ports = {port["name"]: port["port"] for port in triton_service["spec"]["ports"]}
     assert settings["POSTLENS_TRITON_URL"] == f"{triton_service['metadata']['name']}:{service_ports['grpc']}"
-    assert settings["POSTLENS_TRITON_HTTP_URL"] == f"http://{triton_service['metadata']['name']}:{service_ports['http']}"
+    assert (
+        settings["POSTLENS_TRITON_HTTP_URL"] == f"http://{triton_service['metadata']['name']}:{service_ports['http']}"
+    )
     triton = one(rendered, "Deployment", "-triton")["spec"]["template"]["spec"]["containers"][0]
     # Ready only once the model the workers call is loaded.
     assert triton["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{settings['POSTLENS_TRITON_MODEL']}/ready"
@@ -267,7 +316,9 @@ def test_pods_run_unprivileged_with_resources(rendered: dict[tuple[str, str], di
 def test_gpu_requests_follow_the_values() -> None:
     def triton_limits(settings: list[str]) -> dict[str, Any]:
         rendered = {(o["kind"], o["metadata"]["name"]): o for o in objects(render(settings))}
-        return one(rendered, "Deployment", "-triton")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        return one(rendered, "Deployment", "-triton")["spec"]["template"]["spec"]["containers"][0]["resources"][
+            "limits"
+        ]
 
     assert triton_limits(["triton.gpus=2"])["nvidia.com/gpu"] == 2
     assert "nvidia.com/gpu" not in triton_limits(["triton.gpus=0"])

@@ -56,8 +56,12 @@ def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
 
 
 def uv_sync_lines(stages: list[Stage]) -> list[list[str]]:
-    return [shlex.split(run[run.index("uv sync"):])[2:] for stage in stages for keyword, run in stage.instructions
-            if keyword == "RUN" and "uv sync" in run]
+    return [
+        shlex.split(run[run.index("uv sync") :])[2:]
+        for stage in stages
+        for keyword, run in stage.instructions
+        if keyword == "RUN" and "uv sync" in run
+    ]
 
 
 def ignore_pattern(pattern: str) -> re.Pattern[str]:
@@ -83,8 +87,11 @@ def ignore_pattern(pattern: str) -> re.Pattern[str]:
 def dockerignore_excludes(relative: str) -> bool:
     """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
     lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
-    rules = [(line.startswith("!"), ignore_pattern(line.lstrip("!").strip("/")))
-             for line in lines if line and not line.startswith("#")]
+    rules = [
+        (line.startswith("!"), ignore_pattern(line.lstrip("!").strip("/")))
+        for line in lines
+        if line and not line.startswith("#")
+    ]
     parts = Path(relative).parts
     candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
     excluded = False
@@ -105,8 +112,9 @@ def test_bases_are_pinned_and_builds_multi_stage(image: str) -> None:
         assert "@sha256:" in stage.base or re.search(r":[\w.-]+$", stage.base), f"unpinned base {stage.base}"
         assert not stage.base.endswith(":latest"), stage.base
     final = stages[-1]
-    assert not any(keyword == "COPY" and "--from=uv" in rest for keyword, rest in final.instructions), \
+    assert not any(keyword == "COPY" and "--from=uv" in rest for keyword, rest in final.instructions), (
         "uv in the final image"
+    )
 
 
 @pytest.mark.parametrize("image", list(DOCKERFILES))
@@ -133,8 +141,9 @@ def test_installs_its_extra_from_the_lock_and_torch_only_where_it_trains(image: 
         assert {flags[i + 1] for i, flag in enumerate(flags) if flag == "--extra"} == extras
         # The packages `uv sync` with these flags installs, as uv resolves them from the lock.
         export_flags = [flag for flag in flags if flag not in {"--no-install-project", "--no-editable"}]
-        packages = output_of([installed(UV), "export", *export_flags, "--no-hashes", "--no-emit-project",
-                              "--offline", "--quiet"])
+        packages = output_of(
+            [installed(UV), "export", *export_flags, "--no-hashes", "--no-emit-project", "--offline", "--quiet"]
+        )
         assert "pydantic-settings==" in packages  # the core is in every image
         found = TORCH.findall(packages)
         if torch_expected:
@@ -163,8 +172,13 @@ def test_copied_sources_are_in_the_build_context(image: str) -> None:
 
 
 def test_the_build_context_leaves_out_what_images_must_not_carry() -> None:
-    for path in (".venv/bin/python", "tests/conftest.py", "model_repository/postlens/1/network.onnx",
-                 "stream/__pycache__/app.cpython-311.pyc", "reports/model.md"):
+    for path in (
+        ".venv/bin/python",
+        "tests/conftest.py",
+        "model_repository/postlens/1/network.onnx",
+        "stream/__pycache__/app.cpython-311.pyc",
+        "reports/model.md",
+    ):
         assert dockerignore_excludes(path), path
     assert not dockerignore_excludes("model_repository/postlens/config.pbtxt")
 

@@ -42,23 +42,25 @@ BROKER_PASSWORD = secrets.token_hex(12)  # the broker's own inter-broker login
 
 
 def broker_config(data_dir: Path, port: int, controller_port: int) -> str:
-    return "\n".join([
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@localhost:{controller_port}",
-        f"listeners=SASL_PLAINTEXT://localhost:{port},CONTROLLER://localhost:{controller_port}",
-        f"advertised.listeners=SASL_PLAINTEXT://localhost:{port}",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=SASL_PLAINTEXT",
-        "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "sasl.enabled.mechanisms=SCRAM-SHA-256",
-        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256",
-        "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config="
-        f'org.apache.kafka.common.security.scram.ScramLoginModule required username="broker" password="{BROKER_PASSWORD}";',
-        f"log.dirs={data_dir}",
-        *SINGLE_NODE_PROPERTIES,
-        "",
-    ])
+    return "\n".join(
+        [
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@localhost:{controller_port}",
+            f"listeners=SASL_PLAINTEXT://localhost:{port},CONTROLLER://localhost:{controller_port}",
+            f"advertised.listeners=SASL_PLAINTEXT://localhost:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=SASL_PLAINTEXT",
+            "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms=SCRAM-SHA-256",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256",
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config="
+            f'org.apache.kafka.common.security.scram.ScramLoginModule required username="broker" password="{BROKER_PASSWORD}";',
+            f"log.dirs={data_dir}",
+            *SINGLE_NODE_PROPERTIES,
+            "",
+        ]
+    )
 
 
 def worker_kafka_settings(bootstrap: str, password: str = KAFKA_PASSWORD) -> dict[str, str]:
@@ -83,14 +85,35 @@ def sasl_kafka(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     config = home / "server.properties"
     config.write_text(broker_config(home / "data", port, controller_port))
     kafka = Kafka(settings)
-    java = [str(java_home(settings) / "bin" / "java"), "-Xms256m", "-Xmx384m", "-cp", f"{kafka.libs}/*",
-            f"-Dlog4j2.configurationFile={kafka.home / 'config' / 'log4j2.properties'}"]
+    java = [
+        str(java_home(settings) / "bin" / "java"),
+        "-Xms256m",
+        "-Xmx384m",
+        "-cp",
+        f"{kafka.libs}/*",
+        f"-Dlog4j2.configurationFile={kafka.home / 'config' / 'log4j2.properties'}",
+    ]
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
     # SCRAM users live in the cluster metadata; in KRaft they are written when the storage is formatted.
-    users = [f"SCRAM-SHA-256=[name={name},password={password}]"
-             for name, password in (("broker", BROKER_PASSWORD), (KAFKA_USER, KAFKA_PASSWORD))]
-    subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config),
-                    *[arg for user in users for arg in ("--add-scram", user)]], check=True, capture_output=True, timeout=120)
+    users = [
+        f"SCRAM-SHA-256=[name={name},password={password}]"
+        for name, password in (("broker", BROKER_PASSWORD), (KAFKA_USER, KAFKA_PASSWORD))
+    ]
+    subprocess.run(
+        [
+            *java,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(config),
+            *[arg for user in users for arg in ("--add-scram", user)],
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     log_path = home / "kafka.log"
     pid = spawn(LaunchSpec([*java, "kafka.Kafka", str(config)], cwd=home), log_path)
     bootstrap = f"localhost:{port}"
@@ -137,11 +160,11 @@ class ApiKeyGate:
             return web.json_response({"error": "missing or wrong API key"}, status=401)
         self.authorized += 1
         headers = {k: v for k, v in request.headers.items() if k.lower() not in {"host", "authorization"}}
-        async with self.session.request(request.method, self.upstream + request.path_qs, headers=headers,
-                                        data=await request.read()) as upstream:
+        async with self.session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=await request.read()
+        ) as upstream:
             body = await upstream.read()
-            passed = {k: v for k, v in upstream.headers.items()
-                      if k.lower() in {"content-type", "x-elastic-product"}}
+            passed = {k: v for k, v in upstream.headers.items() if k.lower() in {"content-type", "x-elastic-product"}}
             return web.Response(status=upstream.status, body=body, headers=passed)
 
     async def __aenter__(self) -> ApiKeyGate:
@@ -239,8 +262,10 @@ async def test_a_refused_login_is_reported_without_the_password(
     settings: Settings, sasl_kafka: str, es_gate: ApiKeyGate, tmp_path: Path
 ) -> None:
     wrong = f"wrong-{secrets.token_hex(8)}"
-    env = {**worker_env(settings, sasl_kafka, es_gate, settings.triton_url, tmp_path / "home"),
-           **worker_kafka_settings(sasl_kafka, password=wrong)}
+    env = {
+        **worker_env(settings, sasl_kafka, es_gate, settings.triton_url, tmp_path / "home"),
+        **worker_kafka_settings(sasl_kafka, password=wrong),
+    }
     worker = WorkerProcess(env, free_port(), tmp_path / "worker.log").start()
     try:
         exit_code = await asyncio.to_thread(worker.process.wait, 120)

@@ -16,10 +16,10 @@ import tritonclient.grpc.aio as grpc_aio
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
+from postlens.runtime.images import load_images
 from postlens.schemas import Post, PostPrediction
 from postlens.settings import Settings
 from stream.stages.infer import InferRequest, TritonInferer
-from postlens.runtime.images import load_images
 from tests.fixtures_model import SEED_STRATEGIES
 from trainer.predict import Predictor, read_posts
 
@@ -55,13 +55,19 @@ def requests_for(posts: list[Post], image_size: int) -> list[InferRequest]:
     return [InferRequest(text=post.text, images=load_images(post.model_images, image_size, 4)) for post in posts]
 
 
-async def assert_served_equals_in_process(settings: Settings, checkpoint: Path, version: str, test_posts: list[Post]) -> None:
+async def assert_served_equals_in_process(
+    settings: Settings, checkpoint: Path, version: str, test_posts: list[Post]
+) -> None:
     """Posts with 0, 1 and 2–4 images: the model ``settings.triton_model`` serves what ``checkpoint`` predicts in process."""
     by_images = {count: [post for post in test_posts if min(len(post.images), 4) == count] for count in range(5)}
     posts = by_images[0][:8] + by_images[1][:8] + [post for count in (2, 3, 4) for post in by_images[count][:4]]
-    assert by_images[0] and by_images[1] and any(by_images[count] for count in (2, 3, 4)), "the synthetic set lacks a case"
+    assert by_images[0] and by_images[1] and any(by_images[count] for count in (2, 3, 4)), (
+        "the synthetic set lacks a case"
+    )
     expected = Predictor.load(checkpoint).predict(posts)
-    assert any(prediction.entities for prediction in expected), "the tiny model predicts nothing; parity would be vacuous"
+    assert any(prediction.entities for prediction in expected), (
+        "the tiny model predicts nothing; parity would be vacuous"
+    )
 
     inferer = await TritonInferer.connect(settings)
     try:
@@ -87,10 +93,14 @@ async def test_each_seed_strategy_serves_what_it_predicts_in_process(
 ) -> None:
     model = f"postlens-{strategy}"
     settings = served_seeds.settings(triton_model=model)
-    await assert_served_equals_in_process(settings, seed_checkpoints[strategy], served_seeds.version_of(model), test_posts)
+    await assert_served_equals_in_process(
+        settings, seed_checkpoints[strategy], served_seeds.version_of(model), test_posts
+    )
 
 
-async def test_concurrent_requests_are_batched_without_changing_results(served_model: ServedModel, test_posts: list[Post]) -> None:
+async def test_concurrent_requests_are_batched_without_changing_results(
+    served_model: ServedModel, test_posts: list[Post]
+) -> None:
     posts = test_posts[:48]
     inferer = await TritonInferer.connect(served_model.settings())
     statistics_client = grpc_aio.InferenceServerClient(served_model.url)
@@ -122,7 +132,11 @@ async def _counts(client: grpc_aio.InferenceServerClient) -> tuple[int, int]:
 
 
 def _raw_inputs(text: bytes, images: np.ndarray, mask: np.ndarray) -> list[InferInput]:
-    tensors = {"TEXT": np.array([[text]], dtype=np.object_), "IMAGES": images[np.newaxis], "IMAGE_MASK": mask[np.newaxis]}
+    tensors = {
+        "TEXT": np.array([[text]], dtype=np.object_),
+        "IMAGES": images[np.newaxis],
+        "IMAGE_MASK": mask[np.newaxis],
+    }
     types = {"TEXT": "BYTES", "IMAGES": "UINT8", "IMAGE_MASK": "BOOL"}
     inputs = []
     for name, array in tensors.items():
@@ -147,11 +161,12 @@ async def test_bad_inputs_get_their_own_errors_and_the_model_keeps_serving(serve
         "three image slots": (_raw_inputs(b"Paris", images[:3], mask), "IMAGES"),
         "a mask of three slots": (_raw_inputs(b"Paris", images, mask[:3]), "IMAGE_MASK"),
     }
-    good = _raw_inputs("Paris is lovely".encode(), images, mask)
+    good = _raw_inputs(b"Paris is lovely", images, mask)
     try:
         # Bad and good requests together, so they may share a batch: only the bad ones fail.
         outcomes = await asyncio.gather(
-            *(client.infer("postlens", inputs) for inputs, _ in bad.values()), *(client.infer("postlens", good) for _ in range(2)),
+            *(client.infer("postlens", inputs) for inputs, _ in bad.values()),
+            *(client.infer("postlens", good) for _ in range(2)),
             return_exceptions=True,
         )
         for (case, (_, named)), outcome in zip(bad.items(), outcomes):
@@ -169,7 +184,11 @@ async def test_bad_inputs_get_their_own_errors_and_the_model_keeps_serving(serve
 
 
 async def test_new_version_rolls_out_under_load_without_failed_requests(
-    exported_repo: Path, tiny_checkpoint: Path, start_triton: Callable[[Path], ServedModel], tmp_path: Path, test_posts: list[Post]
+    exported_repo: Path,
+    tiny_checkpoint: Path,
+    start_triton: Callable[[Path], ServedModel],
+    tmp_path: Path,
+    test_posts: list[Post],
 ) -> None:
     from trainer.export import export_model, load_in_triton
 

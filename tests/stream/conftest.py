@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from tests.support.image_server import ImageServer
-from tests.stream.pipeline_run import PipelineRun
 
 from postlens.settings import Settings
+from tests.stream.pipeline_run import PipelineRun
+from tests.support.image_server import ImageServer
 
 if TYPE_CHECKING:  # a pytest plugin (tests/conftest.py): imported here only for the type
     from tests.fixtures_model import ServedModel
@@ -50,7 +50,9 @@ async def pipeline(
 def faulty_model(tmp_path_factory: pytest.TempPathFactory, start_triton: Callable[[Path], ServedModel]) -> ServedModel:
     """A Triton serving tests/stream/faulty_model as ``postlens`` version 1 (posts that break the model)."""
     repo = tmp_path_factory.mktemp("faulty-repository")
-    shutil.copytree(Path(__file__).parent / "faulty_model", repo / "postlens", ignore=shutil.ignore_patterns("model.py"))
+    shutil.copytree(
+        Path(__file__).parent / "faulty_model", repo / "postlens", ignore=shutil.ignore_patterns("model.py")
+    )
     (repo / "postlens" / "1").mkdir()
     shutil.copy(Path(__file__).parent / "faulty_model" / "model.py", repo / "postlens" / "1" / "model.py")
     return start_triton(repo)

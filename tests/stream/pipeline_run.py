@@ -15,13 +15,13 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from tests.support.kafka_io import read_topic
-from tests.support.tcp_proxy import free_port
-from tests.stream.workers import WorkerProcess
 
+from postlens.io.kafka import ensure_topics
 from postlens.schemas import DeadLetter
 from postlens.settings import Settings
-from postlens.io.kafka import ensure_topics
+from tests.stream.workers import WorkerProcess
+from tests.support.kafka_io import read_topic
+from tests.support.tcp_proxy import free_port
 
 
 class PipelineRun:
@@ -76,13 +76,13 @@ class PipelineRun:
         """Produce with kcat (a producer PostLens did not write): one ``key<TAB>value`` line per record."""
         kcat = shutil.which("kcat")
         assert kcat, "kcat is not installed (Debian package kcat; `make system-packages` installs it)"
-        lines = b"".join(
-            (key.encode() + b"\t" if key is not None else b"") + value + b"\n" for key, value in records
-        )
+        lines = b"".join((key.encode() + b"\t" if key is not None else b"") + value + b"\n" for key, value in records)
         assert all(b"\n" not in value for _, value in records)
         subprocess.run(
             [kcat, "-P", "-b", self.settings.kafka_bootstrap, "-t", self.settings.topic_posts, "-K", "\t"],
-            input=lines, check=True, timeout=60,
+            input=lines,
+            check=True,
+            timeout=60,
         )
 
     async def publish(self, records: list[tuple[str | None, bytes | None]]) -> list[tuple[int, int]]:
@@ -91,7 +91,9 @@ class PipelineRun:
         await producer.start()
         try:
             sent = [
-                await producer.send(self.settings.topic_posts, key=key.encode() if key is not None else None, value=value)
+                await producer.send(
+                    self.settings.topic_posts, key=key.encode() if key is not None else None, value=value
+                )
                 for key, value in records
             ]
             return [((meta := await delivery).partition, meta.offset) for delivery in sent]
@@ -135,7 +137,9 @@ class PipelineRun:
     async def committed(self, admin: AIOKafkaAdminClient) -> int:
         """Sum of the group's committed offsets on the posts topic = messages committed as done."""
         offsets = await admin.list_consumer_group_offsets(self.settings.consumer_group)
-        return sum(meta.offset for tp, meta in offsets.items() if tp.topic == self.settings.topic_posts and meta.offset > 0)
+        return sum(
+            meta.offset for tp, meta in offsets.items() if tp.topic == self.settings.topic_posts and meta.offset > 0
+        )
 
     async def cleanup(self, es: AsyncElasticsearch, admin: AIOKafkaAdminClient) -> None:
         for worker in self.workers:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
+
 from tests.stream.pipeline_run import PipelineRun
 from tests.stream.test_pipeline import synthetic_posts, wait_for
 from tests.support.image_server import ImageServer
@@ -28,8 +29,9 @@ POSTS = 160
 SLOW_EVERY = 9  # one post in nine waits ~4 s for its image; the batches behind it finish first
 
 
-async def commits_ahead_of_work(run: PipelineRun, es: AsyncElasticsearch, admin: AIOKafkaAdminClient,
-                                where: dict[tuple[int, int], str]) -> list[str]:
+async def commits_ahead_of_work(
+    run: PipelineRun, es: AsyncElasticsearch, admin: AIOKafkaAdminClient, where: dict[tuple[int, int], str]
+) -> list[str]:
     """Messages below a committed offset that are neither indexed nor dead-lettered (sampled in that order)."""
     committed = await run.committed_offsets(admin)
     finished = await run.finished_keys(es)
@@ -41,8 +43,12 @@ async def commits_ahead_of_work(run: PipelineRun, es: AsyncElasticsearch, admin:
 
 
 async def test_no_commit_passes_an_unfinished_message_across_a_rebalance_and_a_crash(
-    pipeline: PipelineRun, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient, image_server: ImageServer,
-    model_data: Path, served_model: ServedModel,
+    pipeline: PipelineRun,
+    es: AsyncElasticsearch,
+    kafka_admin: AIOKafkaAdminClient,
+    image_server: ImageServer,
+    model_data: Path,
+    served_model: ServedModel,
 ) -> None:
     posts = synthetic_posts(model_data, image_server, POSTS, prefix="order")
     for n, post in enumerate(posts):
@@ -52,8 +58,11 @@ async def test_no_commit_passes_an_unfinished_message_across_a_rebalance_and_a_c
     placed = await pipeline.publish([(post["id"], json.dumps(post).encode()) for post in posts])
     where = {position: post["id"] for position, post in zip(placed, posts)}
 
-    env = {"POSTLENS_FETCH_READ_TIMEOUT_S": "8", "POSTLENS_FETCH_TOTAL_TIMEOUT_S": "10",
-           "POSTLENS_WORKER_COMMIT_INTERVAL_S": "0.3"}
+    env = {
+        "POSTLENS_FETCH_READ_TIMEOUT_S": "8",
+        "POSTLENS_FETCH_TOTAL_TIMEOUT_S": "10",
+        "POSTLENS_WORKER_COMMIT_INTERVAL_S": "0.3",
+    }
     first = pipeline.start_worker(**env)
     first.wait_ready()  # its indices exist from here on
     violations: list[str] = []

@@ -68,7 +68,9 @@ def test_a_rewind_counts_only_the_new_deliveries() -> None:
 
 
 @given(st.lists(st.integers(0, 3), min_size=1, max_size=60), st.randoms(use_true_random=False))
-def test_any_finishing_order_never_commits_past_an_unfinished_message(partitions: list[int], rng: random.Random) -> None:
+def test_any_finishing_order_never_commits_past_an_unfinished_message(
+    partitions: list[int], rng: random.Random
+) -> None:
     ledger: CommitLedger[int] = CommitLedger()
     next_offset = dict.fromkeys(range(4), 0)
     messages = []

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka import AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
-from tests.support.kafka_io import read_topic
 
 from postlens.io.deadletter import RawMessage
 from postlens.io.kafka import ensure_topics
@@ -21,6 +20,7 @@ from postlens.schemas import DeadLetter
 from postlens.settings import Settings
 from stream.metrics import Metrics
 from stream.worker import Pipeline
+from tests.support.kafka_io import read_topic
 
 if TYPE_CHECKING:
     from tests.fixtures_model import ServedModel
@@ -31,10 +31,14 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def world(settings: Settings, faulty_model: ServedModel, es: AsyncElasticsearch) -> AsyncIterator[Settings]:
     run = uuid.uuid4().hex[:8]
-    unique = settings.model_copy(update={
-        "triton_url": faulty_model.url, "topic_dlq": f"test.containment.{run}.dlq",
-        "es_index_entities": f"postlens-test-{run}-entities", "es_index_posts": f"postlens-test-{run}-posts",
-    })
+    unique = settings.model_copy(
+        update={
+            "triton_url": faulty_model.url,
+            "topic_dlq": f"test.containment.{run}.dlq",
+            "es_index_entities": f"postlens-test-{run}-entities",
+            "es_index_posts": f"postlens-test-{run}-posts",
+        }
+    )
     await ensure_topics(unique, {unique.topic_dlq: 1})
     yield unique
     await es.indices.delete(index=f"postlens-test-{run}-*", allow_no_indices=True)
@@ -48,10 +52,19 @@ async def test_each_fault_costs_only_its_post(world: Settings, es: AsyncElastics
     async def send(key: bytes | None, value: bytes) -> object:
         return await producer.send_and_wait(world.topic_dlq, key=key, value=value)
 
-    texts = {"fine-1": "Lyon is a city", "poison": "POISON pill", "garble": "GARBLE me", "region": "REGION here",
-             "fine-2": "Paris in spring"}
-    messages = [RawMessage(value=json.dumps({"id": key, "text": text}).encode(), key=key.encode(), topic="posts",
-                           partition=0, offset=n) for n, (key, text) in enumerate(texts.items())]
+    texts = {
+        "fine-1": "Lyon is a city",
+        "poison": "POISON pill",
+        "garble": "GARBLE me",
+        "region": "REGION here",
+        "fine-2": "Paris in spring",
+    }
+    messages = [
+        RawMessage(
+            value=json.dumps({"id": key, "text": text}).encode(), key=key.encode(), topic="posts", partition=0, offset=n
+        )
+        for n, (key, text) in enumerate(texts.items())
+    ]
     messages.append(RawMessage(value=b'{"id": "cut', key=b"cut", topic="posts", partition=0, offset=len(messages)))
     metrics = Metrics()
     pipeline = await Pipeline.start(world, metrics, send)
@@ -61,7 +74,9 @@ async def test_each_fault_costs_only_its_post(world: Settings, es: AsyncElastics
         await pipeline.close()
         await producer.stop()
 
-    letters = [DeadLetter.model_validate_json(value) for _, value in await read_topic(world.kafka_bootstrap, world.topic_dlq)]
+    letters = [
+        DeadLetter.model_validate_json(value) for _, value in await read_topic(world.kafka_bootstrap, world.topic_dlq)
+    ]
     assert sorted((letter.key, letter.error.stage, letter.error.kind) for letter in letters) == [
         ("cut", "ingest", "invalid_json"),
         ("garble", "infer", "bad_answer"),

@@ -15,14 +15,14 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 from hypothesis.errors import NonInteractiveExampleWarning
+
+from postlens.settings import Settings
+from stream.stages.ingest import InvalidPost, parse_post
 from tests.stream.pipeline_run import PipelineRun
 from tests.stream.test_pipeline import wait_for
 from tests.support.hostile_images import encoded_images, hostile_image
 from tests.support.hostile_posts import payloads
 from tests.support.image_server import ImageServer
-
-from postlens.settings import Settings
-from stream.stages.ingest import InvalidPost, parse_post
 from trainer.data.conll import read_conll
 
 pytestmark = pytest.mark.integration
@@ -43,16 +43,31 @@ TRAPS: list[bytes | None] = [
     json.dumps({"id": "t-dict", "text": {"a": 1}}).encode(),
     json.dumps({"id": "empty", "text": "   "}).encode(),
     json.dumps({"id": "big", "text": "x" * 70_000}).encode(),
-    json.dumps({"id": "many-images", "text": "t", "images": [f"http://127.0.0.1:1/{n}.png" for n in range(2000)]}).encode(),
-    json.dumps({"id": "bad-urls", "text": "Paris and Rome", "images": [
-        "http://[::1", "file:///etc/passwd", "http://169.254.169.254/latest", "javascript:alert(1)",
-        "http://" + "a" * 3000 + ".com/x.png", "", "ftp://x/y.png", "http://%zz/x"]}).encode(),
+    json.dumps(
+        {"id": "many-images", "text": "t", "images": [f"http://127.0.0.1:1/{n}.png" for n in range(2000)]}
+    ).encode(),
+    json.dumps(
+        {
+            "id": "bad-urls",
+            "text": "Paris and Rome",
+            "images": [
+                "http://[::1",
+                "file:///etc/passwd",
+                "http://169.254.169.254/latest",
+                "javascript:alert(1)",
+                "http://" + "a" * 3000 + ".com/x.png",
+                "",
+                "ftp://x/y.png",
+                "http://%zz/x",
+            ],
+        }
+    ).encode(),
     json.dumps({"id": "images-types", "text": "t", "images": [1, None, {"a": 1}]}).encode(),
     json.dumps({"id": "date", "text": "t", "created_at": "yesterday-ish"}).encode(),
     json.dumps({"id": "extra", "text": "t", "_id": "x", "_source": {}, "meta": {"": {".": [1, {"": None}]}}}).encode(),
     json.dumps({"id": "\x00\n\t/?#%", "text": "control characters in the id"}).encode(),
     json.dumps(["not", "an", "object"]).encode(),
-    "{\"id\": \"utf16\", \"text\": \"t\"}".encode("utf-16"),
+    '{"id": "utf16", "text": "t"}'.encode("utf-16"),
     b"\xef\xbb\xbf" + json.dumps({"id": "bom", "text": "t"}).encode(),
     b"\xff\xfe\x00garbage",
 ]
@@ -60,8 +75,10 @@ TRAPS: list[bytes | None] = [
 
 def tweets(count: int, skip: int, prefix: str) -> list[tuple[str, bytes]]:
     examples, _ = read_conll(Settings().shared_data_dir / "twitter2017" / "valid.txt")
-    return [(f"{prefix}-{ex.id}", json.dumps({"id": f"{prefix}-{ex.id}", "text": ex.text}).encode())
-            for ex in examples[skip:skip + count]]
+    return [
+        (f"{prefix}-{ex.id}", json.dumps({"id": f"{prefix}-{ex.id}", "text": ex.text}).encode())
+        for ex in examples[skip : skip + count]
+    ]
 
 
 @pytest.fixture
@@ -76,15 +93,21 @@ def hostile_files(tmp_path: Path) -> Iterator[tuple[ImageServer, list[str]]]:
 
 
 async def test_every_message_ends_indexed_or_dead_lettered(
-    pipeline: PipelineRun, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient,
+    pipeline: PipelineRun,
+    es: AsyncElasticsearch,
+    kafka_admin: AIOKafkaAdminClient,
     hostile_files: tuple[ImageServer, list[str]],
 ) -> None:
     _server, urls = hostile_files
     with warnings.catch_warnings():  # draws outside a @given test are what this test wants
         warnings.simplefilter("ignore", NonInteractiveExampleWarning)
         generated = [payloads.example() for _ in range(GENERATED)]
-    image_posts = [json.dumps({"id": f"img-{n}", "text": "Obama meets Merkel in Berlin",
-                               "images": urls[2 * n: 2 * n + 2]}).encode() for n in range(HOSTILE_IMAGE_POSTS)]
+    image_posts = [
+        json.dumps(
+            {"id": f"img-{n}", "text": "Obama meets Merkel in Berlin", "images": urls[2 * n : 2 * n + 2]}
+        ).encode()
+        for n in range(HOSTILE_IMAGE_POSTS)
+    ]
     hostile = [*TRAPS, *generated, *image_posts]
     rng = random.Random(5)
     rng.shuffle(hostile)

@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
-from tests.support.own_redis import OwnRedis
-from tests.support.image_server import ImageServer
-from tests.stream.pipeline_run import PipelineRun
-from tests.support.tcp_proxy import TcpProxy
 
-from postlens.schemas import ENTITY_TYPES
 from postlens.io.deadletter import original_bytes
+from postlens.schemas import ENTITY_TYPES
+from tests.stream.pipeline_run import PipelineRun
+from tests.support.image_server import ImageServer
+from tests.support.own_redis import OwnRedis
+from tests.support.tcp_proxy import TcpProxy
 
 if TYPE_CHECKING:  # a pytest plugin (tests/conftest.py): imported here only for the type
     from tests.fixtures_model import ServedModel
@@ -33,8 +33,14 @@ if TYPE_CHECKING:  # a pytest plugin (tests/conftest.py): imported here only for
 pytestmark = pytest.mark.integration
 
 FAULTS = {  # image path on the test server → the kind recorded for it
-    "/slow": "timeout", "/missing": "http_404", "/error": "http_5xx", "/html": "not_image",
-    "/truncated.jpg": "truncated", "/huge": "too_large", "/bomb.png": "bomb", "/loop/a": "redirect_loop",
+    "/slow": "timeout",
+    "/missing": "http_404",
+    "/error": "http_5xx",
+    "/html": "not_image",
+    "/truncated.jpg": "truncated",
+    "/huge": "too_large",
+    "/bomb.png": "bomb",
+    "/loop/a": "redirect_loop",
     "/to-private": "ssrf_blocked",
 }
 
@@ -47,8 +53,11 @@ def synthetic_posts(model_data: Path, server: ImageServer, count: int, prefix: s
         for line in (model_data / f"{split}.jsonl").read_text().splitlines()
     ]
     return [
-        {"id": f"{prefix}-{n // len(labels)}-{label['id']}", "text": label["text"],
-         "images": [server.url(f"/files/{path}") for path in label["images"]]}
+        {
+            "id": f"{prefix}-{n // len(labels)}-{label['id']}",
+            "text": label["text"],
+            "images": [server.url(f"/files/{path}") for path in label["images"]],
+        }
         for n, label in ((n, labels[n % len(labels)]) for n in range(count))
     ]
 
@@ -57,7 +66,7 @@ def as_records(posts: list[dict[str, Any]]) -> list[tuple[str | None, bytes]]:
     return [(post["id"], json.dumps(post).encode()) for post in posts]
 
 
-async def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:  # noqa: ANN001 — async predicate
+async def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not await condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -77,14 +86,20 @@ async def assert_indexed_exactly(run: PipelineRun, es: AsyncElasticsearch, posts
 
 
 async def test_end_to_end_with_kcat(
-    pipeline: PipelineRun, es: AsyncElasticsearch, image_server: ImageServer, model_data: Path,
+    pipeline: PipelineRun,
+    es: AsyncElasticsearch,
+    image_server: ImageServer,
+    model_data: Path,
     served_model: ServedModel,
 ) -> None:
     model_version = served_model.version
     valid = synthetic_posts(model_data, image_server, 60, "e2e")
     faulty = [
-        {"id": f"fault-{kind}", "text": f"Jordan posted a picture from Lyon ({kind})",
-         "images": [image_server.url(path), image_server.url("/img/fine.png")]}
+        {
+            "id": f"fault-{kind}",
+            "text": f"Jordan posted a picture from Lyon ({kind})",
+            "images": [image_server.url(path), image_server.url("/img/fine.png")],
+        }
         for path, kind in FAULTS.items()
     ]
     invalid: list[tuple[str | None, bytes, str]] = [
@@ -117,7 +132,7 @@ async def test_end_to_end_with_kcat(
     for entity in entity_docs:
         post = post_docs[entity["post_id"]]
         assert 0.0 <= entity["confidence"] <= 1.0 and entity["type"] in ENTITY_TYPES
-        assert post["text"][entity["start"]:entity["end"]] == entity["text"]
+        assert post["text"][entity["start"] : entity["end"]] == entity["text"]
         assert entity["model"]["version"] == model_version
         for region in entity["regions"]:
             assert region["image_url"] == post["images"][region["image_index"]]
@@ -145,8 +160,11 @@ async def test_end_to_end_with_kcat(
 
 
 async def test_two_workers_split_partitions_and_survive_a_sigkill(
-    pipeline: PipelineRun, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient,
-    image_server: ImageServer, model_data: Path,
+    pipeline: PipelineRun,
+    es: AsyncElasticsearch,
+    kafka_admin: AIOKafkaAdminClient,
+    image_server: ImageServer,
+    model_data: Path,
 ) -> None:
     posts = synthetic_posts(model_data, image_server, 400, "kill")
     await pipeline.create_topics()
@@ -174,8 +192,13 @@ async def test_two_workers_split_partitions_and_survive_a_sigkill(
 
 @pytest.mark.parametrize("dependency", ["elasticsearch", "triton"])
 async def test_outage_loses_nothing_and_commits_nothing_early(
-    pipeline: PipelineRun, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient,
-    image_server: ImageServer, model_data: Path, served_model: ServedModel, dependency: str,
+    pipeline: PipelineRun,
+    es: AsyncElasticsearch,
+    kafka_admin: AIOKafkaAdminClient,
+    image_server: ImageServer,
+    model_data: Path,
+    served_model: ServedModel,
+    dependency: str,
 ) -> None:
     posts = synthetic_posts(model_data, image_server, 60, "outage")
     before, during = posts[:20], posts[20:]
@@ -187,7 +210,8 @@ async def test_outage_loses_nothing_and_commits_nothing_early(
         port = int(grpc_port)
     with TcpProxy(host, port) as proxy:
         via_proxy = (
-            {"POSTLENS_ES_URL": proxy.url} if dependency == "elasticsearch"
+            {"POSTLENS_ES_URL": proxy.url}
+            if dependency == "elasticsearch"
             else {"POSTLENS_TRITON_URL": f"127.0.0.1:{proxy.port}"}
         )
         await pipeline.create_topics()
@@ -225,13 +249,17 @@ async def test_outage_loses_nothing_and_commits_nothing_early(
 
 
 async def test_redis_outage_costs_only_the_cache(
-    pipeline: PipelineRun, es: AsyncElasticsearch, image_server: ImageServer,
+    pipeline: PipelineRun,
+    es: AsyncElasticsearch,
+    image_server: ImageServer,
 ) -> None:
     urls = [image_server.url(f"/img/redis-{i}.png") for i in range(8)]
 
     def wave(name: str) -> list[dict[str, Any]]:
-        return [{"id": f"{name}-{i}", "text": f"Madison visited Austin ({name} {i})", "images": [url]}
-                for i, url in enumerate(urls)]
+        return [
+            {"id": f"{name}-{i}", "text": f"Madison visited Austin ({name} {i})", "images": [url]}
+            for i, url in enumerate(urls)
+        ]
 
     with OwnRedis(pipeline.log_dir / "redis") as redis_server:
         await pipeline.create_topics()

@@ -16,7 +16,11 @@ class FixedResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         return [
             ResolveResult(
-                hostname=host, host=address, port=port, proto=0, flags=0,
+                hostname=host,
+                host=address,
+                port=port,
+                proto=0,
+                flags=0,
                 family=socket.AF_INET6 if ":" in address else socket.AF_INET,
             )
             for address in self.addresses

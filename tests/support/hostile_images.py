@@ -14,8 +14,30 @@ from hypothesis import strategies as st
 from PIL import Image
 
 # Formats Pillow can both write here and (mostly) open; the decoder must survive all of them, allowed or not.
-WRITABLE_FORMATS = ("BMP", "DIB", "GIF", "ICO", "IM", "JPEG", "JPEG2000", "MSP", "PCX", "PNG", "PPM", "QOI", "SGI",
-                    "SPIDER", "TGA", "TIFF", "WEBP", "XBM", "BLP", "DDS", "ICNS", "AVIF")
+WRITABLE_FORMATS = (
+    "BMP",
+    "DIB",
+    "GIF",
+    "ICO",
+    "IM",
+    "JPEG",
+    "JPEG2000",
+    "MSP",
+    "PCX",
+    "PNG",
+    "PPM",
+    "QOI",
+    "SGI",
+    "SPIDER",
+    "TGA",
+    "TIFF",
+    "WEBP",
+    "XBM",
+    "BLP",
+    "DDS",
+    "ICNS",
+    "AVIF",
+)
 MODES = ("RGB", "L", "1", "RGBA", "P", "I", "F", "CMYK", "LA")
 
 
@@ -91,7 +113,12 @@ def hostile_images(corpus: list[bytes]) -> st.SearchStrategy[bytes]:
     return st.one_of(
         st.sampled_from(corpus),
         st.tuples(st.sampled_from(corpus), st.randoms(use_true_random=False)).map(lambda pair: mutate(*pair)),
-        st.builds(absurd_header, st.sampled_from(["PNG", "GIF", "BMP"]), st.integers(0, 2**32 - 1),
-                  st.integers(0, 2**32 - 1), st.randoms(use_true_random=False)),
+        st.builds(
+            absurd_header,
+            st.sampled_from(["PNG", "GIF", "BMP"]),
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 2**32 - 1),
+            st.randoms(use_true_random=False),
+        ),
         st.binary(max_size=512),
     )

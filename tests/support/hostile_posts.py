@@ -45,4 +45,3 @@ payloads = st.one_of(
     st.integers(60_000, 70_000).map(lambda size: json.dumps({"id": "big", "text": "x" * size}).encode()),
     st.none(),
 )
-

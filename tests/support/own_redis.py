@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from tests.support.tcp_proxy import free_port
 
 
@@ -39,7 +40,8 @@ class OwnRedis:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=log, stderr=subprocess.STDOUT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 10

@@ -66,7 +66,9 @@ def test_a_well_calibrated_model_keeps_its_confidences() -> None:
     # Every entity the network finds is a gold one, and it is all but certain of each: nothing to correct.
     found = [post_spans for raw in raws for post_spans in decoder.spans(raw.emissions, raw.word_mask)]
     gold = [
-        example.model_copy(update={"tags": ["B-PER" if any(first == i for first, _, _ in spans) else "O" for i in range(3)]})
+        example.model_copy(
+            update={"tags": ["B-PER" if any(first == i for first, _, _ in spans) else "O" for i in range(3)]}
+        )
         for example, spans in zip(examples, found)
     ]
     sure = [RawBatch(**{**raw.__dict__, "emissions": raw.emissions * 2}) for raw in raws]

@@ -9,8 +9,8 @@ from PIL import Image
 
 from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
 from trainer.data.examples import Example
-from trainer.data.load import load_examples
 from trainer.data.jsonl import read_jsonl
+from trainer.data.load import load_examples
 from trainer.evaluate import build_report, main, summary_table, write_plots
 from trainer.synth import generate
 
@@ -22,9 +22,18 @@ def oracle(example: Example, confidence: float = 0.9, wrong_type: bool = False) 
     entities = []
     for index, entity in enumerate(example.entities):
         regions = [Region(image_index=b.image_index, box=b.box, score=0.8) for b in example.boxes if b.entity == index]
-        entity_type = {"PER": "LOC", "LOC": "ORG", "ORG": "PER", "MISC": "PER"}[entity.type] if wrong_type else entity.type
+        entity_type = (
+            {"PER": "LOC", "LOC": "ORG", "ORG": "PER", "MISC": "PER"}[entity.type] if wrong_type else entity.type
+        )
         entities.append(
-            PredictedEntity(text=example.text[entity.start : entity.end], type=entity_type, start=entity.start, end=entity.end, confidence=confidence, regions=regions)
+            PredictedEntity(
+                text=example.text[entity.start : entity.end],
+                type=entity_type,
+                start=entity.start,
+                end=entity.end,
+                confidence=confidence,
+                regions=regions,
+            )
         )
     return PostPrediction(id=example.id, entities=entities, model=MODEL)
 
@@ -117,7 +126,20 @@ def test_cli_writes_the_brief_json(synthetic: Path, tmp_path: Path, monkeypatch:
             return rows, rows
 
     monkeypatch.setitem(sys.modules, "trainer.predict", types.SimpleNamespace(Predictor=OraclePredictor))
-    main(["--model", str(tmp_path), "--data", str(synthetic), "--json", str(tmp_path / "m.json"), "--plots", str(tmp_path / "p"), "--batch-size", "7"])
+    main(
+        [
+            "--model",
+            str(tmp_path),
+            "--data",
+            str(synthetic),
+            "--json",
+            str(tmp_path / "m.json"),
+            "--plots",
+            str(tmp_path / "p"),
+            "--batch-size",
+            "7",
+        ]
+    )
     report = json.loads((tmp_path / "m.json").read_text())
     assert set(report) == {"n_posts", "entity", "token", "grounding", "alignment", "ece", "subsets"}
     assert report["entity"]["f1"] == 1.0 and report["alignment"] == {"recall@1": 1.0, "recall@5": 1.0}

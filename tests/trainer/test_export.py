@@ -16,13 +16,20 @@ import pytest
 import torch
 import yaml
 
+from postlens.runtime.config import (
+    TINY_ROBERTA,
+    TINY_SPANBERT,
+    FusionConfig,
+    ModelConfig,
+    TextEncoderConfig,
+    VisionEncoderConfig,
+    WordFeaturesConfig,
+)
+from postlens.runtime.exported import INPUT_NAMES, ExportedModel
+from postlens.runtime.preprocess import Preprocessor
 from postlens.schemas import ModelRef
 from trainer import export
-from postlens.runtime.exported import INPUT_NAMES
-from postlens.runtime.exported import ExportedModel
 from trainer.export import ExportError, export_model, next_version, random_inputs, verify_parity
-from postlens.runtime.config import TINY_ROBERTA, TINY_SPANBERT, FusionConfig, ModelConfig, TextEncoderConfig, VisionEncoderConfig, WordFeaturesConfig
-from postlens.runtime.preprocess import Preprocessor
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
 from trainer.model.network import NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
@@ -44,7 +51,9 @@ def test_a_version_holds_everything_serving_needs(exported_repo: Path, tiny_chec
 
     checkpoint_config = yaml.safe_load((tiny_checkpoint / "config.yaml").read_text())
     size = checkpoint_config["model"]["vision_encoder"]["image_size"]
-    assert re.search(rf'name: "IMAGES"[^}}]*dims: \[ 4, {size}, {size}, 3 \]', (model_root / "config.pbtxt").read_text())
+    assert re.search(
+        rf'name: "IMAGES"[^}}]*dims: \[ 4, {size}, {size}, 3 \]', (model_root / "config.pbtxt").read_text()
+    )
     with np.load(version_dir / "crf.npz") as crf:
         assert list(crf["labels"]) == checkpoint_config["model"]["labels"]
         assert crf["transitions"].shape == (len(crf["labels"]),) * 2
@@ -60,10 +69,14 @@ def test_a_version_holds_everything_serving_needs(exported_repo: Path, tiny_chec
     assert {0, 4} <= {images for _, images in checked}
 
 
-def test_onnx_runtime_matches_pytorch_on_shapes_the_export_never_saw(exported_repo: Path, tiny_checkpoint: Path) -> None:
+def test_onnx_runtime_matches_pytorch_on_shapes_the_export_never_saw(
+    exported_repo: Path, tiny_checkpoint: Path
+) -> None:
     network = load_checkpoint(tiny_checkpoint)[0]
     exported = ExportedModel.load(exported_repo / "postlens" / "1", ModelRef(name="test", version="1"))
-    for seed, (batch, images, long) in enumerate([(1, 0, True), (7, 4, False), (2, 1, True), (6, 0, False), (3, 3, False)], start=100):
+    for seed, (batch, images, long) in enumerate(
+        [(1, 0, True), (7, 4, False), (2, 1, True), (6, 0, False), (3, 3, False)], start=100
+    ):
         inputs = random_inputs(exported.preprocessor, batch, images, seed, long)
         with torch.no_grad():
             expected = [output.numpy() for output in network(**{k: torch.from_numpy(v) for k, v in inputs.items()})]
@@ -88,7 +101,9 @@ def test_a_network_that_differs_from_its_onnx_file_is_refused_and_nothing_is_wri
     assert versions(repo) == ["1"]
 
 
-def test_versions_are_numbered_and_never_overwritten(exported_repo: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_versions_are_numbered_and_never_overwritten(
+    exported_repo: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     onnx_file = exported_repo / "postlens" / "1" / "network.onnx"
     written = onnx_file.stat().st_mtime_ns
     with pytest.raises(ExportError, match="exists already"):
@@ -99,7 +114,17 @@ def test_versions_are_numbered_and_never_overwritten(exported_repo: Path, tiny_c
 
     repo = Path(shutil.copytree(exported_repo, tmp_path / "repository"))
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.export", "--model", str(tiny_checkpoint), "--repo", str(repo), "--version", "7"],
+        [
+            sys.executable,
+            "-m",
+            "trainer.export",
+            "--model",
+            str(tiny_checkpoint),
+            "--repo",
+            str(repo),
+            "--version",
+            "7",
+        ],
         capture_output=True,
         text=True,
     )
@@ -135,7 +160,9 @@ def test_word_features_are_extra_inputs_of_the_exported_network(tmp_path: Path, 
     the second feature is on; export refuses any parity mismatch, so a written version is a checked one."""
     torch.manual_seed(0)
     features = WordFeaturesConfig(shape=shape, chars=chars)
-    network, tokenizer, config = NerNetwork.build(ModelConfig(fusion=FusionConfig(name="cross", hidden=32), word_features=features))
+    network, tokenizer, config = NerNetwork.build(
+        ModelConfig(fusion=FusionConfig(name="cross", hidden=32), word_features=features)
+    )
     save_checkpoint(tmp_path / "checkpoint", {"model": config.model_dump(mode="json")}, network, tokenizer)
     version_dir = export_model(tmp_path / "checkpoint", tmp_path / "repo")
     session = ort.InferenceSession(str(version_dir / "network.onnx"))
@@ -146,7 +173,6 @@ def test_word_features_are_extra_inputs_of_the_exported_network(tmp_path: Path, 
     texts = ["Obama visits Paris", "obama visits paris"]
     predictions = exported.predict(texts, np.zeros((2, 4, size, size, 3), np.uint8), np.zeros((2, 4), bool))
     assert len(predictions) == 2 and all(prediction.error is None for prediction in predictions)
-
 
 
 def test_an_export_lacking_an_output_served_now_is_refused_with_the_remedy(exported_repo: Path, tmp_path: Path) -> None:
@@ -161,12 +187,15 @@ def test_an_export_lacking_an_output_served_now_is_refused_with_the_remedy(expor
     with pytest.raises(ValueError, match=r"region_boxes.*re-export"):
         ExportedModel.load(old, ModelRef(name="old", version="1"))
 
+
 @pytest.mark.parametrize(("family", "strategy"), [("detr", "cross"), ("blip", "cross"), ("resnet", "mpcfn")])
 def test_every_vision_family_exports_its_region_boxes_with_parity(tmp_path: Path, family: str, strategy: str) -> None:
     """Tiny random models of the transformers families: export checks every output against PyTorch (region boxes
     included) on 0–4 images; served, DETR's boxes are its own per image, a grid family's are its cells."""
     torch.manual_seed(0)
-    config = ModelConfig(vision_encoder=VisionEncoderConfig(family=family), fusion=FusionConfig(name=strategy, hidden=32))
+    config = ModelConfig(
+        vision_encoder=VisionEncoderConfig(family=family), fusion=FusionConfig(name=strategy, hidden=32)
+    )
     network, tokenizer, config = NerNetwork.build(config)
     save_checkpoint(tmp_path / "checkpoint", {"model": config.model_dump(mode="json")}, network, tokenizer)
     version_dir = export_model(tmp_path / "checkpoint", tmp_path / "repo")  # raises when ONNX Runtime differs
@@ -198,7 +227,10 @@ def test_every_text_family_exports_with_parity(tmp_path: Path, family: str) -> N
     assert {0, 1, 4} <= {case["images"] for case in cases}
     exported = ExportedModel.load(version_dir, ModelRef(name="test", version="1"))
     size = exported.image_size
-    texts, no_images = ["Obama visits Paris 🔥", "北京 at the game"], (np.zeros((2, 0, size, size, 3), np.uint8), np.zeros((2, 0), bool))
+    texts, no_images = (
+        ["Obama visits Paris 🔥", "北京 at the game"],
+        (np.zeros((2, 0, size, size, 3), np.uint8), np.zeros((2, 0), bool)),
+    )
     served, _ = exported.preprocessor.encode(texts, *no_images)
     trained, _ = Preprocessor.from_config(config, subword_tokenizer(tokenizer)).encode(texts, *no_images)
     assert served.keys() == trained.keys() and all((served[name] == trained[name]).all() for name in served)

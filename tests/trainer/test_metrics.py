@@ -157,5 +157,12 @@ def test_type_confusion_counts_same_span_types_missed_and_spurious() -> None:
     gold = [[(0, 1, "PER"), (2, 3, "LOC"), (5, 6, "ORG")]]
     predicted = [[(0, 1, "PER"), (2, 3, "ORG"), (7, 8, "MISC")]]
     confusion = type_confusion(gold, predicted, ["PER", "LOC", "ORG", "MISC"])
-    cell = {(g, p): confusion.counts[i][j] for i, g in enumerate(confusion.labels) for j, p in enumerate(confusion.labels)}
-    assert {key: n for key, n in cell.items() if n} == {("PER", "PER"): 1, ("LOC", "ORG"): 1, ("ORG", "O"): 1, ("O", "MISC"): 1}
+    cell = {
+        (g, p): confusion.counts[i][j] for i, g in enumerate(confusion.labels) for j, p in enumerate(confusion.labels)
+    }
+    assert {key: n for key, n in cell.items() if n} == {
+        ("PER", "PER"): 1,
+        ("LOC", "ORG"): 1,
+        ("ORG", "O"): 1,
+        ("O", "MISC"): 1,
+    }

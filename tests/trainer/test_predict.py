@@ -17,7 +17,6 @@ from trainer.data.jsonl import read_jsonl
 from trainer.predict import Predictor
 
 
-
 @pytest.fixture(scope="module")
 def predictor(tiny_checkpoint: Path) -> Predictor:
     return Predictor.load(tiny_checkpoint)

@@ -15,7 +15,9 @@ from trainer.train import epoch_batches
 
 
 def test_overrides_are_typed_and_nested() -> None:
-    config = apply_overrides({"train": {"epochs": 5}}, ["train.epochs=3", "model.fusion.name=late", "loss.flooding=0.05"])
+    config = apply_overrides(
+        {"train": {"epochs": 5}}, ["train.epochs=3", "model.fusion.name=late", "loss.flooding=0.05"]
+    )
     assert config == {"train": {"epochs": 3}, "model": {"fusion": {"name": "late"}}, "loss": {"flooding": 0.05}}
 
 
@@ -28,7 +30,9 @@ def test_presets_resolve_and_reject_unknown_keys() -> None:
         resolve_config("tiny", overrides=["train.epochz=2"])
 
 
-def test_a_preset_names_its_data_under_the_shared_data_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_preset_names_its_data_under_the_shared_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = resolve_config("twitter")
     assert [str(path) for path in config.data.train] == ["twitter2015/train.txt", "twitter2017/train.txt"]
     assert [str(path) for path in config.data.valid] == ["twitter2015/valid.txt", "twitter2017/valid.txt"]

@@ -115,7 +115,6 @@ def test_frozen_word_embeddings_stay_as_built_while_the_rest_learns(synthetic: P
     assert not torch.equal(trained.emission.weight, built.emission.weight)
 
 
-
 def test_a_frozen_detector_keeps_its_boxes_while_the_fusion_learns(synthetic: Path, tmp_path: Path) -> None:
     overrides = ["train.epochs=1", "train.freeze_vision_encoder=true", "model.vision_encoder.family=detr"]
     config = resolve_config("tiny", "cross", overrides)
@@ -130,8 +129,11 @@ def test_a_frozen_detector_keeps_its_boxes_while_the_fusion_learns(synthetic: Pa
         assert torch.equal(trained.vision_encoder(pixels).boxes, built.eval().vision_encoder(pixels).boxes)
     assert any(not torch.equal(a, b) for a, b in zip(trained.fusion.parameters(), built.fusion.parameters()))
 
+
 def test_learning_rate_by_part_with_the_vision_encoder_on_its_own_or_the_encoder_rate() -> None:
-    parts = torch.nn.ModuleDict({name: torch.nn.Linear(2, 2) for name in ("text_encoder", "vision_encoder", "crf", "fusion")})
+    parts = torch.nn.ModuleDict(
+        {name: torch.nn.Linear(2, 2) for name in ("text_encoder", "vision_encoder", "crf", "fusion")}
+    )
 
     def rates(config: TrainConfig) -> dict[str, float]:
         optimizer, _ = build_optimizer(parts, config, total_steps=10)

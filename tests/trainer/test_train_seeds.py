@@ -30,7 +30,9 @@ def trained(request, synthetic: Path, tmp_path_factory: pytest.TempPathFactory) 
     return model_dir, evaluate(model_dir, synthetic)
 
 
-def test_the_image_settles_what_text_cannot(trained: tuple[Path, EvaluationReport], text_report: EvaluationReport) -> None:
+def test_the_image_settles_what_text_cannot(
+    trained: tuple[Path, EvaluationReport], text_report: EvaluationReport
+) -> None:
     report = trained[1]
     assert report.subsets["ambiguous"].entity.f1 >= text_report.subsets["ambiguous"].entity.f1 + 0.2
     assert report.subsets["irrelevant_image"].entity.f1 >= text_report.subsets["irrelevant_image"].entity.f1

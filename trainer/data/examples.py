@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, field_validator, model_validator
 
+from postlens.runtime.schemes import convert, detect_scheme, spans_from_tags
 from postlens.runtime.words import Word
 from postlens.schemas import Box, EntitySpan
-from postlens.runtime.schemes import convert, detect_scheme, spans_from_tags
 
 
 def covering_words(words: list[Word], start: int, end: int) -> tuple[int, int] | None:
@@ -94,4 +94,3 @@ class Example(BaseModel):
             EntitySpan(start=self.words[first].start, end=self.words[last - 1].end, type=entity_type)
             for first, last, entity_type in spans_from_tags(self.tags)
         ]
-

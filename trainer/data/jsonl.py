@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from postlens.schemas import Box, Label, Post
-from trainer.data.examples import Example, covering_words
 from postlens.runtime.schemes import tags_from_spans
 from postlens.runtime.words import word_tokenize
+from postlens.schemas import Box, Label, Post
+from trainer.data.examples import Example, covering_words
 
 LabelForm = Literal["spans", "tags"]
 

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from postlens.schemas import Box
-from postlens.runtime.words import Word
-from trainer.data.examples import Example
-from postlens.runtime.schemes import Span, spans_from_tags, tags_from_spans
 from postlens.runtime.decode import TagScheme
-from trainer.model.losses import Targets
 from postlens.runtime.images import load_images, stack_images
 from postlens.runtime.preprocess import Preprocessor
+from postlens.runtime.schemes import Span, spans_from_tags, tags_from_spans
+from postlens.runtime.words import Word
+from postlens.schemas import Box
+from trainer.data.examples import Example
+from trainer.model.losses import Targets
+
 
 @dataclass
 class Batch:
@@ -34,9 +35,7 @@ def clip_spans(spans: Sequence[Span], length: int) -> list[Span]:
 
 
 class ExampleEncoder:
-    def __init__(
-        self, preprocessor: Preprocessor, scheme: TagScheme, max_images: int, annotates_boxes: bool
-    ) -> None:
+    def __init__(self, preprocessor: Preprocessor, scheme: TagScheme, max_images: int, annotates_boxes: bool) -> None:
         self.preprocessor = preprocessor
         self.scheme = scheme
         self.max_images = max_images
@@ -60,7 +59,9 @@ class ExampleEncoder:
         targets = self._targets(examples, words, inputs["word_mask"].shape[1], image_mask) if labeled else None
         return Batch(tensors, words, targets)
 
-    def _targets(self, examples: Sequence[Example], words: list[list[Word]], width: int, image_mask: np.ndarray) -> Targets:
+    def _targets(
+        self, examples: Sequence[Example], words: list[list[Word]], width: int, image_mask: np.ndarray
+    ) -> Targets:
         images = image_mask.shape[1]
         tags = np.zeros((len(examples), width), dtype=np.int64)
         word_boxes = np.zeros((len(examples), width, images, 4), dtype=np.float32)

@@ -21,7 +21,9 @@ from trainer.model.network import NerNetwork
 WEIGHTS_FILE = "model.pt"
 
 
-def save_checkpoint(out: Path, run_config: dict[str, Any], network: NerNetwork, tokenizer: PreTrainedTokenizerBase) -> str:
+def save_checkpoint(
+    out: Path, run_config: dict[str, Any], network: NerNetwork, tokenizer: PreTrainedTokenizerBase
+) -> str:
     """Write weights, tokenizer and config (with ``version`` added); returns the version."""
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_FILE

@@ -108,7 +108,9 @@ def total_loss(
         parts["relevance"] = relevance_bce(output.image_relevance, targets.relevance, targets.relevance_known)
     weights = {name: getattr(config, name) for name in parts}
     parts.update(output.auxiliary_losses)
-    weights.update({name: config.auxiliary.get(name, default) for name, default in network.fusion.auxiliary_weights.items()})
+    weights.update(
+        {name: config.auxiliary.get(name, default) for name, default in network.fusion.auxiliary_weights.items()}
+    )
     objectives = {**parts, "crf": flooding(parts["crf"], config.flooding)}
     loss = sum(weights[name] * value for name, value in objectives.items())
     return loss, {name: float(value.detach()) for name, value in parts.items()}

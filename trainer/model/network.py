@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from postlens.runtime.words import WORD_TOKENIZER_VERSION
 from postlens.runtime.config import ModelConfig
-from trainer.model.crf import LinearChainCrf
 from postlens.runtime.decode import TagScheme
+from postlens.runtime.words import WORD_TOKENIZER_VERSION
+from trainer.model.crf import LinearChainCrf
 from trainer.model.fusion import EncoderDims, FusionInputs, build_fusion
 from trainer.model.fusion.base import masked_mean
 from trainer.model.text_encoder import TextEncoder, build_text_encoder
@@ -27,7 +27,9 @@ from trainer.model.word_feature_encoder import WordFeatureEncoder
 ALIGNMENT_DIM = 64
 
 
-def word_to_first_tokens(values: torch.Tensor, word_index: torch.Tensor, word_mask: torch.Tensor, length: int) -> torch.Tensor:
+def word_to_first_tokens(
+    values: torch.Tensor, word_index: torch.Tensor, word_mask: torch.Tensor, length: int
+) -> torch.Tensor:
     """[B, W, D] per-word values → [B, L, D] placed at each word's first sub-token (zeros elsewhere). A one-hot
     matmul rather than a scatter: padding words all point at position 0, and a matmul exports to any ONNX opset."""
     positions = torch.arange(length, device=word_index.device)
@@ -77,7 +79,9 @@ class NerNetwork(nn.Module):
         self.crf = LinearChainCrf(self.scheme)
 
     @classmethod
-    def build(cls, config: ModelConfig, pretrained: bool = True) -> tuple[NerNetwork, PreTrainedTokenizerBase, ModelConfig]:
+    def build(
+        cls, config: ModelConfig, pretrained: bool = True
+    ) -> tuple[NerNetwork, PreTrainedTokenizerBase, ModelConfig]:
         """Network, tokenizer and the resolved config. ``pretrained=False`` builds the recorded architecture with
         random weights, for loading a checkpoint's state dict."""
         text_encoder, tokenizer, text_config = build_text_encoder(config.text_encoder, pretrained=pretrained)
@@ -110,11 +114,15 @@ class NerNetwork(nn.Module):
             region_tokens, image_pooled, region_boxes = vision.regions, vision.pooled, vision.boxes
             image_embedding = self.image_alignment(masked_mean(image_pooled, image_mask))
         else:  # no attention on images, so nothing is grounded in these boxes
-            region_boxes = pixel_values.new_zeros(1, 1, 1, 4).expand(*pixel_values.shape[:2], self.fusion.dims.regions, 4)
+            region_boxes = pixel_values.new_zeros(1, 1, 1, 4).expand(
+                *pixel_values.shape[:2], self.fusion.dims.regions, 4
+            )
         features = self.word_features(word_shape, word_chars) if self.word_features is not None else None
         token_offsets = None
         if self.feature_offsets is not None:  # fixed per network, not per input
-            token_offsets = word_to_first_tokens(self.feature_offsets(features), word_index, word_mask, input_ids.shape[1])
+            token_offsets = word_to_first_tokens(
+                self.feature_offsets(features), word_index, word_mask, input_ids.shape[1]
+            )
         fused = self.fusion(
             self.text_encoder,
             FusionInputs(

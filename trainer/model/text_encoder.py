@@ -16,7 +16,6 @@ from postlens.runtime.config import TextEncoderConfig
 from trainer.model.tiny_text import TINY_FAMILIES
 from trainer.model.tokenizer import from_pretrained_kwargs, load_tokenizer, resolve_source
 
-
 # The dropout rates in the configs of the encoder families PostLens trains (BERT, RoBERTa, SpanBERT).
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 

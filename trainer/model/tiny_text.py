@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer, models, trainers
 from transformers import BertTokenizerFast, PreTrainedTokenizerBase, RobertaTokenizerFast
 
-from postlens.runtime.words import word_tokenize
 from postlens.runtime.config import TINY_ROBERTA, TINY_SPANBERT, TINY_TEXT
+from postlens.runtime.words import word_tokenize
 from trainer.synth import sentences
 
 # The learners' bound: the synthetic sentences run out of merges before it.

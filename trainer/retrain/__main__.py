@@ -18,7 +18,9 @@ from trainer.retrain.run import RetrainOptions, retrain
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = get_settings()
-    parser = argparse.ArgumentParser(prog="python -m trainer.retrain", description=trainer.retrain.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.retrain", description=trainer.retrain.__doc__.splitlines()[0]
+    )
     add = parser.add_argument
     add("--base", type=Path, help="checkpoint to fine-tune (default: the one behind the newest version in --repo)")
     add("--valid", type=Path, help="labeled JSONL/CoNLL added to the evaluation set")

@@ -66,7 +66,9 @@ def _exported_from(model_root: Path) -> Path:
     except FileNotFoundError:
         raise RetrainError(f"version {newest} was exported from {source}, which is no longer a checkpoint") from None
     if weights != exported_weights:
-        raise RetrainError(f"{source} holds weights {weights}, but version {newest} was exported from {exported_weights}")
+        raise RetrainError(
+            f"{source} holds weights {weights}, but version {newest} was exported from {exported_weights}"
+        )
     return source
 
 
@@ -74,7 +76,9 @@ def fine_tune_config(base: Path, overrides: Sequence[str]) -> RunConfig:
     """The base's recorded run configuration with ``train``/``loss`` overrides; the architecture is the base's."""
     architecture = [override for override in overrides if override.split("=", 1)[0].split(".")[0] == "model"]
     if architecture:
-        raise RetrainError(f"{', '.join(architecture)}: the model comes from the base checkpoint; set only train.*/loss.*")
+        raise RetrainError(
+            f"{', '.join(architecture)}: the model comes from the base checkpoint; set only train.*/loss.*"
+        )
     recorded = {key: value for key, value in read_config(base).items() if key != "version"}
     try:
         return RunConfig.model_validate(apply_overrides(recorded, overrides))

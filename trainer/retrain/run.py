@@ -83,8 +83,13 @@ def retrain(options: RetrainOptions, settings: Settings) -> RetrainSummary:
             mark = time.perf_counter()
             ingested = asyncio.run(
                 ingest(
-                    settings, options.image_root, base_model.vision_encoder.image_size, base_model.max_images,
-                    Path(work), from_beginning=options.from_beginning, max_labels=options.max_labels,
+                    settings,
+                    options.image_root,
+                    base_model.vision_encoder.image_size,
+                    base_model.max_images,
+                    Path(work),
+                    from_beginning=options.from_beginning,
+                    max_labels=options.max_labels,
                 )  # fmt: skip
             )
             mark = lap("read", mark)

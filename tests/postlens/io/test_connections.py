@@ -26,15 +26,21 @@ def test_plaintext_by_default() -> None:
     options = kafka_client_options(settings(kafka_bootstrap="a:9092,b:9092"))
     assert options == {"bootstrap_servers": "a:9092,b:9092", "security_protocol": "PLAINTEXT"}
     assert faust_broker_options(settings(kafka_bootstrap="a:9092, b:9092")) == {
-        "broker": ["kafka://a:9092", "kafka://b:9092"], "broker_credentials": None,
+        "broker": ["kafka://a:9092", "kafka://b:9092"],
+        "broker_credentials": None,
     }
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 @pytest.mark.parametrize("protocol", ["SASL_SSL", "SASL_PLAINTEXT"])
 async def test_sasl_reaches_aiokafka_clients_and_faust_alike(protocol: str, mechanism: str) -> None:
-    secured = settings(kafka_security_protocol=protocol, kafka_sasl_mechanism=mechanism, kafka_sasl_username="svc",
-                       kafka_sasl_password="pw", kafka_ssl_cafile=certifi.where())
+    secured = settings(
+        kafka_security_protocol=protocol,
+        kafka_sasl_mechanism=mechanism,
+        kafka_sasl_username="svc",
+        kafka_sasl_password="pw",
+        kafka_ssl_cafile=certifi.where(),
+    )
     options = kafka_client_options(secured)
     assert (options["security_protocol"], options["sasl_mechanism"]) == (protocol, mechanism)
     assert (options["sasl_plain_username"], options["sasl_plain_password"]) == ("svc", "pw")
@@ -51,7 +57,9 @@ def test_tls_without_sasl_verifies_brokers_against_the_ca() -> None:
     context = kafka_client_options(secured)["ssl_context"]
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert context.cert_store_stats()["x509_ca"] > 0
-    assert credentials_to_aiokafka_auth(faust_broker_options(secured)["broker_credentials"])["security_protocol"] == "SSL"
+    assert (
+        credentials_to_aiokafka_auth(faust_broker_options(secured)["broker_credentials"])["security_protocol"] == "SSL"
+    )
 
 
 def test_sasl_without_credentials_is_refused_without_echoing_the_settings() -> None:
@@ -74,7 +82,11 @@ def test_elasticsearch_api_key_basic_auth_and_ca() -> None:
 
 
 def test_secrets_do_not_show_in_the_settings_text() -> None:
-    secured = settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="svc", kafka_sasl_password="kafka-pw",
-                       es_api_key="es-key")
+    secured = settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username="svc",
+        kafka_sasl_password="kafka-pw",
+        es_api_key="es-key",
+    )
     assert "kafka-pw" not in f"{secured!r} {secured}" and "es-key" not in f"{secured!r} {secured}"
     assert "kafka-pw" not in repr(faust_broker_options(secured))

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from tests.support.hostile_images import encoded_images, hostile_images
-from tests.support.image_server import ImageServer
 
 from postlens.io.fetch import OK, FetchError, ImageFetcher, decode_image
 from postlens.settings import Settings
+from tests.support.hostile_images import encoded_images, hostile_images
+from tests.support.image_server import ImageServer
 
 SIZE = 16
 MAX_PIXELS = 1_000_000
@@ -43,7 +43,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Imag
 
 
 @pytest.mark.integration
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(data=hostile_images(CORPUS))
 def test_any_file_served_over_http_is_an_outcome(files: tuple[Path, ImageServer], data: bytes) -> None:
     directory, server = files

@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from tests.support.fixed_dns import FixedResolver
-from tests.support.image_server import ImageServer, encoded, picture
 from PIL import Image
 
-from postlens.settings import Settings
 from postlens.io.fetch import FetchError, ImageFetcher, decode_image
+from postlens.settings import Settings
+from tests.support.fixed_dns import FixedResolver
+from tests.support.image_server import ImageServer, encoded, picture
 
 SIZE = 32
 
@@ -114,8 +114,10 @@ def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
     )
 
 

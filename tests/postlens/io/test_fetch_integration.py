@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.support.image_server import ImageServer
-from tests.support.own_redis import OwnRedis
 
-from postlens.settings import Settings
 from postlens.io.fetch import ImageFetcher
 from postlens.io.image_cache import ImageCache
+from postlens.settings import Settings
+from tests.support.image_server import ImageServer
+from tests.support.own_redis import OwnRedis
 
 pytestmark = pytest.mark.integration
 SIZE = 32

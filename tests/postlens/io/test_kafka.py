@@ -9,10 +9,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
-from tests.support.kafka_io import read_topic
 
 from postlens.io.kafka import Backlog, BacklogReader, OutgoingRecord, deliver_then_commit, topic_partitions
 from postlens.settings import Settings
+from tests.support.kafka_io import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +147,9 @@ async def test_offsets_are_committed_only_after_every_record_is_delivered(
     delivered = [OutgoingRecord(target, b"k", b"fine"), OutgoingRecord(target, None, b"also fine")]
 
     with pytest.raises(KafkaError):
-        await deliver_then_commit(settings, [*delivered, OutgoingRecord(strict, None, b"x" * 4096)], readers, backlog.offsets)
+        await deliver_then_commit(
+            settings, [*delivered, OutgoingRecord(strict, None, b"x" * 4096)], readers, backlog.offsets
+        )
     assert await committed(settings, readers, source) == [None, None]
 
     await deliver_then_commit(settings, delivered, readers, backlog.offsets)

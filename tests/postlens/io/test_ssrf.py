@@ -5,16 +5,37 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-from tests.support.fixed_dns import FixedResolver
 
 from postlens.io.ssrf import AddressPolicy, BlockedAddress, GuardedResolver, refusal_reason
+from tests.support.fixed_dns import FixedResolver
 
 REFUSED = [
-    "127.0.0.1", "127.8.9.10", "10.0.0.1", "10.255.255.254", "172.16.5.4", "192.168.1.1", "169.254.169.254",
-    "0.0.0.0", "100.64.0.1", "224.0.0.1", "239.255.255.250", "255.255.255.255", "240.0.0.1",
-    "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "ff02::1",
-    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::ffff:8.8.8.8",  # IPv4-mapped: never in DNS
-    "2002:7f00:1::1", "2002:a00:1::1", "2002:808:808::1",  # 6to4 (embedding 127.0.0.1, 10.0.0.1, 8.8.8.8)
+    "127.0.0.1",
+    "127.8.9.10",
+    "10.0.0.1",
+    "10.255.255.254",
+    "172.16.5.4",
+    "192.168.1.1",
+    "169.254.169.254",
+    "0.0.0.0",
+    "100.64.0.1",
+    "224.0.0.1",
+    "239.255.255.250",
+    "255.255.255.255",
+    "240.0.0.1",
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "fd12:3456::1",
+    "ff02::1",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254",
+    "::ffff:8.8.8.8",  # IPv4-mapped: never in DNS
+    "2002:7f00:1::1",
+    "2002:a00:1::1",
+    "2002:808:808::1",  # 6to4 (embedding 127.0.0.1, 10.0.0.1, 8.8.8.8)
     "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1 (obfuscated)
     "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
 ]
@@ -37,9 +58,17 @@ def test_embedded_address_is_named_in_the_reason() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["file:///etc/passwd", "ftp://example.com/a.png", "gopher://x/", "http://127.0.0.1/a.png",
-            "http://[::1]:8080/", "http://[::ffff:127.0.0.1]/", "http://169.254.169.254/latest/meta-data/",
-            "http:///no-host"],
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/a.png",
+        "gopher://x/",
+        "http://127.0.0.1/a.png",
+        "http://[::1]:8080/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http:///no-host",
+    ],
 )
 def test_urls_refused_before_any_lookup(url: str) -> None:
     with pytest.raises(BlockedAddress):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from postlens.schemas import ModelRef
 from postlens.runtime.decode import CrfParams, Decoder, Grounding, TagScheme, ground_span
+from postlens.schemas import ModelRef
 
 GRID = (4, 4)
 
@@ -71,7 +71,9 @@ def make_decoder(threshold: float = 0.5, temperature: float = 1.0) -> Decoder:
     size = len(scheme.labels)
     allowed_start, allowed, allowed_end = scheme.allowed()
     crf = CrfParams(
-        start=np.where(allowed_start, 0.0, -1e4), transitions=np.where(allowed, 0.0, -1e4), end=np.where(allowed_end, 0.0, -1e4)
+        start=np.where(allowed_start, 0.0, -1e4),
+        transitions=np.where(allowed, 0.0, -1e4),
+        end=np.where(allowed_end, 0.0, -1e4),
     )
     assert crf.transitions.shape == (size, size)
     return Decoder(scheme, crf, Grounding(threshold=threshold), ModelRef(name="postlens", version="t"), temperature)
@@ -90,7 +92,9 @@ def test_decode_gives_entities_with_offsets_confidence_and_region() -> None:
     attention[0, 4] = attention_on([(3, 3)], image=1, mass=0.05)  # "Lyon" barely looked at
 
     images, relevance = np.ones((1, 2), bool), np.array([0.95])
-    [prediction] = make_decoder().decode([text], [offsets], emissions, mask, attention, images, relevance, cell_boxes()[None])
+    [prediction] = make_decoder().decode(
+        [text], [offsets], emissions, mask, attention, images, relevance, cell_boxes()[None]
+    )
     tom, lyon = prediction.entities
     assert (tom.text, tom.type, tom.start, tom.end) == ("Tom Becker", "PER", 4, 14)
     assert (lyon.text, lyon.type) == ("Lyon", "LOC")
@@ -99,6 +103,8 @@ def test_decode_gives_entities_with_offsets_confidence_and_region() -> None:
     assert lyon.regions == []  # evidence 0.05 × 0.95 is under the threshold
     assert prediction.image_relevance == pytest.approx(0.95)
 
-    [cooler] = make_decoder(temperature=3.0).decode([text], [offsets], emissions, mask, attention, images, relevance, cell_boxes()[None])
+    [cooler] = make_decoder(temperature=3.0).decode(
+        [text], [offsets], emissions, mask, attention, images, relevance, cell_boxes()[None]
+    )
     assert [e.text for e in cooler.entities] == ["Tom Becker", "Lyon"]  # temperature never changes the tags…
     assert cooler.entities[0].confidence < tom.confidence  # …only how sure they are

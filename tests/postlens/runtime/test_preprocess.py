@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from postlens.runtime.config import ModelConfig, WordFeaturesConfig
-from postlens.runtime.words import word_tokenize
 from postlens.runtime.images import stack_images
 from postlens.runtime.preprocess import Preprocessor, SubwordTokenizer
+from postlens.runtime.words import word_tokenize
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -46,7 +46,9 @@ def test_char_ids_are_bounded_deterministic_and_keep_both_ends() -> None:
         assert ids == char_ids(word, 8, buckets)
         assert len(ids) == min(len(word), 8) and all(1 <= i < buckets for i in ids)
     assert char_ids("Obama", 8, buckets) == [ord(c) for c in "Obama"]  # cased: "O" and "o" differ
-    assert char_ids("Supercalifragilistic", 8, buckets) == char_ids("Supeistic", 8, buckets)[:4] + char_ids("stic", 8, buckets)
+    assert char_ids("Supercalifragilistic", 8, buckets) == char_ids("Supeistic", 8, buckets)[:4] + char_ids(
+        "stic", 8, buckets
+    )
 
 
 def test_encoded_features_are_padded_to_the_word_width() -> None:

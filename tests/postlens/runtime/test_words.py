@@ -29,10 +29,16 @@ def words(text: str) -> list[str]:
         ("我爱北京 Tokyo東京タワー", ["我", "爱", "北", "京", "Tokyo", "東", "京", "タ", "ワ", "ー"]),
         ("Ted Cruz's plan, don't", ["Ted", "Cruz", "'s", "plan", ",", "do", "n't"]),
         ("O'Neill’s AT&T", ["O'Neill", "’s", "AT&T"]),
-        ("the U.S. paid $3.5 or 1,000 (50%) at 12:30", ["the", "U.S.", "paid", "$", "3.5", "or", "1,000", "(", "50%", ")", "at", "12:30"]),
+        (
+            "the U.S. paid $3.5 or 1,000 (50%) at 12:30",
+            ["the", "U.S.", "paid", "$", "3.5", "or", "1,000", "(", "50%", ")", "at", "12:30"],
+        ),
         ("wow?!... -- ok", ["wow", "?!...", "--", "ok"]),
         ("$AAPL up", ["$AAPL", "up"]),
-        ("salt &amp; pepper --&gt; &#39;x &amp &Co", ["salt", "&amp;", "pepper", "--", "&gt;", "&#39;", "x", "&amp", "&", "Co"]),
+        (
+            "salt &amp; pepper --&gt; &#39;x &amp &Co",
+            ["salt", "&amp;", "pepper", "--", "&gt;", "&#39;", "x", "&amp", "&", "Co"],
+        ),
         ("mail a.b@c.co.uk now", ["mail", "a.b@c.co.uk", "now"]),
     ],
 )

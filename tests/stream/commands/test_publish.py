@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from tests.support.kafka_io import read_topic
 
 from postlens.settings import Settings
 from stream.commands.publish import post_key, publish_file, with_image_base
+from tests.support.kafka_io import read_topic
 
 
 def test_key_is_the_post_id_in_string_form() -> None:
@@ -28,7 +28,8 @@ def test_lines_without_an_id_get_no_key() -> None:
 def test_relative_images_are_put_under_the_base_url() -> None:
     line = json.dumps({"id": "1", "text": "x", "images": ["images/a.png", "https://cdn.example/b.png"]}).encode()
     assert json.loads(with_image_base(line, "http://127.0.0.1:8000/data/"))["images"] == [
-        "http://127.0.0.1:8000/data/images/a.png", "https://cdn.example/b.png"
+        "http://127.0.0.1:8000/data/images/a.png",
+        "https://cdn.example/b.png",
     ]
 
 

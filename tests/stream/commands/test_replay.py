@@ -7,12 +7,12 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from tests.support.kafka_io import read_topic
 
-from postlens.settings import Settings
 from postlens.io.deadletter import RawMessage, dead_letter
-from stream.commands.replay import replay_dead_letters
 from postlens.io.kafka import ensure_topics
+from postlens.settings import Settings
+from stream.commands.replay import replay_dead_letters
+from tests.support.kafka_io import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,11 @@ async def test_replay_republishes_original_bytes_and_remembers_progress(
 ) -> None:
     run = uuid.uuid4().hex[:8]
     unique = settings.model_copy(
-        update={"topic_posts": f"test.replay.{run}", "topic_dlq": f"test.replay.{run}.dlq", "consumer_group": f"test-{run}"}
+        update={
+            "topic_posts": f"test.replay.{run}",
+            "topic_dlq": f"test.replay.{run}.dlq",
+            "consumer_group": f"test-{run}",
+        }
     )
     await ensure_topics(unique)
     letters = [

@@ -26,6 +26,7 @@ def _prediction(text: str) -> dict:
     if "REGION" in text:
         start = text.index("REGION")
         region = {"image_index": 3, "box": [0, 0, 1, 1], "score": 0.5}
-        entities.append({"text": "REGION", "type": "PER", "start": start, "end": start + 6, "confidence": 0.9,
-                         "regions": [region]})
+        entities.append(
+            {"text": "REGION", "type": "PER", "start": start, "end": start + 6, "confidence": 0.9, "regions": [region]}
+        )
     return {"entities": entities, "model": {"name": "postlens", "version": "1"}}

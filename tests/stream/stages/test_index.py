@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
 from postlens.io.deadletter import RawMessage
 from postlens.io.fetch import FetchOutcome
+from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
 from stream.stages.index import ProcessedPost, entity_document, entity_id, post_document
 from stream.stages.index_templates import ENTITIES_MAPPINGS, POSTS_MAPPINGS
 
@@ -16,21 +16,35 @@ NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 def processed() -> ProcessedPost:
     post = Post.model_validate(
-        {"id": "42", "text": "Jordan visited Paris", "images": ["http://img/a.png", "http://img/b.png"],
-         "created_at": "2026-11-22T09:00:00Z", "author": "ann", "lang": "en", "source": "kcat"}
+        {
+            "id": "42",
+            "text": "Jordan visited Paris",
+            "images": ["http://img/a.png", "http://img/b.png"],
+            "created_at": "2026-11-22T09:00:00Z",
+            "author": "ann",
+            "lang": "en",
+            "source": "kcat",
+        }
     )
     prediction = PostPrediction(
         entities=[
-            PredictedEntity(text="Jordan", type="PER", start=0, end=6, confidence=0.91,
-                            regions=[Region(image_index=1, box=(0.1, 0.2, 0.5, 0.6), score=0.8,
-                                            image_url="http://img/b.png")]),
+            PredictedEntity(
+                text="Jordan",
+                type="PER",
+                start=0,
+                end=6,
+                confidence=0.91,
+                regions=[Region(image_index=1, box=(0.1, 0.2, 0.5, 0.6), score=0.8, image_url="http://img/b.png")],
+            ),
             PredictedEntity(text="Paris", type="LOC", start=15, end=20, confidence=0.77),
         ],
         image_relevance=0.6,
         model=ModelRef(name="postlens", version="3"),
     )
-    outcomes = [FetchOutcome(url="http://img/a.png", status="http_404", message="HTTP 404"),
-                FetchOutcome(url="http://img/b.png", status="ok", cached=True)]
+    outcomes = [
+        FetchOutcome(url="http://img/a.png", status="http_404", message="HTTP 404"),
+        FetchOutcome(url="http://img/b.png", status="ok", cached=True),
+    ]
     return ProcessedPost(RawMessage(b"{}", b"42", "posts", 0, 7), post, prediction, outcomes)
 
 
@@ -72,7 +86,8 @@ def test_post_document_records_entities_and_every_image_outcome() -> None:
     assert [(e["text"], e["type"]) for e in document["entities"]] == [("Jordan", "PER"), ("Paris", "LOC")]
     assert document["entity_ids"] == ["42:0-6", "42:15-20"]
     assert [(o["url"], o["status"]) for o in document["image_fetch"]] == [
-        ("http://img/a.png", "http_404"), ("http://img/b.png", "ok")
+        ("http://img/a.png", "http_404"),
+        ("http://img/b.png", "ok"),
     ]
     assert document["meta"] == {"source": "kcat"}
     assert_declared(document, POSTS_MAPPINGS)

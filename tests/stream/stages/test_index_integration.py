@@ -10,15 +10,15 @@ from urllib.parse import urlsplit
 
 import pytest
 from elasticsearch import AsyncElasticsearch
-from tests.support.tcp_proxy import TcpProxy
 
-from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity
-from postlens.settings import Settings
+from postlens.io.connections import es_client
 from postlens.io.deadletter import RawMessage
 from postlens.io.fetch import FetchOutcome
-from postlens.io.connections import es_client
-from stream.stages.index import Indexer, ProcessedPost
+from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity
+from postlens.settings import Settings
 from stream.metrics import Metrics
+from stream.stages.index import Indexer, ProcessedPost
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,11 @@ pytestmark = pytest.mark.integration
 async def index_settings(settings: Settings, es: AsyncElasticsearch) -> AsyncIterator[Settings]:
     prefix = f"postlens-test-{uuid.uuid4().hex[:8]}"
     unique = settings.model_copy(
-        update={"es_index_entities": f"{prefix}-entities", "es_index_posts": f"{prefix}-posts", "retry_backoff_max_s": 1.0}
+        update={
+            "es_index_entities": f"{prefix}-entities",
+            "es_index_posts": f"{prefix}-posts",
+            "retry_backoff_max_s": 1.0,
+        }
     )
     yield unique
     await es.indices.delete(index=f"{prefix}-*", allow_no_indices=True)

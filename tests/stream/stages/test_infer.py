@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from tests.support.tcp_proxy import TcpProxy
 
 from deploy.process import free_port
-from postlens.runtime.images import empty_images
+from postlens.runtime.exported import read_model_config
+from postlens.runtime.images import empty_images, load_images
 from postlens.settings import Settings
 from stream.stages.infer import InferenceUnavailable, InferRequest, ModelFault, TritonInferer
-from postlens.runtime.exported import read_model_config
-from postlens.runtime.images import load_images
+from tests.support.tcp_proxy import TcpProxy
 from trainer.predict import read_posts
 
 if TYPE_CHECKING:
@@ -47,7 +46,9 @@ async def test_connect_reads_the_image_size_the_model_takes(served_model: Served
 
 @pytest.mark.integration
 @pytest.mark.slow
-async def test_predictions_come_back_in_order_with_refused_posts_in_place(served_model: ServedModel, model_data: Path) -> None:
+async def test_predictions_come_back_in_order_with_refused_posts_in_place(
+    served_model: ServedModel, model_data: Path
+) -> None:
     posts = read_posts(model_data / "test.jsonl")[:3]
     inferer = await TritonInferer.connect(served_model.settings())
     size = inferer.image_size
@@ -83,7 +84,9 @@ async def test_predictions_come_back_in_order_with_refused_posts_in_place(served
 async def test_requests_are_retried_while_the_server_is_unreachable(served_model: ServedModel) -> None:
     host, port = served_model.url.rsplit(":", 1)
     with TcpProxy(host, int(port)) as proxy:
-        inferer = await TritonInferer.connect(served_model.settings(triton_url=f"127.0.0.1:{proxy.port}", triton_retries=8))
+        inferer = await TritonInferer.connect(
+            served_model.settings(triton_url=f"127.0.0.1:{proxy.port}", triton_retries=8)
+        )
         try:
             request = InferRequest(text="Lyon is a city", images=empty_images(0, inferer.image_size))
             proxy.close()  # the server "goes away"…
@@ -104,7 +107,9 @@ async def test_requests_are_retried_while_the_server_is_unreachable(served_model
 async def test_a_server_that_stays_away_fails_the_batch_after_the_retries(served_model: ServedModel) -> None:
     host, port = served_model.url.rsplit(":", 1)
     with TcpProxy(host, int(port)) as proxy:
-        inferer = await TritonInferer.connect(served_model.settings(triton_url=f"127.0.0.1:{proxy.port}", triton_retries=2))
+        inferer = await TritonInferer.connect(
+            served_model.settings(triton_url=f"127.0.0.1:{proxy.port}", triton_retries=2)
+        )
         try:
             proxy.close()
             with pytest.raises(InferenceUnavailable, match="after 3 attempt"):
@@ -122,7 +127,9 @@ async def test_connect_to_no_server_fails_with_the_address() -> None:
 
 
 @pytest.mark.integration
-async def test_a_post_that_fails_its_model_execution_is_isolated_and_the_others_answered(faulty_model: ServedModel) -> None:
+async def test_a_post_that_fails_its_model_execution_is_isolated_and_the_others_answered(
+    faulty_model: ServedModel,
+) -> None:
     inferer = await TritonInferer.connect(faulty_model.settings())
     try:
         texts = ["Lyon is a city", "POISON pill", "Paris in spring", "GARBLE me", "Rome"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
 from postlens.io.fetch import FetchedImage, FetchOutcome
+from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
 from stream.stages.infer import grounded_in_post, model_input
 
 SIZE = 8
@@ -30,8 +30,16 @@ def test_post_without_usable_images_goes_text_only() -> None:
 
 def test_regions_are_renumbered_to_the_posts_images() -> None:
     prediction = PostPrediction(
-        entities=[PredictedEntity(text="Jordan", type="PER", start=0, end=6, confidence=0.9,
-                                  regions=[Region(image_index=1, box=(0, 0, 0.5, 0.5), score=0.7)])],
+        entities=[
+            PredictedEntity(
+                text="Jordan",
+                type="PER",
+                start=0,
+                end=6,
+                confidence=0.9,
+                regions=[Region(image_index=1, box=(0, 0, 0.5, 0.5), score=0.7)],
+            )
+        ],
         model=ModelRef(name="postlens", version="1"),
     )
     grounded = grounded_in_post(prediction, fed=[0, 2], urls=["u0", "u1", "u2"])

@@ -21,11 +21,24 @@ def encode(document: object) -> bytes:
 
 def test_valid_post_is_parsed(limits: Settings) -> None:
     post = parse_post(
-        encode({"id": "p1", "text": "Jordan in Paris", "images": ["https://example.com/a.jpg"],
-                "created_at": "2026-11-22T10:00:00Z", "author": "ann", "lang": "en"}),
+        encode(
+            {
+                "id": "p1",
+                "text": "Jordan in Paris",
+                "images": ["https://example.com/a.jpg"],
+                "created_at": "2026-11-22T10:00:00Z",
+                "author": "ann",
+                "lang": "en",
+            }
+        ),
         limits,
     )
-    assert (post.id, post.text, post.images, post.author) == ("p1", "Jordan in Paris", ["https://example.com/a.jpg"], "ann")
+    assert (post.id, post.text, post.images, post.author) == (
+        "p1",
+        "Jordan in Paris",
+        ["https://example.com/a.jpg"],
+        "ann",
+    )
     assert post.created_at is not None and post.created_at.year == 2026
 
 

@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 
 from elasticsearch.serializer import JsonSerializer
 from hypothesis import HealthCheck, example, given, settings
-from tests.support.hostile_posts import payloads
 
 from postlens.io.deadletter import RawMessage
 from postlens.schemas import ModelRef, PostPrediction
 from postlens.settings import Settings
 from stream.stages.index import ProcessedPost, post_document
 from stream.stages.ingest import InvalidPost, parse_post
+from tests.support.hostile_posts import payloads
 
 SETTINGS = Settings()
 REASONS = {"empty", "oversize", "invalid_utf8", "invalid_json", "invalid_unicode", "too_deep", "schema", "empty_text"}
@@ -29,8 +29,10 @@ def indexable(value: bytes | None) -> None:
         assert refusal.kind in REASONS and str(refusal)
         return
     item = ProcessedPost(
-        RawMessage(value=value, key=None, topic="posts"), post,
-        PostPrediction(model=ModelRef(name="postlens", version="1")), [],
+        RawMessage(value=value, key=None, topic="posts"),
+        post,
+        PostPrediction(model=ModelRef(name="postlens", version="1")),
+        [],
     )
     JsonSerializer().dumps(post_document(item, datetime.now(UTC)))
 

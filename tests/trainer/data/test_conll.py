@@ -48,7 +48,8 @@ def test_write_then_read_gives_the_same_examples(dataset: str, tmp_path: Path) -
 
 def test_images_are_found_by_imgid_and_missing_ones_counted(tmp_path: Path) -> None:
     (tmp_path / "data.txt").write_text(
-        "IMGID:111\nJordan\tB-PER\nrocks\tO\n\nIMGID:222\nin\tO\nParis\tB-LOC\n\nIMGID:333\nAcme\tB-ORG\n", encoding="utf-8"
+        "IMGID:111\nJordan\tB-PER\nrocks\tO\n\nIMGID:222\nin\tO\nParis\tB-LOC\n\nIMGID:333\nAcme\tB-ORG\n",
+        encoding="utf-8",
     )
     images = tmp_path / "images"
     images.mkdir()

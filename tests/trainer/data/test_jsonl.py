@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data.load import load_examples
 from trainer.data.jsonl import read_jsonl, write_jsonl
+from trainer.data.load import load_examples
 
 
 def write_lines(path: Path, *records: dict) -> Path:
@@ -51,19 +51,29 @@ def test_write_then_read_is_lossless(tmp_path: Path, form: str) -> None:
     written = json.loads((tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert written["images"][0] == "images/a.png"  # still relative to the file's folder
     if form == "spans":
-        assert sorted(written["entities"], key=lambda e: e["start"]) == sorted(LABEL["entities"], key=lambda e: e["start"])
+        assert sorted(written["entities"], key=lambda e: e["start"]) == sorted(
+            LABEL["entities"], key=lambda e: e["start"]
+        )
 
 
 def test_token_tag_form_in_any_scheme(tmp_path: Path) -> None:
     record = {"id": "t", "tokens": ["Visit", "New", "York", "now"], "tags": ["O", "B-LOC", "E-LOC", "O"]}
-    with_text = {"id": "u", "text": "Visit  New York!", "tokens": ["Visit", "New", "York", "!"], "tags": ["O", "B-OTHER", "I-OTHER", "O"]}
+    with_text = {
+        "id": "u",
+        "text": "Visit  New York!",
+        "tokens": ["Visit", "New", "York", "!"],
+        "tags": ["O", "B-OTHER", "I-OTHER", "O"],
+    }
     first, second = read_jsonl(write_lines(tmp_path / "t.jsonl", record, with_text))[0]
     assert first.text == "Visit New York now" and span_texts(first) == [("New York", "LOC")]
     assert span_texts(second) == [("New York", "MISC")]
 
 
 def test_span_inside_a_word_is_widened_and_reported_or_rejected(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "w.jsonl", {"id": "w", "text": "go #Obama2024 now", "entities": [{"start": 4, "end": 9, "type": "PER"}]})
+    path = write_lines(
+        tmp_path / "w.jsonl",
+        {"id": "w", "text": "go #Obama2024 now", "entities": [{"start": 4, "end": 9, "type": "PER"}]},
+    )
     [example], report = read_jsonl(path)
     assert span_texts(example) == [("#Obama2024", "PER")]
     assert len(report.widened_spans) == 1 and "w.jsonl:1" in report.widened_spans[0]
@@ -74,7 +84,14 @@ def test_span_inside_a_word_is_widened_and_reported_or_rejected(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("record", "message"),
     [
-        ({"id": "a", "text": "AT&T", "entities": [{"start": 0, "end": 2, "type": "ORG"}, {"start": 3, "end": 4, "type": "ORG"}]}, "overlap"),
+        (
+            {
+                "id": "a",
+                "text": "AT&T",
+                "entities": [{"start": 0, "end": 2, "type": "ORG"}, {"start": 3, "end": 4, "type": "ORG"}],
+            },
+            "overlap",
+        ),
         ({"id": "b", "text": "hi", "entities": [{"start": 0, "end": 2, "type": "PERSON"}]}, "unknown entity type"),
         ({"id": "c", "text": "hi", "entities": [{"start": 0, "end": 9, "type": "PER"}]}, "past the end"),
         ({"id": "d", "tokens": ["a"], "tags": ["O", "O"]}, "1 tokens but 2 tags"),

@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from postlens.schemas import Box
-from trainer.data.examples import Example
-from postlens.runtime.schemes import tags_from_spans
-from postlens.runtime.words import word_tokenize
-from trainer.model.batching import ExampleEncoder
 from postlens.runtime.decode import TagScheme
 from postlens.runtime.preprocess import Preprocessor
+from postlens.runtime.schemes import tags_from_spans
+from postlens.runtime.words import word_tokenize
+from postlens.schemas import Box
+from trainer.data.examples import Example
+from trainer.model.batching import ExampleEncoder
 from trainer.model.tokenizer import load_tokenizer, subword_tokenizer
+
 
 def example(tmp_path: Path, text: str, spans: list[tuple[int, int, str]], boxes: list[Box], images: int) -> Example:
     words = word_tokenize(text)
@@ -22,7 +23,9 @@ def example(tmp_path: Path, text: str, spans: list[tuple[int, int, str]], boxes:
     for index in range(images):
         paths.append(str(tmp_path / f"{index}.png"))
         Image.new("RGB", (64, 64), "white").save(paths[-1])
-    return Example(id=text[:5], text=text, words=words, tags=tags_from_spans(spans, len(words)), images=paths, boxes=boxes)
+    return Example(
+        id=text[:5], text=text, words=words, tags=tags_from_spans(spans, len(words)), images=paths, boxes=boxes
+    )
 
 
 @pytest.mark.parametrize("scheme", ["bio", "bioes"])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.model.crf import LinearChainCrf
 from postlens.runtime.decode import CrfParams, TagScheme, forward_backward, span_marginal, token_marginals, viterbi
+from trainer.model.crf import LinearChainCrf
 
 TYPES = ("A", "B")
 
@@ -53,7 +53,9 @@ def span_event(sequences: np.ndarray, scheme: TagScheme, first: int, last: int, 
     if first == last:
         pattern = [label[f"S-{entity_type}"]]
     else:
-        pattern = [label[f"B-{entity_type}"]] + [label[f"I-{entity_type}"]] * (last - first - 1) + [label[f"E-{entity_type}"]]
+        pattern = (
+            [label[f"B-{entity_type}"]] + [label[f"I-{entity_type}"]] * (last - first - 1) + [label[f"E-{entity_type}"]]
+        )
     return (sequences[:, first : last + 1] == pattern).all(axis=1)
 
 
@@ -127,7 +129,12 @@ def test_span_marginals_are_stable_for_extreme_scores() -> None:
     path = viterbi(emissions * 400, mask, params)[0]
     for first, last, entity_type in scheme.spans(path):
         confidence = span_marginal(
-            lattice, 0, first, last, scheme.span_tags(last - first + 1, entity_type), scheme.forbidden_after_span(entity_type)
+            lattice,
+            0,
+            first,
+            last,
+            scheme.span_tags(last - first + 1, entity_type),
+            scheme.forbidden_after_span(entity_type),
         )
         assert 0.99 <= confidence <= 1.0
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from postlens.runtime.config import FusionConfig, ModelConfig
+from postlens.runtime.preprocess import Preprocessor
 from trainer.model.fusion import fusion_names
 from trainer.model.network import NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
-from postlens.runtime.preprocess import Preprocessor
 
 TEXTS = ["Jordan is trending right now", "Visited the old town of Lake Como today with @friend #travel 🎉"]
 
@@ -38,7 +38,9 @@ def test_forward_shapes_and_ranges(network: tuple[NerNetwork, Preprocessor], ima
         mask[1, images // 2 + 1 :] = False  # second post has fewer images than slots
     inputs, words = preprocessor.encode(TEXTS, pixels, mask)
     with torch.no_grad():
-        emissions, attention, relevance, boxes = net(**{name: torch.from_numpy(value) for name, value in inputs.items()})
+        emissions, attention, relevance, boxes = net(
+            **{name: torch.from_numpy(value) for name, value in inputs.items()}
+        )
 
     width = max(len(post_words) for post_words in words)
     assert emissions.shape == (len(TEXTS), width, len(net.scheme.labels))

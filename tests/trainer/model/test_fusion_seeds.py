@@ -10,8 +10,8 @@ import torch
 
 from postlens.runtime.config import FusionConfig, ModelConfig
 from postlens.runtime.preprocess import Preprocessor
-from tests.trainer.model.inputs import no_targets, random_batch
 from tests.fixtures_model import SEED_STRATEGIES
+from tests.trainer.model.inputs import no_targets, random_batch
 from trainer.model.fusion import FusionInputs
 from trainer.model.fusion.base import encode_text
 from trainer.model.fusion.visual_prefix import encode_text_with_visual_prefix
@@ -33,13 +33,23 @@ def test_a_visual_prefix_of_nothing_leaves_the_text_encoder_as_it_is() -> None:
     network, preprocessor = build("text")
     network.eval()
     inputs = random_batch(preprocessor, TEXTS, 0)
-    fusion_inputs = FusionInputs(inputs["input_ids"], inputs["attention_mask"], inputs["word_index"], inputs["word_mask"], inputs["image_mask"], None, None)
+    fusion_inputs = FusionInputs(
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        inputs["word_index"],
+        inputs["word_mask"],
+        inputs["image_mask"],
+        None,
+        None,
+    )
     layers = network.config.text_encoder.architecture["num_hidden_layers"]
     batch, width = inputs["input_ids"].shape[0], network.text_encoder.hidden_size
     masked_prefix = [torch.randn(batch, 3, width) for _ in range(layers)]  # present but masked: no effect either
     with torch.no_grad():
         plain, _ = encode_text(network.text_encoder, fusion_inputs)
-        prefixed, _ = encode_text_with_visual_prefix(network.text_encoder, fusion_inputs, masked_prefix, torch.zeros(batch, 3, dtype=torch.bool))
+        prefixed, _ = encode_text_with_visual_prefix(
+            network.text_encoder, fusion_inputs, masked_prefix, torch.zeros(batch, 3, dtype=torch.bool)
+        )
     torch.testing.assert_close(prefixed, plain, atol=1e-5, rtol=1e-5)
 
 
@@ -58,7 +68,9 @@ def test_forward_backward_with_auxiliary_losses(strategy: str, images: int) -> N
     gradients = {name: p.grad for name, p in network.named_parameters() if p.requires_grad}
     assert all(torch.isfinite(g).all() for g in gradients.values() if g is not None)
     if images == 4:  # every part of the strategy takes part in training
-        missing = [name for name, g in gradients.items() if name.startswith("fusion.") and (g is None or not g.abs().sum())]
+        missing = [
+            name for name, g in gradients.items() if name.startswith("fusion.") and (g is None or not g.abs().sum())
+        ]
         assert not missing, missing
 
 
@@ -103,7 +115,9 @@ SWITCHES = [
 
 
 @pytest.mark.parametrize(("strategy", "switch", "component"), SWITCHES, ids=[next(iter(s[1])) for s in SWITCHES])
-def test_a_switched_off_component_is_not_built_and_the_rest_still_trains(strategy: str, switch: dict, component: str) -> None:
+def test_a_switched_off_component_is_not_built_and_the_rest_still_trains(
+    strategy: str, switch: dict, component: str
+) -> None:
     full, _ = build(strategy)
     ablated, preprocessor = build(strategy, **switch)
     full_names = {name for name, _ in full.fusion.named_parameters()}
@@ -134,7 +148,9 @@ def test_mgips_needs_one_granularity() -> None:
         build("mgips", row_grained=False, column_grained=False)
 
 
-@pytest.mark.parametrize(("strategy", "loss_name"), [("mgips", "implicit_positive"), ("smcl", "similarity"), ("smcl", "difference")])
+@pytest.mark.parametrize(
+    ("strategy", "loss_name"), [("mgips", "implicit_positive"), ("smcl", "similarity"), ("smcl", "difference")]
+)
 def test_an_auxiliary_loss_weighed_zero_drops_out_of_the_objective(strategy: str, loss_name: str) -> None:
     network, preprocessor = build(strategy)
     network.train()

@@ -29,6 +29,8 @@ def test_flooding_turns_the_crf_nll_round_below_its_level_and_leaves_the_other_t
     assert flooded_parts == parts  # the logged parts are the raw losses
     # Below the level, descending the flooded loss raises the CRF NLL: its gradient is reversed.
     emissions = output.emissions
-    (plain_gradient,) = torch.autograd.grad(network.crf.nll(emissions, targets.tags, masks[0]).mean(), emissions, retain_graph=True)
+    (plain_gradient,) = torch.autograd.grad(
+        network.crf.nll(emissions, targets.tags, masks[0]).mean(), emissions, retain_graph=True
+    )
     (flooded_gradient,) = torch.autograd.grad(flooded - plain, emissions, retain_graph=True)
     torch.testing.assert_close(flooded_gradient, -2 * plain_gradient)

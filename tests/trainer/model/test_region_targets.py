@@ -29,7 +29,12 @@ def grid_rule(box: tuple[float, float, float, float], grid: tuple[int, int]) -> 
 
 def test_grid_cells_the_box_covers_at_least_half() -> None:
     cells = grid_boxes((4, 4))
-    assert np.argwhere(covered((0.5, 0.25, 1.0, 0.75), cells).reshape(4, 4)).tolist() == [[1, 2], [1, 3], [2, 2], [2, 3]]
+    assert np.argwhere(covered((0.5, 0.25, 1.0, 0.75), cells).reshape(4, 4)).tolist() == [
+        [1, 2],
+        [1, 3],
+        [2, 2],
+        [2, 3],
+    ]
     assert covered((0.0, 0.0, 0.3, 0.2), cells).sum() == 1  # 0.3 × 0.2 of a 0.25 grid
 
 
@@ -37,7 +42,11 @@ def test_grid_cells_the_box_covers_at_least_half() -> None:
 def test_on_a_grid_the_rule_is_the_grid_rule(grid: tuple[int, int]) -> None:
     rng = np.random.default_rng(grid[0])
     corners = np.sort(rng.random((200, 2, 2)), axis=1)  # x0 ≤ x1, y0 ≤ y1
-    aligned = [(c / grid[1], r / grid[0], (c + 2) / grid[1], (r + 1) / grid[0]) for r in range(grid[0]) for c in range(grid[1] - 1)]
+    aligned = [
+        (c / grid[1], r / grid[0], (c + 2) / grid[1], (r + 1) / grid[0])
+        for r in range(grid[0])
+        for c in range(grid[1] - 1)
+    ]
     boxes = [(float(a[0, 0]), float(a[0, 1]), float(a[1, 0]), float(a[1, 1])) for a in corners] + aligned
     cells = grid_boxes(grid)
     for box in boxes:

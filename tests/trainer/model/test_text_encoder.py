@@ -13,7 +13,15 @@ import pytest
 import torch
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from postlens.runtime.config import MINILM, TINY_ROBERTA, TINY_SPANBERT, TINY_TEXT, FusionConfig, ModelConfig, TextEncoderConfig
+from postlens.runtime.config import (
+    MINILM,
+    TINY_ROBERTA,
+    TINY_SPANBERT,
+    TINY_TEXT,
+    FusionConfig,
+    ModelConfig,
+    TextEncoderConfig,
+)
 from postlens.runtime.preprocess import Preprocessor
 from tests.trainer.model.inputs import no_targets, random_batch
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
@@ -23,7 +31,12 @@ from trainer.model.text_encoder import build_text_encoder, with_dropout
 from trainer.model.tokenizer import load_tokenizer, subword_tokenizer
 
 FAMILIES = (TINY_TEXT, TINY_ROBERTA, TINY_SPANBERT)
-TEXTS = ["Jordan is trending right now 🔥", "Visited the old town of Lake Como today", "北京 at the game", "Apple apple"]
+TEXTS = [
+    "Jordan is trending right now 🔥",
+    "Visited the old town of Lake Como today",
+    "北京 at the game",
+    "Apple apple",
+]
 
 
 def build(family: str, strategy: str = "cross") -> tuple[NerNetwork, PreTrainedTokenizerBase, Preprocessor]:
@@ -41,10 +54,19 @@ def test_forward_backward(family: str, strategy: str, images: int) -> None:
     network.train()
     inputs = random_batch(preprocessor, TEXTS, images)
     output = network.encode(**inputs)
-    loss, _ = total_loss(LossConfig(grounding=1.0, relevance=1.0), network, output, no_targets(inputs), inputs["word_mask"], inputs["image_mask"])
+    loss, _ = total_loss(
+        LossConfig(grounding=1.0, relevance=1.0),
+        network,
+        output,
+        no_targets(inputs),
+        inputs["word_mask"],
+        inputs["image_mask"],
+    )
     loss.backward()
     assert torch.isfinite(loss)
-    encoder_gradients = [p.grad for name, p in network.named_parameters() if name.startswith("text_encoder.") and p.grad is not None]
+    encoder_gradients = [
+        p.grad for name, p in network.named_parameters() if name.startswith("text_encoder.") and p.grad is not None
+    ]
     assert encoder_gradients and all(torch.isfinite(g).all() for g in encoder_gradients)
     assert any(g.abs().sum() > 0 for g in encoder_gradients)
 
@@ -100,9 +122,13 @@ def test_a_tiny_family_builds_the_same_tokenizer_in_every_process() -> None:
     # seeds its hash maps anew in each process, so another process is the test.
     families = [TINY_ROBERTA, TINY_SPANBERT]
     script = "import json, sys; from trainer.model.tokenizer import load_tokenizer; print(json.dumps([load_tokenizer(f).get_vocab() for f in sys.argv[1:]]))"
-    other_process = subprocess.run([sys.executable, "-c", script, *families], capture_output=True, text=True, check=True).stdout
+    other_process = subprocess.run(
+        [sys.executable, "-c", script, *families], capture_output=True, text=True, check=True
+    ).stdout
     # the last line: tokenizers' trainers may print blank progress lines first
-    assert json.loads(other_process.strip().splitlines()[-1]) == [load_tokenizer(family).get_vocab() for family in families]
+    assert json.loads(other_process.strip().splitlines()[-1]) == [
+        load_tokenizer(family).get_vocab() for family in families
+    ]
 
 
 @pytest.mark.parametrize(("family", "lowercase"), [(TINY_ROBERTA, None), (TINY_SPANBERT, False)])
@@ -118,4 +144,6 @@ def test_a_local_directory_loads_like_a_hub_id(family: str, lowercase: bool | No
     assert ids.tolist() == [tokenizer(["Apple", "apple"], is_split_into_words=True)["input_ids"]]
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(loaded.embed_tokens(ids), mask), encoder.eval()(encoder.embed_tokens(ids), mask))
+        torch.testing.assert_close(
+            loaded(loaded.embed_tokens(ids), mask), encoder.eval()(encoder.embed_tokens(ids), mask)
+        )

@@ -38,7 +38,9 @@ def family(request: pytest.FixtureRequest) -> PreTrainedTokenizerBase:
     return load_tokenizer(request.param)
 
 
-def assert_same_encoding(hf: PreTrainedTokenizerBase, tokenizer: SubwordTokenizer, words: list[list[str]], max_length: int) -> None:
+def assert_same_encoding(
+    hf: PreTrainedTokenizerBase, tokenizer: SubwordTokenizer, words: list[list[str]], max_length: int
+) -> None:
     expected = hf(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=True)
     encodings = tokenizer.truncating(max_length).encode_batch(words, is_pretokenized=True)
     assert [encoding.ids for encoding in encodings] == expected["input_ids"]
@@ -47,7 +49,9 @@ def assert_same_encoding(hf: PreTrainedTokenizerBase, tokenizer: SubwordTokenize
 
 
 @pytest.mark.parametrize("max_subtokens", [8, 64])
-def test_saved_tokenizer_gives_the_transformers_encoding(family: PreTrainedTokenizerBase, tmp_path: Path, max_subtokens: int) -> None:
+def test_saved_tokenizer_gives_the_transformers_encoding(
+    family: PreTrainedTokenizerBase, tmp_path: Path, max_subtokens: int
+) -> None:
     family.save_pretrained(tmp_path)  # what a checkpoint and an exported version hold
     words = [[word.text for word in word_tokenize(text)] for text in TEXTS]
     for tokenizer in (SubwordTokenizer.load(tmp_path), subword_tokenizer(family)):
@@ -56,14 +60,18 @@ def test_saved_tokenizer_gives_the_transformers_encoding(family: PreTrainedToken
 
 @settings(max_examples=60, deadline=None)
 @given(texts=st.lists(any_text, min_size=1, max_size=4), max_length=st.integers(4, 48))
-def test_any_post_encodes_as_transformers_does(family: PreTrainedTokenizerBase, texts: list[str], max_length: int) -> None:
+def test_any_post_encodes_as_transformers_does(
+    family: PreTrainedTokenizerBase, texts: list[str], max_length: int
+) -> None:
     words = [[word.text for word in word_tokenize(text)] for text in texts]
     assert_same_encoding(family, subword_tokenizer(family), words, max_length)
 
 
 @settings(max_examples=60, deadline=None)
 @given(words=st.lists(any_words, min_size=1, max_size=3), max_length=st.integers(4, 48))
-def test_any_words_encode_as_transformers_does(family: PreTrainedTokenizerBase, words: list[list[str]], max_length: int) -> None:
+def test_any_words_encode_as_transformers_does(
+    family: PreTrainedTokenizerBase, words: list[list[str]], max_length: int
+) -> None:
     assert_same_encoding(family, subword_tokenizer(family), words, max_length)
 
 
@@ -82,7 +90,9 @@ def test_spanbert_keeps_case_on_both_sides() -> None:
     hf = load_tokenizer(TINY_SPANBERT)
     words = [["Apple"], ["apple"], ["APPLE"]]
     expected = hf(words, is_split_into_words=True, padding=True)["input_ids"]
-    runtime = [encoding.ids for encoding in subword_tokenizer(hf).truncating(16).encode_batch(words, is_pretokenized=True)]
+    runtime = [
+        encoding.ids for encoding in subword_tokenizer(hf).truncating(16).encode_batch(words, is_pretokenized=True)
+    ]
     assert runtime == expected
     assert len({tuple(ids) for ids in expected}) == 3
 
@@ -105,7 +115,10 @@ def test_roberta_hub_files_load_with_a_prefix_space(tmp_path: Path, with_tokeniz
         published.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         published.save(str(directory / "tokenizer.json"))
     words = [[word.text for word in word_tokenize(text)] for text in TEXTS]
-    assert load_tokenizer(str(directory))(words, is_split_into_words=True)["input_ids"] == trained(words, is_split_into_words=True)["input_ids"]
+    assert (
+        load_tokenizer(str(directory))(words, is_split_into_words=True)["input_ids"]
+        == trained(words, is_split_into_words=True)["input_ids"]
+    )
 
 
 def test_spanbert_hub_files_lowercase_unless_told_not_to(tmp_path: Path) -> None:
@@ -123,6 +136,8 @@ def test_preprocessing_leaves_the_training_tokenizer_untouched() -> None:
     hf = load_tokenizer(MINILM)
     before = hf(["a b c d e f g h i j"], truncation=False)["input_ids"]
     preprocessor = Preprocessor(subword_tokenizer(hf), 8, (0.5,) * 3, (0.5,) * 3, max_words=64, max_subtokens=4)
-    inputs, _ = preprocessor.encode(["a b c d e f g h i j"], np.zeros((1, 0, 8, 8, 3), np.uint8), np.zeros((1, 0), bool))
+    inputs, _ = preprocessor.encode(
+        ["a b c d e f g h i j"], np.zeros((1, 0, 8, 8, 3), np.uint8), np.zeros((1, 0), bool)
+    )
     assert inputs["input_ids"].shape == (1, 4)
     assert hf(["a b c d e f g h i j"], truncation=False)["input_ids"] == before

@@ -15,7 +15,9 @@ from trainer.model.tokenizer import subword_tokenizer
 
 def build(shape: bool, chars: bool) -> tuple[NerNetwork, Preprocessor]:
     torch.manual_seed(0)
-    config = ModelConfig(fusion=FusionConfig(name="cross", hidden=32), word_features=WordFeaturesConfig(shape=shape, chars=chars))
+    config = ModelConfig(
+        fusion=FusionConfig(name="cross", hidden=32), word_features=WordFeaturesConfig(shape=shape, chars=chars)
+    )
     network, tokenizer, resolved = NerNetwork.build(config)
     return network, Preprocessor.from_config(resolved, subword_tokenizer(tokenizer))
 
@@ -31,7 +33,9 @@ def encode(preprocessor: Preprocessor, texts: list[str]) -> dict[str, torch.Tens
 def test_casing_reaches_the_emissions_only_through_the_features(shape: bool, chars: bool) -> None:
     network, preprocessor = build(shape, chars)
     inputs = encode(preprocessor, ["Obama visits Paris", "obama visits paris"])
-    assert {"word_shape", "word_chars"} & set(inputs) == {name for name, on in (("word_shape", shape), ("word_chars", chars)) if on}
+    assert {"word_shape", "word_chars"} & set(inputs) == {
+        name for name, on in (("word_shape", shape), ("word_chars", chars)) if on
+    }
     with torch.no_grad():
         emissions = network.eval()(**inputs)[0]
     # The uncased tokenizer gives both posts the same sub-tokens: only the features can tell them apart.
@@ -43,7 +47,11 @@ def test_gradients_reach_the_feature_encoders() -> None:
     network, preprocessor = build(True, True)
     output = network.train().encode(**encode(preprocessor, ["Obama visits #Paris 🎉", "NFL"]))
     output.emissions.sum().backward()
-    for module in (network.word_features.shape, network.word_features.chars.embedding, network.word_features.chars.convolution):
+    for module in (
+        network.word_features.shape,
+        network.word_features.chars.embedding,
+        network.word_features.chars.convolution,
+    ):
         assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
     assert network.word_features.shape.weight.grad[0].abs().sum() == 0  # padding shape stays zero
 
@@ -63,13 +71,17 @@ def test_features_into_the_encoder_start_as_nothing_and_then_reach_its_context()
         word_features=WordFeaturesConfig(shape=True, chars=True, into_encoder=True),
     )
     network, tokenizer, resolved = NerNetwork.build(config)
-    inputs = encode(Preprocessor.from_config(resolved, subword_tokenizer(tokenizer)), ["Obama visits Paris", "obama visits paris"])
+    inputs = encode(
+        Preprocessor.from_config(resolved, subword_tokenizer(tokenizer)), ["Obama visits Paris", "obama visits paris"]
+    )
     network.eval()
 
     def encoder_words() -> torch.Tensor:  # the fused word states, before the features join the emissions
         with torch.no_grad():
             captured = {}
-            handle = network.fusion.register_forward_hook(lambda module, args, output: captured.update(words=output.words))
+            handle = network.fusion.register_forward_hook(
+                lambda module, args, output: captured.update(words=output.words)
+            )
             network(**inputs)
             handle.remove()
         return captured["words"]

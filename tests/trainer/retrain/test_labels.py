@@ -37,7 +37,9 @@ def test_invalid_label_messages_are_refused_with_a_reason(value: bytes | None, k
 
 
 def test_both_label_forms_become_examples(tmp_path: Path) -> None:
-    spans = parse_label(b'{"id": 7, "text": "Jordan visited Paris", "entities": [{"start": 15, "end": 20, "type": "LOC"}]}')
+    spans = parse_label(
+        b'{"id": 7, "text": "Jordan visited Paris", "entities": [{"start": 15, "end": 20, "type": "LOC"}]}'
+    )
     tags = parse_label(b'{"id": "8", "tokens": ["Jordan", "visited", "Paris"], "tags": ["B-PER", "O", "B-LOC"]}')
     span_example, notes = label_example(spans, tmp_path, max_text_chars=100)
     tag_example, _ = label_example(tags, tmp_path, max_text_chars=100)
@@ -77,7 +79,9 @@ def test_the_latest_label_per_id_wins() -> None:
     assert kept[0][1].entities[0].type == "LOC"
 
 
-async def test_local_label_images_become_model_pixels_and_stay_inside_the_root(tmp_path: Path, settings: Settings) -> None:
+async def test_local_label_images_become_model_pixels_and_stay_inside_the_root(
+    tmp_path: Path, settings: Settings
+) -> None:
     root = tmp_path / "root"
     root.mkdir()
     Image.new("RGB", (100, 50), "red").save(root / "red.png")
@@ -95,4 +99,8 @@ async def test_local_label_images_become_model_pixels_and_stay_inside_the_root(t
             kinds[reference.name] = refused.value.kind
     finally:
         await images.close()
-    assert kinds == {"outside.png": "image_outside_root", "missing.png": "image_missing", "notes.txt": "image_not_image"}
+    assert kinds == {
+        "outside.png": "image_outside_root",
+        "missing.png": "image_missing",
+        "notes.txt": "image_not_image",
+    }

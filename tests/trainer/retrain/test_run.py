@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from tests.support.kafka_io import read_topic
 
 from postlens.runtime.exported import CARD_FILE
 from postlens.schemas import DeadLetter
 from postlens.settings import Settings
+from tests.support.kafka_io import read_topic
 from trainer.data.load import load_examples
 from trainer.retrain.decision import decide
 from trainer.retrain.report import EXIT_TOO_FEW_LABELS
@@ -65,7 +65,9 @@ def label_messages(label_data: Path, base_url: str) -> tuple[list[bytes], dict[s
         b"not json at all",
         json.dumps({"id": "past-end", "text": "Paris", "entities": [{"start": 0, "end": 99, "type": "LOC"}]}).encode(),
         json.dumps({"id": "bad-type", "text": "Paris", "entities": [{"start": 0, "end": 5, "type": "CITY"}]}).encode(),
-        json.dumps({"id": "gone", "text": "Lyon today", "images": [f"{base_url}/images/none.png"], "entities": []}).encode(),
+        json.dumps(
+            {"id": "gone", "text": "Lyon today", "images": [f"{base_url}/images/none.png"], "entities": []}
+        ).encode(),
         json.dumps({"id": "escape", "text": "Lyon today", "images": ["/etc/hostname"], "entities": []}).encode(),
     ]
     values = [json.dumps(label).encode() for label in [outdated, *labels, *by_url]] + invalid
@@ -101,7 +103,9 @@ async def publish(bootstrap: str, topic: str, values: list[bytes]) -> None:
         await producer.stop()
 
 
-async def committed_and_end(bootstrap: str, group: str, topic: str, partitions: int) -> tuple[list[int | None], list[int]]:
+async def committed_and_end(
+    bootstrap: str, group: str, topic: str, partitions: int
+) -> tuple[list[int | None], list[int]]:
     """Per partition: the group's committed offset and the end offset."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
@@ -127,7 +131,9 @@ async def run_settings(settings: Settings, kafka_admin: AIOKafkaAdminClient) -> 
         }
     )
     existing = set(await kafka_admin.list_topics())
-    await kafka_admin.delete_topics([topic for topic in (f"{name}.labels", f"{name}.labels.rejected") if topic in existing])
+    await kafka_admin.delete_topics(
+        [topic for topic in (f"{name}.labels", f"{name}.labels.rejected") if topic in existing]
+    )
 
 
 @pytest.mark.integration
@@ -185,7 +191,9 @@ async def test_retrain_from_the_labels_topic(
     else:
         assert versions_in(repo) == ["1"] and summary.exported_version is None
 
-    letters = [DeadLetter.model_validate_json(v) for _, v in await read_topic(bootstrap, run_settings.topic_labels_rejected)]
+    letters = [
+        DeadLetter.model_validate_json(v) for _, v in await read_topic(bootstrap, run_settings.topic_labels_rejected)
+    ]
     assert sorted(letter.error.kind for letter in letters) == sorted(
         kind for kind, count in expected_rejected.items() for _ in range(count)
     )

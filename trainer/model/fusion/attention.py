@@ -33,7 +33,9 @@ class CrossAttention(nn.Module):
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # [B, K, D] → [B, heads, K, D/heads]
         return x.reshape(x.shape[0], x.shape[1], self.heads, x.shape[2] // self.heads).transpose(1, 2)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries [B, Q, D], keys [B, K, D], key_mask [B, K] → output [B, Q, D], weights [B, Q, K]."""
         batch = keys.shape[0]
         keys_with_null = torch.cat([self.null_key.expand(batch, 1, -1), self.key(keys)], dim=1)
@@ -60,11 +62,15 @@ class AttentionBlock(nn.Module):
         self.keep_queries = keep_queries
         self.attention = CrossAttention(dim, heads, dropout)
         self.attention_norm = nn.LayerNorm(dim)
-        self.feed_forward = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.feed_forward = nn.Sequential(
+            nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+        )
         self.output_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         attended, weights = self.attention(queries, keys, key_mask)
         hidden = self.attention_norm(queries + self.dropout(attended) if self.keep_queries else attended)
         return self.output_norm(hidden + self.dropout(self.feed_forward(hidden))), weights

@@ -52,7 +52,9 @@ class FusionOutput:
 
 class Fusion(nn.Module):
     uses_image: ClassVar[bool] = True  # False: the network skips the vision encoder
-    grounds: bool = False  # True: word_region_attention and image_relevance are learned signals (ablations may unset it)
+    grounds: bool = (
+        False  # True: word_region_attention and image_relevance are learned signals (ablations may unset it)
+    )
     # The strategy's own FusionConfig keys (``--set model.fusion.KEY=…``) with their defaults; others are refused.
     knobs: ClassVar[dict[str, Any]] = {}
     # Default weight of each auxiliary loss the strategy returns (its paper's values); ``loss.auxiliary`` overrides.
@@ -95,7 +97,9 @@ def build_fusion(name: str, config: FusionConfig, dims: EncoderDims) -> Fusion:
     strategy = _REGISTRY[name]
     unknown = set(config.model_extra or {}) - set(strategy.knobs)
     if unknown:
-        raise ValueError(f"fusion strategy {name!r} has no setting {', '.join(sorted(unknown))}; it has: {sorted(strategy.knobs)}")
+        raise ValueError(
+            f"fusion strategy {name!r} has no setting {', '.join(sorted(unknown))}; it has: {sorted(strategy.knobs)}"
+        )
     return strategy(config, dims)
 
 

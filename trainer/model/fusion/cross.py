@@ -61,13 +61,19 @@ class CrossFusion(Fusion):
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
         words, pooled = encode_text(text_encoder, inputs)
-        patches, patch_mask = region_sequence(inputs.region_tokens, inputs.image_mask, self.image_slot, self.patch_projection)
+        patches, patch_mask = region_sequence(
+            inputs.region_tokens, inputs.image_mask, self.image_slot, self.patch_projection
+        )
         queries = self.word_projection(words)
         for block in self.blocks:
             context, attention, patches = block(queries, inputs.word_mask, patches, patch_mask)
             queries = self.word_norm(queries + context)
         summary = torch.cat(
-            [masked_mean(queries, inputs.word_mask), masked_mean(patches, patch_mask), masked_mean(context, inputs.word_mask)],
+            [
+                masked_mean(queries, inputs.word_mask),
+                masked_mean(patches, patch_mask),
+                masked_mean(context, inputs.word_mask),
+            ],
             dim=-1,
         )
         relevance = torch.sigmoid(self.gate(summary))[:, 0] * has_image(inputs)

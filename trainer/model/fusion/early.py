@@ -33,14 +33,18 @@ class EarlyFusion(Fusion):
         self.output_dim = dims.text
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
-        prefix, prefix_mask = region_sequence(inputs.region_tokens, inputs.image_mask, self.image_slot, self.prefix_projection)
+        prefix, prefix_mask = region_sequence(
+            inputs.region_tokens, inputs.image_mask, self.image_slot, self.prefix_projection
+        )
         tokens = token_embeddings(text_encoder, inputs)
         embeds = torch.cat([tokens[:, :1], prefix, tokens[:, 1:]], dim=1)
         text_mask = inputs.attention_mask
         mask = torch.cat([text_mask[:, :1], prefix_mask.to(text_mask.dtype), text_mask[:, 1:]], dim=1)
         text_positions = torch.arange(tokens.shape[1], device=tokens.device) + text_encoder.first_position
         prefix_positions = torch.zeros_like(prefix_mask[0], dtype=torch.long) + text_encoder.first_position
-        positions = torch.cat([text_positions[:1], prefix_positions, text_positions[1:]])[None].expand(tokens.shape[0], -1)
+        positions = torch.cat([text_positions[:1], prefix_positions, text_positions[1:]])[None].expand(
+            tokens.shape[0], -1
+        )
         hidden = text_encoder(embeds, mask, positions)
         # Every sub-token after [CLS] moved right by the prefix; index 0 ([CLS]) stays.
         shifted = torch.where(inputs.word_index > 0, inputs.word_index + prefix.shape[1], inputs.word_index)

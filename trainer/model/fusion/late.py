@@ -21,7 +21,9 @@ from trainer.model.text_encoder import TextEncoder
 class LateFusion(Fusion):
     def __init__(self, config, dims) -> None:
         super().__init__(config, dims)
-        self.image_projection = nn.Sequential(nn.Linear(dims.pooled, config.hidden), nn.GELU(), nn.Dropout(config.dropout))
+        self.image_projection = nn.Sequential(
+            nn.Linear(dims.pooled, config.hidden), nn.GELU(), nn.Dropout(config.dropout)
+        )
         self.output_dim = dims.text + config.hidden
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:

@@ -79,7 +79,9 @@ class GranularityExcavator(nn.Module):
             weights = row / row.sum(dim=-1, keepdim=True).clamp(min=1e-9)
         if self.column_vector is not None:
             column_scores = (q * self.column_vector) @ c.transpose(1, 2) / math.sqrt(dim)
-            weights = torch.where(c_mask[:, None, :], column_scores, torch.full_like(column_scores, _MASKED)).softmax(dim=-1)
+            weights = torch.where(c_mask[:, None, :], column_scores, torch.full_like(column_scores, _MASKED)).softmax(
+                dim=-1
+            )
             readouts.append(weights @ c)
         return self.output(sum(readouts)), weights[:, :, 1:]
 
@@ -118,7 +120,9 @@ class MgipsFusion(Fusion):
         self.adaptive_gate = None
         if self.interweave is not None and self.knob("adaptive_gate"):
             # W₁ (and b) on the post-fusion features, W₂ on the pre-fusion ones
-            self.adaptive_gate = nn.ModuleDict({"post": nn.Linear(dims.text, dims.text), "pre": nn.Linear(dims.text, dims.text, bias=False)})
+            self.adaptive_gate = nn.ModuleDict(
+                {"post": nn.Linear(dims.text, dims.text), "pre": nn.Linear(dims.text, dims.text, bias=False)}
+            )
         self.text_head = nn.Linear(hidden, hidden)  # g of eq. 14
         self.image_head = nn.Linear(hidden, hidden)  # f of eq. 14
         self.output_dim = dims.text
@@ -128,7 +132,9 @@ class MgipsFusion(Fusion):
         patches = self.dims.regions
         flat_patches = inputs.region_tokens.reshape(batch, images * patches, self.dims.region)
         patch_mask = inputs.image_mask[:, :, None].expand(-1, -1, patches).reshape(batch, images * patches)
-        words, pooled = encode_text_with_visual_prefix(text_encoder, inputs, self.layer_tokens(flat_patches), patch_mask)
+        words, pooled = encode_text_with_visual_prefix(
+            text_encoder, inputs, self.layer_tokens(flat_patches), patch_mask
+        )
 
         text = self.word_projection(words)
         visual, _ = region_sequence(inputs.region_tokens, inputs.image_mask, self.image_slot, self.patch_projection)
@@ -158,7 +164,9 @@ class MgipsFusion(Fusion):
         """Eq. 12–13 → the CRF's input z and the post's image relevance."""
         if self.adaptive_gate is None:
             return words + post_fusion, has_image(inputs)
-        keep_text = torch.sigmoid(self.adaptive_gate["post"](post_fusion) + self.adaptive_gate["pre"](words))  # I, eq. 12
+        keep_text = torch.sigmoid(
+            self.adaptive_gate["post"](post_fusion) + self.adaptive_gate["pre"](words)
+        )  # I, eq. 12
         fused = keep_text * words + (1 - keep_text) * post_fusion  # eq. 13
         relevance = masked_mean((1 - keep_text).mean(dim=-1, keepdim=True), inputs.word_mask)[:, 0] * has_image(inputs)
         return fused, relevance

@@ -55,8 +55,12 @@ class MpcfnFusion(Fusion):
         self.layer_tokens = LayerwiseVisualTokens(hidden, dims.text, dims.text_layers)
         self.correlation_gate = None
         if self.knob("correlation_gate"):
-            self.correlation_gate = nn.Sequential(nn.Linear(dims.text + hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        self.dynamic_gate = nn.Sequential(nn.Linear(hidden, dims.text_layers), nn.LeakyReLU()) if self.knob("dynamic_gate") else None
+            self.correlation_gate = nn.Sequential(
+                nn.Linear(dims.text + hidden, hidden), nn.GELU(), nn.Linear(hidden, 1)
+            )
+        self.dynamic_gate = (
+            nn.Sequential(nn.Linear(hidden, dims.text_layers), nn.LeakyReLU()) if self.knob("dynamic_gate") else None
+        )
         self.cross_fusion = TwoWayCrossFusion(dims.text, hidden, config) if self.knob("cross_fusion") else None
         self.grounds = self.cross_fusion is not None  # without cross-fusion no word attends to a region
         self.output_dim = dims.text + (hidden if self.cross_fusion is not None else 0)
@@ -66,7 +70,9 @@ class MpcfnFusion(Fusion):
         patches, hidden = self.dims.regions, self.config.hidden
         present = has_image(inputs)
         global_tokens = self.global_projection(inputs.image_pooled) + self.image_slot.weight[:images][None]  # [B, N, H]
-        regions, region_mask = region_sequence(inputs.region_tokens, inputs.image_mask, self.image_slot, self.region_projection)
+        regions, region_mask = region_sequence(
+            inputs.region_tokens, inputs.image_mask, self.image_slot, self.region_projection
+        )
 
         if self.correlation_gate is not None:
             _, text_feature = encode_text(text_encoder, inputs)

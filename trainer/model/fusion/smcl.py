@@ -53,7 +53,13 @@ def _dense_relu(dim: int) -> nn.Module:
 @register_fusion("smcl")
 class SmclFusion(Fusion):
     grounds = True
-    knobs = {"threshold_scale": 1.0, "cmd_order": 3, "alignment_encoder": True, "refinement_encoder": True, "image_guidance": True}
+    knobs = {
+        "threshold_scale": 1.0,
+        "cmd_order": 3,
+        "alignment_encoder": True,
+        "refinement_encoder": True,
+        "image_guidance": True,
+    }
     auxiliary_weights = {"similarity": 0.3, "difference": 0.2}
 
     def __init__(self, config, dims) -> None:
@@ -61,8 +67,12 @@ class SmclFusion(Fusion):
         hidden = config.hidden
         self.image_projection = nn.Sequential(nn.Linear(dims.pooled, hidden), nn.LayerNorm(hidden))
         self.temporal_position = nn.Embedding(MAX_MODEL_IMAGES, hidden)
-        self.across_images = nn.ModuleList(AttentionBlock(hidden, config.heads, config.dropout) for _ in range(config.layers))
-        self.layer_tokens = LayerwiseVisualTokens(hidden, dims.text, dims.text_layers) if self.knob("image_guidance") else None
+        self.across_images = nn.ModuleList(
+            AttentionBlock(hidden, config.heads, config.dropout) for _ in range(config.layers)
+        )
+        self.layer_tokens = (
+            LayerwiseVisualTokens(hidden, dims.text, dims.text_layers) if self.knob("image_guidance") else None
+        )
         self.word_projection = nn.Sequential(nn.Linear(dims.text, hidden), nn.LayerNorm(hidden))
         self.alignment = _dense_relu(hidden) if self.knob("alignment_encoder") else None  # AE, shared by text and image
         self.refinement = None  # RE, one per modality
@@ -75,7 +85,9 @@ class SmclFusion(Fusion):
         self.images_to_words = AttentionBlock(hidden, config.heads, config.dropout)
         self.word_queries = nn.LayerNorm(hidden)  # re-centres the sigmoid-bounded P_t so words can query sharply
         self.region_projection = nn.Sequential(nn.Linear(dims.region, hidden), nn.LayerNorm(hidden))
-        self.words_to_regions = AttentionBlock(hidden, config.heads, config.dropout, keep_queries=False)  # Hyper = FC(F(μV))
+        self.words_to_regions = AttentionBlock(
+            hidden, config.heads, config.dropout, keep_queries=False
+        )  # Hyper = FC(F(μV))
         self.hyper = nn.Linear(hidden, hidden)
         self.dropout = nn.Dropout(config.dropout)
         self.output_dim = dims.text + hidden

@@ -42,7 +42,9 @@ class LayerwiseVisualTokens(nn.Module):
         return prefixes
 
 
-def keep_above_mean_visual_weight(probabilities: torch.Tensor, visual: int, visual_mask: torch.Tensor, scale: float) -> torch.Tensor:
+def keep_above_mean_visual_weight(
+    probabilities: torch.Tensor, visual: int, visual_mask: torch.Tensor, scale: float
+) -> torch.Tensor:
     """SMCL's dynamic attention threshold (§3.4.2): visual weights below ``scale`` × the row's mean visual weight are
     set to 0 and the row is re-normalised, so images a word barely attends to stop guiding it. (The paper's
     τ = σ(mean weight) is ≥ 0.5, above nearly every softmax weight; the threshold is read here as a multiple of the

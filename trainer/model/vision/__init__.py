@@ -20,7 +20,9 @@ _BUILDERS: dict[VisionFamily, Callable[[VisionEncoderConfig, bool], tuple[Vision
 }
 
 
-def build_vision_encoder(config: VisionEncoderConfig, pretrained: bool = True) -> tuple[VisionEncoder, VisionEncoderConfig]:
+def build_vision_encoder(
+    config: VisionEncoderConfig, pretrained: bool = True
+) -> tuple[VisionEncoder, VisionEncoderConfig]:
     """The encoder and the config with its preprocessing and regions filled in. ``pretrained=False`` builds the
     recorded architecture only (a checkpoint's state dict is loaded over it)."""
     return _BUILDERS[config.family](config, pretrained)

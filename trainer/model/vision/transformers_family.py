@@ -25,7 +25,9 @@ class TransformersFamily:
     load_options: dict[str, Any] = field(default_factory=dict)  # extra from_pretrained arguments
 
 
-def build_model(config: VisionEncoderConfig, family: TransformersFamily, pretrained: bool) -> tuple[PreTrainedModel, dict[str, Any]]:
+def build_model(
+    config: VisionEncoderConfig, family: TransformersFamily, pretrained: bool
+) -> tuple[PreTrainedModel, dict[str, Any]]:
     """The model and its architecture (the HF config dict to record)."""
     if not pretrained and config.architecture is not None:
         model = family.model_class(family.config_class.from_dict(config.architecture))
@@ -45,14 +47,22 @@ def input_size(config: VisionEncoderConfig, paper_size: int) -> int:
 
 
 def resolved_config(
-    config: VisionEncoderConfig, family: TransformersFamily, architecture: dict[str, Any], image_size: int, **regions: Any
+    config: VisionEncoderConfig,
+    family: TransformersFamily,
+    architecture: dict[str, Any],
+    image_size: int,
+    **regions: Any,
 ) -> VisionEncoderConfig:
     """``config`` with what serving and rebuilding need filled in; ``regions`` is ``grid=…`` or ``queries=…``."""
     mean, std = normalization(config, family)
-    return config.model_copy(update={"architecture": architecture, "image_size": image_size, "mean": mean, "std": std, **regions})
+    return config.model_copy(
+        update={"architecture": architecture, "image_size": image_size, "mean": mean, "std": std, **regions}
+    )
 
 
-def normalization(config: VisionEncoderConfig, family: TransformersFamily) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalization(
+    config: VisionEncoderConfig, family: TransformersFamily
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Pixel mean and std: as recorded, the tiny model's, or the named model's image processor's."""
     if config.mean is not None and config.std is not None:
         return config.mean, config.std

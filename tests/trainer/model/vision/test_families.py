@@ -76,7 +76,9 @@ def assert_valid_boxes(boxes: torch.Tensor) -> None:
     assert ((0 <= x0) & (x0 <= x1) & (x1 <= 1) & (0 <= y0) & (y0 <= y1) & (y1 <= 1)).all()
 
 
-@pytest.fixture(scope="module", params=[(family, strategy) for family in FAMILIES for strategy in ("cross", "mpcfn")], ids=str)
+@pytest.fixture(
+    scope="module", params=[(family, strategy) for family in FAMILIES for strategy in ("cross", "mpcfn")], ids=str
+)
 def network(request) -> tuple[NerNetwork, Preprocessor]:
     return build(*request.param)
 
@@ -129,10 +131,14 @@ def test_detr_grounding_targets_follow_its_predicted_boxes_and_leave_them_untrai
     inputs = random_batch(preprocessor, TEXTS, 2)
     output = net.encode(**inputs)
     targets = targets_with_one_box(inputs)
-    targets.word_boxes[:, 0, 0] = output.region_boxes.detach()[:, 0, 3]  # the gold box is where query 3 found its object
+    targets.word_boxes[:, 0, 0] = output.region_boxes.detach()[
+        :, 0, 3
+    ]  # the gold box is where query 3 found its object
     box_regions = covered_regions(targets.word_boxes, targets.word_box_mask, output.region_boxes)
     assert box_regions[:, 0, 0, 3].all()
-    loss, parts = total_loss(LossConfig(crf=0.0, grounding=1.0), net, output, targets, inputs["word_mask"], inputs["image_mask"])
+    loss, parts = total_loss(
+        LossConfig(crf=0.0, grounding=1.0), net, output, targets, inputs["word_mask"], inputs["image_mask"]
+    )
     loss.backward()
     assert parts["grounding"] > 0
     head = net.vision_encoder.model.bbox_predictor
@@ -143,7 +149,9 @@ def test_detr_grounding_targets_follow_its_predicted_boxes_and_leave_them_untrai
 def test_a_checkpoint_rebuilds_from_the_recorded_architecture(family: str) -> None:
     torch.manual_seed(0)
     encoder, config = build_vision_encoder(vision_config(family))
-    rebuilt, again = build_vision_encoder(VisionEncoderConfig.model_validate(config.model_dump(mode="json")), pretrained=False)
+    rebuilt, again = build_vision_encoder(
+        VisionEncoderConfig.model_validate(config.model_dump(mode="json")), pretrained=False
+    )
     rebuilt.load_state_dict(encoder.state_dict())
     assert again == config
     pixels = torch.randn(1, 2, 3, config.image_size, config.image_size)
@@ -155,7 +163,13 @@ def test_a_checkpoint_rebuilds_from_the_recorded_architecture(family: str) -> No
 
 def saved_blip(directory: Path) -> nn.Module:
     """A whole tiny BLIP captioning model (vision and text) as a hub checkpoint holds it → its vision tower."""
-    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 99}
+    text = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "vocab_size": 99,
+    }
     model = BlipForConditionalGeneration(BlipConfig(vision_config=BLIP.tiny(), text_config=text))
     model.save_pretrained(directory)
     BlipImageProcessor().save_pretrained(directory)
