@@ -69,7 +69,7 @@ bench-stream: setup
 # Tools the deploy/ checks drive (tests/deploy): helm and the Docker Compose CLI plugin built from their Go modules
 # (Go >= 1.26.8 on PATH), kubernetes-validate (Kubernetes schemas bundled, works offline) and KEDA's CRDs from its Go
 # module. Compose's go.mod has exclude directives, which `go install module@version` refuses: it is built in a copy.
-HELM_VERSION := v3.22.0
+HELM_VERSION := v3.21.4
 COMPOSE_VERSION := v5.6.0
 KEDA_VERSION := v2.18.3
 KUBERNETES_VALIDATE_VERSION := 1.37.0

@@ -15,6 +15,7 @@ ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
 # Datasets spell the fourth class differently; everything inside PostLens says MISC.
 TYPE_ALIASES: dict[str, str] = {"OTHER": "MISC"}
 MAX_MODEL_IMAGES = 4
+UNKNOWN_SOURCE = "unknown"  # the source of a label that names none
 
 
 def canonical_type(name: str) -> str:
@@ -124,7 +125,13 @@ class Label(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: PostId
+    id: PostId  # the post's id: the example's id, and what the label's slice (held out or trained on) follows
+    # One annotation of the post (two annotators of one post send two labels); a repeated label_id is a correction
+    # and the latest message wins. Absent: the post id is the label id.
+    label_id: str | None = Field(None, min_length=1, max_length=512)
+    # Who or what produced the label ("annotator:alice/label-studio", "export:crm-2026-11"): the audit checks each
+    # source apart, and lineage records them. Absent: "unknown".
+    source: str | None = Field(None, min_length=1, max_length=256)
     text: str | None = None
     images: list[str] = Field(default_factory=list)
     entities: list[EntitySpan] | None = None
@@ -161,6 +168,15 @@ class Label(BaseModel):
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
                 raise ValueError(f"box {box.box} is not [x0, y0, x1, y1] normalized with x0<x1, y0<y1")
         return self
+
+    @property
+    def annotation_id(self) -> str:
+        """What identifies this annotation among the labels: ``label_id``, or the post id when there is none."""
+        return self.label_id or self.id
+
+    @property
+    def source_name(self) -> str:
+        return self.source or UNKNOWN_SOURCE
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -73,12 +73,13 @@ def label_example(label: Label, image_root: Path, max_text_chars: int) -> tuple[
 
 
 def latest_by_id(messages: Sequence[tuple[ConsumedMessage, Label]]) -> tuple[list[tuple[ConsumedMessage, Label]], int]:
-    """One label per id — the latest message (by time, then offset) — sorted by id; and how many were superseded."""
+    """One label per annotation id — the latest message (by time, then offset) — sorted by that id; and how many
+    were superseded."""
     latest: dict[str, tuple[ConsumedMessage, Label]] = {}
     for message, label in messages:
-        kept = latest.get(label.id)
+        kept = latest.get(label.annotation_id)
         if kept is None or (message.timestamp, message.raw.offset or 0) >= (kept[0].timestamp, kept[0].raw.offset or 0):
-            latest[label.id] = (message, label)
+            latest[label.annotation_id] = (message, label)
     return [latest[label_id] for label_id in sorted(latest)], len(messages) - len(latest)
 
 
