@@ -113,6 +113,29 @@ class Settings(BaseSettings):
     retrain_tune: float = Field(0.10, gt=0, lt=0.5)
     retrain_tolerance: float = Field(0.0, ge=0, le=1, description="promote when candidate F1 ≥ base F1 − this")
     retrain_min_labels: int = Field(20, ge=3, description="fewer valid new labels → no retraining")
+    # The reference gate: on the reference set the base was selected on (carried in its checkpoint, + --reference),
+    # the candidate may lose at most this entity F1 overall, and at most the margin on any type with at least
+    # min_type_spans gold spans there (fewer make one type's F1 too noisy to gate on alone).
+    retrain_reference_tolerance: float = Field(0.005, ge=0, le=1)
+    retrain_reference_type_margin: float = Field(0.02, ge=0, le=1)
+    retrain_reference_min_type_spans: int = Field(20, ge=1)
+    # Share of the fine-tuning posts drawn from the base's replay sample of its own training data (against
+    # forgetting); 0 fine-tunes on the new labels (and --extra-train) alone.
+    retrain_replay_share: float = Field(0.5, ge=0, lt=1)
+    # The label audit (trainer.retrain.audit): a source whose labels contradict the model's confident predictions
+    # systematically is quarantined. A type swap: ≥ share of a type's gold spans (and ≥ min_spans) predicted with
+    # confidence ≥ confidence as one other type (PER↔LOC mappings). Unlabeled: ≥ share of the model's confident spans
+    # (and ≥ min_spans) overlap no labeled entity (an exporter dropping a type). Measured with the default model on
+    # 300 tweets (docs/retraining.md): clean labels ≤ 4 % of a type at ≥ 0.7, PER↔LOC-swapped ones 80-86 %.
+    retrain_audit_confidence: float = Field(0.7, ge=0, le=1)
+    retrain_audit_share: float = Field(0.5, gt=0, le=1)
+    retrain_audit_min_spans: int = Field(10, ge=1)
+    # python -m trainer.retrain --watch: retrain when this many labels wait, or every interval when at least
+    # retrain_min_labels wait; the labels topic is looked at every poll; metrics on the port.
+    retrain_watch_labels: int = Field(500, ge=1)
+    retrain_watch_interval_s: float = Field(3600.0, gt=0)
+    retrain_watch_poll_s: float = Field(30.0, gt=0)
+    retrain_metrics_port: int = Field(6067, ge=0, le=65535, description="0: a free port (logged)")
     checkpoints_dir: Path | None = None  # retrained checkpoints; None = POSTLENS_HOME/checkpoints
 
     # --- Local stack (python -m deploy.local) ----------------------------------------------------------

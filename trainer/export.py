@@ -21,7 +21,8 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,7 @@ from postlens.runtime.preprocess import Preprocessor
 from postlens.runtime.word_features import feature_input_names
 from postlens.schemas import MAX_MODEL_IMAGES, ModelRef
 from postlens.settings import get_settings
+from trainer.data.carried import read_carried
 from trainer.model.checkpoint import load_checkpoint
 from trainer.model.network import NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
@@ -87,25 +89,21 @@ def next_version(model_root: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_model(model_dir: Path, repo: Path, version: int | None = None, name: str | None = None) -> Path:
+def export_model(
+    model_dir: Path,
+    repo: Path,
+    version: int | None = None,
+    name: str | None = None,
+    lineage: dict[str, Any] | None = None,
+) -> Path:
     """Export checkpoint ``model_dir`` as a new version of Triton model ``name`` (default: the entry model the workers
-    ask, ``POSTLENS_TRITON_MODEL``) in ``repo``; returns the version folder."""
+    ask, ``POSTLENS_TRITON_MODEL``) in ``repo``; returns the version folder. ``lineage`` (what trainer.retrain knows:
+    labels, audit, gates, decision) goes into the model card beside the parent version."""
     model_root = repo / (name or get_settings().triton_model)
-    version = version if version is not None else next_version(model_root)
-    target = model_root / str(version)
-    if version < 1:
-        raise ExportError(f"version must be a positive integer, got {version}")
-    if target.exists():
-        raise ExportError(f"{target} exists already; versions are never overwritten (omit --version for the next one)")
     network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
     model_root.mkdir(parents=True, exist_ok=True)
     triton_config = _triton_config(model_root, config.vision_encoder.image_size)
-
-    # A hidden name: Triton only treats all-digit folders as versions.
-    staging = model_root / f".staging-{version}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_version(model_root, version) as (staging, version):
         started = time.perf_counter()
         _write_onnx(network, Preprocessor.from_config(config, subword_tokenizer(tokenizer)), staging / ONNX_FILE)
         crf = network.crf.numpy_params()
@@ -123,12 +121,51 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None, name: 
         card = _model_card(
             model_dir, model_root.name, checkpoint_version, version, config, cases, time.perf_counter() - started
         )
+        card["lineage"] = {"made_by": "trainer.export", "parent_version": _newest(model_root), **(lineage or {})}
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (model_root / TRITON_CONFIG_FILE).write_text(triton_config)
+    return model_root / str(version)
+
+
+def copy_version(model_root: Path, source: int, lineage: dict[str, Any]) -> Path:
+    """Serve version ``source`` again: its folder, byte for byte, as the next (newest) version, with a card that
+    records ``lineage`` (e.g. ``rollback_of``). What was served is served again, whatever the exporter does today."""
+    origin = model_root / str(source)
+    if not (origin / CARD_FILE).is_file():
+        raise ExportError(f"{origin} is not an exported version (no {CARD_FILE})")
+    parent = _newest(model_root)
+    with staged_version(model_root, None) as (staging, version):
+        shutil.copytree(origin, staging, dirs_exist_ok=True)
+        card = json.loads((staging / CARD_FILE).read_text())
+        card.update(version=str(version), exported_at=datetime.now(UTC).isoformat(timespec="seconds"), git=_git_state())
+        card["lineage"] = {"parent_version": parent, **lineage}
+        (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    return model_root / str(version)
+
+
+def _newest(model_root: Path) -> int | None:
+    return next_version(model_root) - 1 or None
+
+
+@contextmanager
+def staged_version(model_root: Path, version: int | None) -> Iterator[tuple[Path, int]]:
+    """A hidden folder to assemble version ``version`` (default: the next one) in, renamed into place when the block
+    succeeds and removed either way — Triton only treats all-digit folders as versions, so it never sees half a
+    version. Versions are never overwritten."""
+    version = version if version is not None else next_version(model_root)
+    if version < 1:
+        raise ExportError(f"version must be a positive integer, got {version}")
+    target = model_root / str(version)
+    if target.exists():
+        raise ExportError(f"{target} exists already; versions are never overwritten (omit --version for the next one)")
+    staging = model_root / f".staging-{version}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging, version
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _triton_config(model_root: Path, image_size: int) -> str:
@@ -273,6 +310,9 @@ def _model_card(
             "transformers": transformers.__version__,
         },
         "parity": {"tolerance": PARITY_TOLERANCE, "cases": [case.__dict__ for case in cases]},
+        # The reference set the next retraining gates on and the replay sample it fine-tunes with: files inside the
+        # checkpoint, by content hash, and where their posts came from.
+        "carried": read_carried(model_dir).model_dump(),
     }
 
 

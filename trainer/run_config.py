@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     # Shuffled examples are sorted by length within windows of this many batches, so a batch pads little
     # (tweets vary 5–70 sub-tokens); the batches are then shuffled. 1 = plain shuffled batches.
     length_window: int = Field(1, ge=1)
+    # Training posts the checkpoint keeps as its replay sample: retraining mixes them with new labels so the model
+    # does not forget what it knew (trainer.data.carried). 0 keeps none (retraining then needs --extra-train).
+    replay_record: int = Field(2000, ge=0)
 
 
 class DataConfig(BaseModel):

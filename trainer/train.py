@@ -32,8 +32,9 @@ from postlens.runtime.decode import Decoder
 from postlens.runtime.preprocess import Preprocessor
 from postlens.schemas import ModelRef
 from trainer.calibration import calibrate, decode_all
+from trainer.data.carried import DataOrigin, SetToCarry, carry_training_data
 from trainer.data.examples import Example
-from trainer.data.load import load_split
+from trainer.data.load import load_with_origins
 from trainer.evaluate import build_report
 from trainer.model.batching import Batch, ExampleEncoder
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
@@ -58,6 +59,11 @@ def seed_everything(seed: int, threads: int) -> None:
 
 def run_network(predictor: Predictor, batches: Sequence[tuple[list[Example], Batch]]) -> list[RawBatch]:
     return [predictor.raw(batch.inputs, [e.text for e in examples], batch.words) for examples, batch in batches]
+
+
+def given_set(examples: Sequence[Example]) -> SetToCarry:
+    """Examples handed to :func:`train` by a caller that names no files for them."""
+    return SetToCarry(examples=list(examples), origins=[DataOrigin(path="given to trainer.train", posts=len(examples))])
 
 
 @dataclass
@@ -146,11 +152,16 @@ def train(
     out: Path,
     progress: bool = True,
     init_from: Path | None = None,
+    reference: SetToCarry | None = None,
+    replay: SetToCarry | None = None,
 ) -> TrainResult:
     """Train, calibrate on valid and write the checkpoint to ``out``.
 
     ``init_from`` fine-tunes that checkpoint: its network (architecture and weights) is the starting point, so
     ``config.model`` is replaced by the checkpoint's; the ``train`` and ``loss`` sections still apply.
+
+    The checkpoint carries a reference set (default: the valid examples, which the model was selected on) and a
+    replay sample of ``replay`` (default: the training examples) for later retraining (:mod:`trainer.data.carried`).
     """
     if not train_examples or not valid_examples:
         raise ValueError("training needs labeled train and valid examples")
@@ -232,6 +243,13 @@ def train(
     final_report = build_report(valid_examples, decode_all(raws, final_decoder)).report
 
     version = save_checkpoint(out, config.model_dump(mode="json"), network, tokenizer)
+    carried = carry_training_data(
+        out,
+        reference or given_set(valid_examples),
+        replay or given_set(train_examples),
+        settings.replay_record,
+        config.seed,
+    )
     metrics = {
         "preset": config.preset,
         "strategy": model_config.fusion.name,
@@ -241,6 +259,7 @@ def train(
         "best_epoch": best_epoch,
         "train_seconds": train_seconds,
         "calibration": calibrated,
+        "carried": carried.model_dump(),
         "valid": final_report.to_json(),
         "history": history,
     }
@@ -281,13 +300,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if (args.train is None or args.valid is None) and config.data is None:
         parser.error(f"preset {config.preset!r} names no data: give --train and --valid")
     # Paths given here are the caller's (relative to the working directory); the preset's are under the shared data.
-    train_examples = load_split(
+    train_set = load_with_origins(
         [path.resolve() for path in args.train] if args.train else config.data.train, args.images
     )
-    valid_examples = load_split(
+    valid_set = load_with_origins(
         [path.resolve() for path in args.valid] if args.valid else config.data.valid, args.images
     )
-    result = train(config, train_examples, valid_examples, args.out)
+    result = train(config, train_set.examples, valid_set.examples, args.out, reference=valid_set, replay=train_set)
     valid = result.metrics["valid"]
     print(
         f"{config.preset}/{config.model.fusion.name}: valid entity F1 {valid['entity']['f1']:.3f} "

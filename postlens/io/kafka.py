@@ -152,6 +152,11 @@ class BacklogReader:
             await self._consumer.stop()
 
     @property
+    def remaining(self) -> int:
+        """Messages left to read: up to the end offsets at opening, at most ``max_messages`` in all."""
+        return self._remaining
+
+    @property
     def done(self) -> bool:
         """Nothing is left to read: every partition is at its end offset, or ``max_messages`` were read."""
         return self._remaining == 0

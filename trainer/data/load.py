@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from postlens.settings import get_settings
+from trainer.data.carried import SetToCarry, file_origins
 from trainer.data.conll import read_conll
 from trainer.data.examples import Example
 from trainer.data.jsonl import read_jsonl
@@ -35,5 +36,16 @@ def load_examples(path: Path, images_dir: Path | None = None) -> list[Example]:
 def load_split(paths: Sequence[Path], images_dir: Path | None = None) -> list[Example]:
     """The examples of several dataset files, in order; relative paths are under the shared data directory
     (``POSTLENS_SHARED_DATA_DIR``), as presets name them."""
+    return load_with_origins(paths, images_dir).examples
+
+
+def load_with_origins(paths: Sequence[Path], images_dir: Path | None = None) -> SetToCarry:
+    """:func:`load_split`'s examples with each file's path, content hash and post count (what a checkpoint records
+    of the data it was trained and selected on)."""
     root = get_settings().shared_data_dir
-    return [example for path in paths for example in load_examples(root / path, images_dir=images_dir)]
+    files = [root / path for path in paths]
+    per_file = [load_examples(path, images_dir=images_dir) for path in files]
+    return SetToCarry(
+        examples=[example for examples in per_file for example in examples],
+        origins=file_origins(files, [len(examples) for examples in per_file]),
+    )

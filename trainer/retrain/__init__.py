@@ -1,26 +1,19 @@
-"""Retrain on new labels: ``python -m trainer.retrain`` — labels topic → fine-tuned candidate → promoted if not worse.
+"""Retrain on new labels: ``python -m trainer.retrain`` — labels topic → audit → fine-tuned candidate → two gates →
+promoted (exported with its lineage, loaded by Triton) or refused. The whole contract: docs/retraining.md.
 
-One bounded run, not a daemon (:func:`trainer.retrain.run.retrain`):
+1. **Read** the labels topic from the group's committed offsets up to its end offsets at start
+   (:mod:`~trainer.retrain.labels`); invalid labels are refused with a reason; the latest of a ``label_id`` wins.
+2. **Audit** them against the serving model, source by source (:mod:`~trainer.retrain.audit`): a source (or batch)
+   whose disagreement is systematic is quarantined — not trained on, published to the rejected topic with the reason.
+3. **Fine-tune** the base (default: the checkpoint behind the newest version) on the clean labels' training slice
+   mixed with a replay sample of the base's own training data (:mod:`~trainer.retrain.decision`).
+4. **Gate**: the candidate must not be worse on the held-out new labels, nor on the reference set the base carries
+   (overall and per type).
+5. **Export** a promoted candidate with its lineage (:mod:`~trainer.retrain.lineage`), ask Triton to load it, then
+   publish the refusals and commit the offsets — only after the decision, so a run that dies midway reads the same
+   labels again. ``--dry-run`` trains and decides, but exports, publishes and commits nothing.
 
-1. **Read** the labels topic from the group's committed offsets up to its end offsets at start (``--max-labels``
-   stops earlier, ``--from-beginning`` re-reads everything). Each message must be a BRIEF §2
-   :class:`~postlens.schemas.Label` that converts to an :class:`~trainer.data.examples.Example` whose images load
-   (URLs through postlens' SSRF-safe fetcher and Redis cache; local paths under ``--image-root``). A message that
-   fails is refused with a reason — nothing is dropped silently. For a repeated label id the latest message wins.
-   (:mod:`~trainer.retrain.labels`)
-2. **Split** the labels by a hash of their id, so a label stays in its slice from run to run: a held-out slice
-   (plus ``--valid``) is the evaluation set, a tune slice drives early stopping and calibration, the rest (plus
-   ``--extra-train``) is fine-tuned on. (:mod:`~trainer.retrain.decision`)
-3. **Fine-tune** the base checkpoint (``--base``; default: the checkpoint the newest version in the model repository
-   was exported from) with its own configuration and ``--set`` overrides of the ``train``/``loss`` sections.
-4. **Decide**: base and candidate are scored on the same evaluation set; the candidate is promoted — exported as
-   the next version of the Triton model, which Triton then loads — when its entity F1 ≥ base F1 − tolerance.
-5. **Commit**: refused labels are published to the rejected-labels topic as dead letters and the consumed offsets
-   are committed only after the decision, and only once Kafka has the refusals, so a run that dies midway reads
-   the same labels again. ``--dry-run`` trains and decides, but exports, publishes and commits nothing.
-
-Exit codes (:mod:`~trainer.retrain.report`): 0 decided (promoted, or kept the base); 3 too few valid labels (nothing
-committed); 1 failed (nothing committed); 4 promoted, but the Triton serving the repository did not load the new
-version (offsets committed). Runs are meant to be sequential (e.g. from cron): two at once would read, and train
-on, the same labels.
+``--history`` prints the lineage, ``--rollback N`` serves version N again as a new newest version, ``--watch`` runs as
+a service (:mod:`~trainer.retrain.watch`). Runs are sequential (one ``--watch`` or cron job): two at once would read,
+and train on, the same labels.
 """

@@ -145,11 +145,20 @@ class LabelImages:
             await self._cache.close()
 
 
+@dataclass(frozen=True)
+class NewLabel:
+    """A usable label: its training example (local images), who produced it, and the message it came in."""
+
+    example: Example
+    source: str
+    message: ConsumedMessage
+
+
 @dataclass
 class Ingested:
-    """What one run read: the usable examples, the refused messages and the offsets to commit."""
+    """What one run read: the usable labels, the refused messages and the offsets to commit."""
 
-    examples: list[Example] = field(default_factory=list)
+    labels: list[NewLabel] = field(default_factory=list)
     rejected: list[DeadLetter] = field(default_factory=list)
     read: int = 0
     duplicates: int = 0
@@ -157,8 +166,18 @@ class Ingested:
     offsets: Offsets = field(default_factory=dict)
 
     @property
+    def examples(self) -> list[Example]:
+        return [label.example for label in self.labels]
+
+    @property
     def rejected_by_kind(self) -> dict[str, int]:
         return dict(sorted(Counter(letter.error.kind for letter in self.rejected).items()))
+
+    def refuse(self, label: NewLabel, kind: str, reason: str) -> None:
+        """Move a usable label to the refused ones (published to the rejected-labels topic with ``reason``)."""
+        self.labels.remove(label)
+        self.rejected.append(dead_letter(label.message.raw, "label", kind, reason))
+        self.rejected.sort(key=lambda letter: (letter.source_partition or 0, letter.source_offset or 0))
 
 
 async def ingest(
@@ -192,7 +211,7 @@ async def ingest(
 
     images = LabelImages(settings, image_size, image_root, work / "images")
 
-    async def check(message: ConsumedMessage, label: Label) -> Example | None:
+    async def check(message: ConsumedMessage, label: Label) -> NewLabel | None:
         try:
             example, notes = label_example(label, image_root, settings.max_text_chars)
             used = await images.localize(example.images[:max_images])
@@ -204,7 +223,8 @@ async def ingest(
         for note in notes:
             log.warning("%s (offset %s): %s", message.raw.topic, message.raw.offset, note)
         result.widened += len(notes)
-        return example.model_copy(update={"images": [*used, *example.images[max_images:]]})
+        example = example.model_copy(update={"images": [*used, *example.images[max_images:]]})
+        return NewLabel(example=example, source=label.source_name, message=message)
 
     try:
         # Concurrently: URL images are fetched in parallel, within the fetcher's global and per-host limits.
@@ -212,7 +232,7 @@ async def ingest(
             checked = await asyncio.gather(*(check(message, label) for message, label in latest))
     finally:
         await images.close()
-    result.examples = [example for example in checked if example is not None]
+    result.labels = [label for label in checked if label is not None]
     result.rejected.sort(key=lambda letter: (letter.source_partition or 0, letter.source_offset or 0))
     return result
 

@@ -11,12 +11,16 @@ import yaml
 from postlens.runtime.exported import CARD_FILE
 from trainer.data.load import load_examples
 from trainer.retrain.decision import (
+    ModelScore,
     RetrainError,
     TooFewLabels,
     decide,
     fine_tune_config,
     fine_tuning_sets,
     id_position,
+    new_label_gate,
+    reference_gate,
+    replay_size,
     resolve_base,
     split_labels,
 )
@@ -58,6 +62,16 @@ def test_fine_tuning_sets_combine_the_slices_with_the_given_files(many_examples)
     assert sets.tune == split.tune and not {e.id for e in sets.train} & {e.id for e in sets.evaluation}
 
 
+def test_fine_tuning_mixes_in_the_replay_share_drawn_from_the_base_sample(many_examples) -> None:
+    labels, pool = many_examples[:200], many_examples[300:600]
+    sets = fine_tuning_sets(labels, [], [], 0.15, 0.10, replay_pool=pool, replay_share=0.5, seed=1)
+    assert len(sets.replay) == len(sets.new) and set(map(id, sets.replay)) <= set(map(id, pool))
+    assert len(sets.train) == 2 * len(sets.new)  # half of what is trained on is replayed
+    again = fine_tuning_sets(labels, [], [], 0.15, 0.10, replay_pool=pool, replay_share=0.5, seed=1)
+    assert [e.id for e in again.replay] == [e.id for e in sets.replay]  # a run is repeatable
+    assert replay_size(100, 0.75, 1000) == 300 and replay_size(100, 0.5, 40) == 40 and replay_size(100, 0, 9) == 0
+
+
 def test_labels_too_few_to_hold_any_out_are_refused_unless_valid_data_is_given(many_examples) -> None:
     trained_only = [e for e in many_examples if id_position(e.id) >= 0.25][:5]
     with pytest.raises(TooFewLabels, match="0 held out"):
@@ -66,11 +80,36 @@ def test_labels_too_few_to_hold_any_out_are_refused_unless_valid_data_is_given(m
     assert len(sets.evaluation) == 3 and len(sets.train) == 5 and sets.tune == []
 
 
-def test_the_gate_promotes_only_a_candidate_that_is_not_worse() -> None:
-    assert decide(0.70, 0.70, tolerance=0.0) == "promote"
-    assert decide(0.70, 0.69, tolerance=0.0) == "keep_base"
-    assert decide(0.70, 0.69, tolerance=0.02) == "promote"
-    assert decide(0.70, 0.90, tolerance=0.0) == "promote"
+def model_score(f1: float, per_type: dict[str, float]) -> ModelScore:
+    entity = {"precision": f1, "recall": f1, "f1": f1, "per_type": {t: {"f1": v} for t, v in per_type.items()}}
+    return ModelScore(checkpoint="c", version="v", f1=f1, report={"entity": entity})
+
+
+def test_the_new_labels_gate_promotes_only_a_candidate_that_is_not_worse() -> None:
+    def gate(base: float, candidate: float, tolerance: float):
+        return new_label_gate(model_score(base, {}), model_score(candidate, {}), posts=10, tolerance=tolerance)
+
+    assert gate(0.70, 0.70, 0.0).passed and gate(0.70, 0.90, 0.0).passed and gate(0.70, 0.69, 0.02).passed
+    refused = gate(0.70, 0.69, 0.0)
+    assert not refused.passed and "new-labels gate" in refused.reasons[0]
+    assert decide([gate(0.7, 0.8, 0), refused]) == "keep_base" and decide([gate(0.7, 0.8, 0)]) == "promote"
+
+
+def test_the_reference_gate_names_a_type_that_falls_past_its_margin(many_examples) -> None:
+    reference = many_examples[:400]  # synthetic posts: every type has dozens of gold spans
+    base = model_score(0.80, {"PER": 0.9, "LOC": 0.8, "ORG": 0.8, "MISC": 0.7})
+
+    def gate(candidate: ModelScore):
+        return reference_gate(base, candidate, reference, tolerance=0.005, type_margin=0.02, min_type_spans=20)
+
+    assert gate(model_score(0.80, {"PER": 0.9, "LOC": 0.81, "ORG": 0.79, "MISC": 0.69})).passed
+    forgot = gate(model_score(0.80, {"PER": 0.95, "LOC": 0.85, "ORG": 0.8, "MISC": 0.4}))
+    assert not forgot.passed and len(forgot.reasons) == 1  # the overall F1 held: only MISC is refused
+    assert "reference gate" in forgot.reasons[0] and "type MISC" in forgot.reasons[0]
+    worse = gate(model_score(0.79, {"PER": 0.9, "LOC": 0.8, "ORG": 0.8, "MISC": 0.7}))
+    assert not worse.passed and "0.790 < base 0.800" in worse.reasons[0]
+    few_spans = reference_gate(base, model_score(0.8, {"MISC": 0.0}), reference[:5], 0.005, 0.02, min_type_spans=20)
+    assert few_spans.gated_types == [] and few_spans.passed  # too few gold spans to gate a type on its own
 
 
 def fake_checkpoint(path: Path, weights: str) -> Path:

@@ -180,9 +180,11 @@ async def test_retrain_from_the_labels_topic(
     assert summary.labels_valid == len(values) - summary.duplicates - sum(expected_rejected.values())
     held_out = summary.eval_size - summary.eval_from_valid
     assert summary.eval_from_valid == len(load_examples(label_data / "test.jsonl")) and held_out > 0
-    assert summary.train_size + summary.tune_size + held_out == summary.labels_valid
+    assert summary.train_size - summary.replay_size + summary.tune_size + held_out == summary.labels_clean
+    assert summary.replay_size > 0 and summary.labels_clean == summary.labels_valid  # clean synthetic labels
     assert summary.base.report["n_posts"] == summary.candidate.report["n_posts"] == summary.eval_size
-    assert summary.decision == decide(summary.base.f1, summary.candidate.f1, tolerance=0.0)
+    assert [gate.gate for gate in summary.gates] == ["new_labels", "reference"]
+    assert summary.decision == decide(summary.gates)
     assert (tmp_path / "candidate" / "retrain_comparison.png").is_file()
     if summary.status == "promoted":
         assert versions_in(repo) == ["1", "2"] and summary.exported_version == 2
