@@ -130,7 +130,7 @@ class Phase:
             self.workers.append(spawn(spec, log))
             self.logs.append(log)
         while not all(all(marker in log.read_text(errors="replace") for marker in READY_MARKERS) for log in self.logs):
-            for pid, log in zip(self.workers, self.logs):
+            for pid, log in zip(self.workers, self.logs, strict=True):
                 if not is_alive(pid):
                     raise RuntimeError(f"worker exited while starting; log {log}:\n{tail(log, 40)}")
             await asyncio.sleep(0.5)
@@ -175,7 +175,7 @@ class Phase:
         return (n1 - n0) / (t1 - t0)
 
     def _check_alive(self) -> None:
-        for pid, log in zip(self.workers, self.logs):
+        for pid, log in zip(self.workers, self.logs, strict=True):
             if not is_alive(pid):
                 raise RuntimeError(f"a worker died; log {log}:\n{tail(log, 40)}")
 
@@ -382,7 +382,8 @@ def markdown(figures: dict, command: str) -> str:
     lines = [
         "# Stream benchmark",
         "",
-        f"`{command}` — workers at commit {figures['commit']}, {figures['date']}; machine: {figures['machine']['cpus']} CPUs "
+        f"`{command}` — workers at commit {figures['commit']}, {figures['date']}; "
+        f"machine: {figures['machine']['cpus']} CPUs "
         f"({figures['machine']['cpu_model']}), {figures['machine']['memory_gb']} GB, shared by Triton, Kafka, "
         "Elasticsearch, Redis, the workers and this load generator.",
         "",
@@ -448,7 +449,8 @@ def notes(figures: dict) -> list[str]:
         found.append(
             f"- `pipeline_over_triton` below goal: alone, Triton used {figures['cores']['triton alone']['triton']:.2f} "
             'cores ("rest" there is this load generator and other jobs); while one worker drained the '
-            f"backlog, Triton got {text['triton']:.2f} of them, the worker {text['workers']:.2f} (Kafka fetch, JSON and "
+            f"backlog, Triton got {text['triton']:.2f} of them, the worker {text['workers']:.2f} "
+            "(Kafka fetch, JSON and "
             f"pydantic, gRPC, bulk bodies) and the rest {text['rest']:.2f} (Elasticsearch indexing two or more "
             "documents per post, Kafka). The pipeline's own work per post is what the ratio pays for on a machine "
             "this small; with Triton on cores (or a GPU) of its own the ratio is bounded by Triton instead."

@@ -91,7 +91,7 @@ class SoftmaxTagger(nn.Module):
 def softmax_predictions(
     logits: torch.Tensor, word_mask: torch.Tensor, examples: Sequence[Example], labels: Sequence[str]
 ) -> list[PostPrediction]:
-    """Argmax tags → entities (invalid sequences read the conlleval way); confidence = the weakest word's probability."""
+    """Argmax tags → entities (invalid sequences read the conlleval way); confidence: the weakest word's probability."""
     probabilities = logits.softmax(dim=-1)
     best, tags = probabilities.max(dim=-1)
     predictions = []

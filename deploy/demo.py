@@ -254,7 +254,7 @@ def workers(logs: Path, envs: dict[int, dict[str, str]]) -> Iterator[list[subpro
             print(f"worker pid {process.pid}, metrics http://localhost:{port}/metrics, log {log.name}")
         yield [process for process, _ in started]
     finally:
-        for process, log in started:
+        for process, _ in started:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
         for process, log in started:

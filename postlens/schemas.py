@@ -6,6 +6,7 @@ shared between them.
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -153,7 +154,7 @@ class Label(BaseModel):
                     )
                 if not self.text[span.start : span.end].strip():
                     raise ValueError(f"entity [{span.start}, {span.end}) covers only white space")
-            for left, right in zip(spans, spans[1:]):
+            for left, right in itertools.pairwise(spans):
                 if right.start < left.end:
                     raise ValueError(f"entities [{left.start}, {left.end}) and [{right.start}, {right.end}) overlap")
         elif self.tokens is not None and self.tags is not None:

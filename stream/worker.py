@@ -133,7 +133,10 @@ class Pipeline:
         indexed = 0
         if accepted:
             # Read while the batch is fetched and inferred: off the critical path.
-            previous = asyncio.create_task(self._indexer.previous_entity_ids([post.id for _, post in accepted]))
+            # `previous` holds the task until it is awaited or cancelled below (ruff's RUF006 misses that here).
+            previous = asyncio.create_task(  # noqa: RUF006
+                self._indexer.previous_entity_ids([post.id for _, post in accepted])
+            )
             try:
                 with self._stage("fetch"):
                     fetched = await self._fetch.fetch([post for _, post in accepted])
@@ -163,7 +166,10 @@ class Pipeline:
         self, accepted: list[tuple[RawMessage, Post]], fetched: list[list[FetchedImage]]
     ) -> tuple[list[ProcessedPost], list[Letter]]:
         """Predictions for the batch (waiting while Triton is unavailable); posts the model failed as letters."""
-        inputs = [model_input(post, images, self._inferer.image_size) for (_, post), images in zip(accepted, fetched)]
+        inputs = [
+            model_input(post, images, self._inferer.image_size)
+            for (_, post), images in zip(accepted, fetched, strict=True)
+        ]
         started = time.perf_counter()
         results = await retry_forever(
             lambda: self._inferer.infer([request for request, _ in inputs]),
@@ -176,7 +182,7 @@ class Pipeline:
 
         processed: list[ProcessedPost] = []
         refused: list[Letter] = []
-        for (raw, post), images, (_, fed), result in zip(accepted, fetched, inputs, results):
+        for (raw, post), images, (_, fed), result in zip(accepted, fetched, inputs, results, strict=True):
             if isinstance(result, ModelFault):
                 refused.append((raw, dead_letter(raw, "infer", result.kind, result.message)))
             elif result.error is not None:

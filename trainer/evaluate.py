@@ -127,7 +127,7 @@ def build_report(
     that have images, in order, for the alignment metric."""
     if len(examples) != len(predictions):
         raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
-    for example, prediction in zip(examples, predictions):
+    for example, prediction in zip(examples, predictions, strict=True):
         if example.tags is None:
             raise ValueError(f"post {example.id} has no labels; evaluation needs a labeled dataset")
         if prediction.id is not None and prediction.id != example.id:
@@ -171,7 +171,7 @@ def build_report(
         token=TokenReport(
             f1=token_f1(
                 [spans_from_tags(example.tags) for example in examples],
-                [word_spans(example, spans) for example, spans in zip(examples, predicted)],
+                [word_spans(example, spans) for example, spans in zip(examples, predicted, strict=True)],
             ).f1
         ),
         grounding=grounding(range(len(examples))),

@@ -218,7 +218,7 @@ def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
             expected = network(**{name: torch.from_numpy(value) for name, value in inputs.items()})
         actual = exported.run(inputs)
         errors = []
-        for name, want, got in zip(OUTPUT_NAMES, expected, actual):
+        for name, want, got in zip(OUTPUT_NAMES, expected, actual, strict=True):
             want = want.numpy()
             if want.shape != got.shape:
                 raise ExportError(
@@ -231,7 +231,7 @@ def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
             raise ExportError(
                 f"ONNX Runtime differs from PyTorch by {case.max_abs_error:.3g} (> {PARITY_TOLERANCE}) in {worst} "
                 f"for batch {batch}, {images} image slots, {case.subtokens} sub-tokens, {case.words} words; "
-                f"per output: {dict(zip(OUTPUT_NAMES, errors))}. Nothing was written."
+                f"per output: {dict(zip(OUTPUT_NAMES, errors, strict=True))}. Nothing was written."
             )
         cases.append(case)
     return cases

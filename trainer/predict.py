@@ -108,9 +108,9 @@ class Predictor:
             texts = [posts[i].text for i in accepted]
             inputs, words = self.preprocessor.encode(texts, batch, mask)
             decoded = self.raw({k: torch.from_numpy(v) for k, v in inputs.items()}, texts, words).decode(self.decoder)
-            for index, prediction in zip(accepted, decoded):
+            for index, prediction in zip(accepted, decoded, strict=True):
                 predictions[index] = prediction
-        for post, prediction in zip(posts, predictions):
+        for post, prediction in zip(posts, predictions, strict=True):
             prediction.id = post.id
         return predictions
 

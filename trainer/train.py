@@ -103,7 +103,8 @@ def chunks(items: Sequence[Example], size: int) -> list[list[Example]]:
 
 
 def epoch_batches(examples: Sequence[Example], settings: TrainConfig, rng: np.random.Generator) -> list[list[Example]]:
-    """One epoch's batches: shuffled, length-sorted within windows of ``length_window`` batches, batch order shuffled."""
+    """One epoch's batches: shuffled, length-sorted within windows of ``length_window`` batches, batch order
+    shuffled."""
     shuffled = [examples[i] for i in rng.permutation(len(examples))]
     if settings.length_window == 1:
         return chunks(shuffled, settings.batch_size)

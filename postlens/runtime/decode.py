@@ -167,7 +167,7 @@ def token_marginals(lattice: Lattice) -> np.ndarray:
 def span_marginal(
     lattice: Lattice, row: int, first: int, last: int, tags: Sequence[int], forbidden_after: Sequence[int]
 ) -> float:
-    """P(words ``first..last`` of post ``row`` carry exactly ``tags`` and the next tag is not in ``forbidden_after``)."""
+    """P(words ``first..last`` of post ``row`` carry exactly ``tags``; the next tag is not in ``forbidden_after``)."""
     emissions, params = lattice.emissions[row], lattice.params
     positions = np.arange(first + 1, last + 1)
     tags = np.asarray(tags)
@@ -296,7 +296,7 @@ class Decoder:
         confidences = self.confidences(emissions, word_mask, spans)
         attention = np.asarray(word_region_attention, dtype=np.float64)
         predictions = []
-        for row, (text, offsets) in enumerate(zip(texts, words)):
+        for row, (text, offsets) in enumerate(zip(texts, words, strict=True)):
             relevance = float(np.clip(image_relevance[row], 0.0, 1.0))
             entities = []
             for (first, last, entity_type), confidence in zip(spans[row], confidences[row], strict=True):

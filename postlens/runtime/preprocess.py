@@ -111,7 +111,7 @@ class Preprocessor:
         )
         kept: list[list[Word]] = []
         first_subtoken: list[dict[int, int]] = []
-        for post_words, encoding in zip(words, encodings):
+        for post_words, encoding in zip(words, encodings, strict=True):
             firsts: dict[int, int] = {}
             for position, word_id in enumerate(encoding.word_ids):
                 if word_id is not None and word_id not in firsts:
@@ -122,7 +122,7 @@ class Preprocessor:
         width = max(1, max((len(post_words) for post_words in kept), default=0))
         word_index = np.zeros((len(kept), width), dtype=np.int64)
         word_mask = np.zeros((len(kept), width), dtype=bool)
-        for row, (post_words, firsts) in enumerate(zip(kept, first_subtoken)):
+        for row, (post_words, firsts) in enumerate(zip(kept, first_subtoken, strict=True)):
             word_index[row, : len(post_words)] = [firsts.get(i, 0) for i in range(len(post_words))]
             word_mask[row, : len(post_words)] = True
         inputs = {

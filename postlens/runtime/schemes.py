@@ -22,6 +22,7 @@ repaired into the valid sequence with the same spans.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -152,4 +153,4 @@ def allowed_transition(previous: str | None, current: str | None, scheme: Scheme
 def is_valid(tags: Sequence[str], scheme: Scheme) -> bool:
     """Whether ``tags`` is a well-formed sequence in ``scheme`` (no repair needed)."""
     sequence: list[str | None] = [None, *tags, None]
-    return all(allowed_transition(a, b, scheme) for a, b in zip(sequence, sequence[1:]))
+    return all(allowed_transition(a, b, scheme) for a, b in itertools.pairwise(sequence))

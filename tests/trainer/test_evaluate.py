@@ -62,7 +62,7 @@ def test_perfect_predictions_score_perfectly(synthetic: Path) -> None:
 def test_wrong_types_and_lost_regions_show_in_entities_grounding_and_confusion(synthetic: Path) -> None:
     examples, _ = read_jsonl(synthetic)
     predictions = [oracle(e, wrong_type="ambiguous" in e.subsets) for e in examples]
-    for prediction, example in zip(predictions, examples):
+    for prediction, example in zip(predictions, examples, strict=True):
         if "multi_image" in example.subsets:
             for entity in prediction.entities:
                 entity.regions = []

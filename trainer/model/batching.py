@@ -69,7 +69,7 @@ class ExampleEncoder:
         unseen_words = np.zeros((len(examples), width), dtype=bool)
         relevance = np.zeros(len(examples), dtype=np.float32)
         known = image_mask.any(axis=1) & self.annotates_boxes
-        for row, (example, kept) in enumerate(zip(examples, words)):
+        for row, (example, kept) in enumerate(zip(examples, words, strict=True)):
             spans = spans_from_tags(example.tags)
             kept_tags = tags_from_spans(clip_spans(spans, len(kept)), len(kept), self.scheme.name)
             tags[row, : len(kept)] = [self.scheme.index(tag) for tag in kept_tags]

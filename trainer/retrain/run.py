@@ -59,7 +59,8 @@ def say(text: str) -> None:
 
 
 def retrain(options: RetrainOptions, settings: Settings) -> RetrainSummary:
-    """One retraining run (:mod:`trainer.retrain`); expected outcomes — including too few labels — are in the summary."""
+    """One retraining run (:mod:`trainer.retrain`); expected outcomes (too few labels among them) are in the
+    summary."""
     summary = RetrainSummary(
         status="failed", dry_run=options.dry_run, topic=settings.topic_labels, group=settings.retrain_group,
         tolerance=options.tolerance,
@@ -90,7 +91,7 @@ def retrain(options: RetrainOptions, settings: Settings) -> RetrainSummary:
                     Path(work),
                     from_beginning=options.from_beginning,
                     max_labels=options.max_labels,
-                )  # fmt: skip
+                )
             )
             mark = lap("read", mark)
             summary.labels_read, summary.labels_valid = ingested.read, len(ingested.examples)

@@ -24,6 +24,7 @@ z = T + H and every post with images counts as relevant). w/o IPS-CL is ``loss.a
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,7 @@ class GranularityExcavator(nn.Module):
 @register_fusion("mgips")
 class MgipsFusion(Fusion):
     grounds = True
-    knobs = {
+    knobs: ClassVar[dict[str, Any]] = {
         "ips_top_k": 3,
         "contrastive_temperature": 0.07,
         "interweave": True,
@@ -97,7 +98,7 @@ class MgipsFusion(Fusion):
         "column_grained": True,
         "adaptive_gate": True,
     }
-    auxiliary_weights = {"implicit_positive": 1.0, "standard_contrastive": 1.0}
+    auxiliary_weights: ClassVar[dict[str, float]] = {"implicit_positive": 1.0, "standard_contrastive": 1.0}
 
     def __init__(self, config, dims) -> None:
         super().__init__(config, dims)

@@ -19,6 +19,8 @@ cross-fusion the words take only the visual prefixes and nothing is grounded.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -44,7 +46,7 @@ from trainer.model.text_encoder import TextEncoder
 @register_fusion("mpcfn")
 class MpcfnFusion(Fusion):
     grounds = True
-    knobs = {"correlation_gate": True, "dynamic_gate": True, "cross_fusion": True}
+    knobs: ClassVar[dict[str, Any]] = {"correlation_gate": True, "dynamic_gate": True, "cross_fusion": True}
 
     def __init__(self, config, dims) -> None:
         super().__init__(config, dims)

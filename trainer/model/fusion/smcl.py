@@ -19,13 +19,14 @@ symmetric fusion reads the projected representations themselves) and ``image_gui
 encoder runs on the text alone). The losses alone: ``loss.auxiliary.similarity=0`` / ``loss.auxiliary.difference=0``.
 
 Departures: the paper represents an image by its [CLS] only; here the word side attends to the image's regions
-(patches, grid cells or DETR's objects, each carrying its image's fused representation) so that entities can be grounded in a region. The post's image
-relevance is the largest share of attention any word puts on the images.
+(patches, grid cells or DETR's objects, each carrying its image's fused representation) so that entities can be
+grounded in a region. The post's image relevance is the largest share of attention any word puts on the images.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -53,14 +54,14 @@ def _dense_relu(dim: int) -> nn.Module:
 @register_fusion("smcl")
 class SmclFusion(Fusion):
     grounds = True
-    knobs = {
+    knobs: ClassVar[dict[str, Any]] = {
         "threshold_scale": 1.0,
         "cmd_order": 3,
         "alignment_encoder": True,
         "refinement_encoder": True,
         "image_guidance": True,
     }
-    auxiliary_weights = {"similarity": 0.3, "difference": 0.2}
+    auxiliary_weights: ClassVar[dict[str, float]] = {"similarity": 0.3, "difference": 0.2}
 
     def __init__(self, config, dims) -> None:
         super().__init__(config, dims)
