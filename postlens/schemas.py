@@ -1,4 +1,4 @@
-"""The messages that cross PostLens' boundaries (BRIEF §2–4), as pydantic models.
+"""The messages that cross PostLens' boundaries, as pydantic models (documented in docs/contracts.md).
 
 Producers, the stream worker, the trainer and the Triton entry model all speak these shapes; nothing else is
 shared between them.
@@ -74,10 +74,10 @@ class Post(BaseModel):
 
     @model_validator(mode="after")
     def _unknown_fields_into_meta(self) -> Post:
-        extra = dict(self.__pydantic_extra__ or {})
+        extra = self.__pydantic_extra__
         if extra:
             self.meta = {**extra, **self.meta}
-            self.__pydantic_extra__.clear()
+            extra.clear()
         return self
 
     @property

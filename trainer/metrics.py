@@ -1,4 +1,5 @@
-"""Evaluation metrics (BRIEF §6), NumPy only. Each takes plain per-post span lists so training and evaluation share it.
+"""Evaluation metrics (the report: docs/contracts.md), NumPy only. Each takes plain per-post span lists so training
+and evaluation share it.
 
 Definitions:
 
@@ -173,9 +174,9 @@ def calibration(confidences: Sequence[float], correct: Sequence[bool], n_bins: i
     for b in range(n_bins):
         members = index == b
         count = int(members.sum())
-        accuracy = float(outcome[members].mean()) if count else None
-        mean_confidence = float(confidence[members].mean()) if count else None
+        accuracy = mean_confidence = None
         if count:
+            accuracy, mean_confidence = float(outcome[members].mean()), float(confidence[members].mean())
             ece += count / confidence.size * abs(accuracy - mean_confidence)
         bins.append(
             CalibrationBin(

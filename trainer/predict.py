@@ -180,7 +180,7 @@ def read_posts(path: Path) -> list[Post]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="checkpoint dir written by trainer.train")
-    parser.add_argument("--posts", type=Path, required=True, help="JSONL posts (BRIEF §2; images as local paths)")
+    parser.add_argument("--posts", type=Path, required=True, help="JSONL posts (images as local paths)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -110,7 +110,7 @@ def test_plots_and_summary(synthetic: Path, tmp_path: Path) -> None:
     assert "ambiguous" in table and "grounding" in table and "ECE" in table
 
 
-def test_cli_writes_the_brief_json(synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_cli_writes_the_report_json(synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     gold = {e.id: e for e in read_jsonl(synthetic)[0]}
 
     class OraclePredictor:  # stands in for the trained model: answers from the gold labels

@@ -3,7 +3,7 @@
 One bounded run, not a daemon (:func:`trainer.retrain.run.retrain`):
 
 1. **Read** the labels topic from the group's committed offsets up to its end offsets at start (``--max-labels``
-   stops earlier, ``--from-beginning`` re-reads everything). Each message must be a BRIEF §2
+   stops earlier, ``--from-beginning`` re-reads everything). Each message must be a
    :class:`~postlens.schemas.Label` that converts to an :class:`~trainer.data.examples.Example` whose images load
    (URLs through postlens' SSRF-safe fetcher and Redis cache; local paths under ``--image-root``). A message that
    fails is refused with a reason — nothing is dropped silently. For a repeated label id the latest message wins.
