@@ -341,7 +341,7 @@ def stage_times(version_dir: Path, requests: Sequence[InferRequest], batch: int,
     chosen = [one_image[i % len(one_image)] for i in range(batch)]
     texts = [request.text for request in chosen]
     images, mask = np.stack([request.images for request in chosen]), np.ones((batch, 1), dtype=bool)
-    timings = []
+    timings: list[np.ndarray] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(timings) < 5:
         marks = [time.perf_counter()]
@@ -378,7 +378,7 @@ def in_process(
         images, mask = stack_images([request.images for request in chosen], exported.image_size)
         inputs, _ = exported.preprocessor.encode([request.text for request in chosen], images, mask)
         tensors = {name: torch.from_numpy(value) for name, value in inputs.items()}
-        runs = {
+        runs: dict[str, Callable[[], object]] = {
             "ONNX Runtime": functools.partial(exported.run, inputs),
             "PyTorch": functools.partial(_run_torch, network, tensors),
         }
@@ -554,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workdir = Path(tmp)
         print(f"exporting {checkpoint} …", flush=True)
         version_dir = export_model(checkpoint, workdir / "export")
-        requests = load_requests(posts_file, read_model_config(version_dir).vision_encoder.image_size)
+        requests = load_requests(posts_file, read_model_config(version_dir).vision_encoder.input_size)
         for config in CONFIGS:
             with triton_serving(version_dir, config, workdir) as server:
                 result = asyncio.run(

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from aiohttp import web
@@ -287,7 +288,7 @@ async def latencies(
                 index=phase.settings.es_index_posts,
                 query={"prefix": {"id": "latency-"}},
                 size=10_000,
-                source=["indexed_at"],
+                source_includes=["indexed_at"],
             )
             hits = response["hits"]["hits"]
             if len(hits) >= count or time.monotonic() > deadline:
@@ -505,7 +506,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
             text_only = Phase.create(settings, run_id, "text")
             phases.append(text_only)
             await text_only.start_workers(1, triton_url, workdir, args.worker_checkout)
-            posts = [{"id": f"text-{n}", "text": texts[n]} for n in range(count)]
+            posts: list[dict[str, Any]] = [{"id": f"text-{n}", "text": texts[n]} for n in range(count)]
             figures["pipeline_posts_s"] = await text_only.drain(posts, producer, triton_pid)
             figures["cores"] = {"triton alone": triton_alone, "text": text_only.cores}
             figures["worker_rss_mb"] = text_only.peak_rss_mb

@@ -114,6 +114,8 @@ class VariantResult:
         return self.metrics["train_seconds"] / self.metrics["epochs_run"]
 
     def subset_f1(self, subset: str) -> float:
+        if self.report.subsets is None:
+            raise ValueError(f"{self.variant.name}: the evaluation has no subsets (the data carries no subset tags)")
         return self.report.subsets[subset].entity.f1
 
     @property
@@ -246,7 +248,9 @@ def _difference(full: float | None, ablated: float | None) -> float | None:
 def mechanism_finding(full: VariantResult, ablated: VariantResult) -> str:
     """Where the component helped (the full model better by ≥ NOISE_F1), where it hurt and where it made no
     difference: per subset F1 and grounding accuracy, as measured."""
-    scores = {f"{subset} F1": (full.subset_f1(subset), ablated.subset_f1(subset)) for subset in SUBSETS}
+    scores: dict[str, tuple[float | None, float | None]] = {
+        f"{subset} F1": (full.subset_f1(subset), ablated.subset_f1(subset)) for subset in SUBSETS
+    }
     scores["grounding"] = (full.grounding, ablated.grounding)
     differences = {name: _difference(*pair) for name, pair in scores.items()}
     helped = [f"{name} {value:+.3f}" for name, value in differences.items() if value is not None and value >= NOISE_F1]

@@ -112,7 +112,7 @@ class Stack:
             raise StartError(svc, f"port {svc.port} is taken by a process that does not answer as {svc.name}")
         prepare_s = None
         started = pid is None
-        if started:
+        if pid is None:
             t0 = time.monotonic()
             try:
                 await asyncio.to_thread(svc.prepare)

@@ -329,7 +329,8 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
         # Passed as a header: the content type carries a charset, which aiohttp refuses as content_type.
         return web.bytes(metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @app.on_partitions_revoked.connect
+    # Faust types a receiver as (sender, *args); it passes the revoked partitions as the one positional argument.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(_app: faust.App, revoked: set[faust.types.TP], **_kwargs: object) -> None:
         for flow in flows:
             await flow.commit()  # what finished before the handover need not be done again
@@ -341,7 +342,7 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
     async def commit(offsets: dict[faust.types.TP, int]) -> bool:
         # Faust's own commit path (only partitions still assigned; dead letters flushed first), given our offsets:
         # the posts topic has Faust's acks off (stream.commits explains why).
-        return await app.consumer._commit_offsets(offsets)  # noqa: SLF001
+        return await app.consumer._commit_offsets(offsets)  # type: ignore[attr-defined]  # noqa: SLF001
 
     @app.agent(worker_app.posts, concurrency=1)
     async def process_posts(stream: faust.StreamT) -> None:

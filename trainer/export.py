@@ -99,7 +99,7 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None, name: 
         raise ExportError(f"{target} exists already; versions are never overwritten (omit --version for the next one)")
     network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
     model_root.mkdir(parents=True, exist_ok=True)
-    triton_config = _triton_config(model_root, config.vision_encoder.image_size)
+    triton_config = _triton_config(model_root, config.vision_encoder.input_size)
 
     # A hidden name: Triton only treats all-digit folders as versions.
     staging = model_root / f".staging-{version}-{os.getpid()}"
@@ -185,6 +185,8 @@ def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> 
             dynamo=True,
             verbose=False,
         )
+    if program is None:  # only the legacy exporter returns nothing; dynamo=True is asked for above
+        raise ExportError("torch.onnx.export returned no ONNX program")
     program.save(str(path))
 
 

@@ -47,7 +47,7 @@ _ROLES: dict[str, dict[str, str]] = {scheme: {p: r for r, p in roles.items()} fo
 def _check_scheme(scheme: str) -> Scheme:
     if scheme not in SCHEMES:
         raise ValueError(f"unknown tagging scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
-    return scheme  # type: ignore[return-value]
+    return scheme
 
 
 def split_tag(tag: str, scheme: Scheme = "bio") -> tuple[str, str | None]:

@@ -86,7 +86,7 @@ def retrain(options: RetrainOptions, settings: Settings) -> RetrainSummary:
                 ingest(
                     settings,
                     options.image_root,
-                    base_model.vision_encoder.image_size,
+                    base_model.vision_encoder.input_size,
                     base_model.max_images,
                     Path(work),
                     from_beginning=options.from_beginning,

@@ -71,9 +71,9 @@ class MpcfnFusion(Fusion):
         batch, images = inputs.image_mask.shape
         patches, hidden = self.dims.regions, self.config.hidden
         present = has_image(inputs)
-        global_tokens = self.global_projection(inputs.image_pooled) + self.image_slot.weight[:images][None]  # [B, N, H]
+        global_tokens = self.global_projection(inputs.pooled) + self.image_slot.weight[:images][None]  # [B, N, H]
         regions, region_mask = region_sequence(
-            inputs.region_tokens, inputs.image_mask, self.image_slot, self.region_projection
+            inputs.regions, inputs.image_mask, self.image_slot, self.region_projection
         )
 
         if self.correlation_gate is not None:

@@ -97,7 +97,7 @@ class SmclFusion(Fusion):
         batch, images = inputs.image_mask.shape
         patches, hidden = self.dims.regions, self.config.hidden
         image_mask, word_mask = inputs.image_mask, inputs.word_mask
-        image_tokens = self.image_projection(inputs.image_pooled) + self.temporal_position.weight[:images][None]
+        image_tokens = self.image_projection(inputs.pooled) + self.temporal_position.weight[:images][None]
         for layer in self.across_images:
             image_tokens, _ = layer(image_tokens, image_tokens, image_mask)
 
@@ -118,7 +118,7 @@ class SmclFusion(Fusion):
         joint_text = self._join([text for text, _ in views], word_mask, self.text_union)
         joint_images = self._join([images for _, images in views], image_mask, self.image_union)
         aware_images, _ = self.images_to_words(joint_images, joint_text, word_mask)
-        regions = self.region_projection(inputs.region_tokens) + aware_images[:, :, None, :]
+        regions = self.region_projection(inputs.regions) + aware_images[:, :, None, :]
         regions = regions.reshape(batch, images * patches, hidden)
         region_mask = image_mask[:, :, None].expand(-1, -1, patches).reshape(batch, images * patches)
         fused, attention = self.words_to_regions(self.word_queries(joint_text), regions, region_mask)

@@ -10,6 +10,8 @@ no visual token a layer computes exactly what the encoder computes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -77,8 +79,10 @@ def encode_text_with_visual_prefix(
     layers = _layers(text_encoder)
     if len(prefixes) != len(layers):
         raise ValueError(f"{len(prefixes)} visual prefixes for {len(layers)} text-encoder layers")
-    hidden = text_encoder.model.embeddings(inputs_embeds=token_embeddings(text_encoder, inputs))
+    embeddings: Any = text_encoder.model.embeddings  # a BERT-family embeddings module
+    hidden = embeddings(inputs_embeds=token_embeddings(text_encoder, inputs))
     mask = torch.cat([prefix_mask, inputs.attention_mask.bool()], dim=1)[:, None, None, :]
+    layer: Any  # a BERT-family layer (BertLayer, RobertaLayer, …): its parts are read by name, as the models share them
     for layer, prefix in zip(layers, prefixes, strict=True):
         attention = layer.attention.self
         heads, size = attention.num_attention_heads, attention.attention_head_size
