@@ -1,9 +1,9 @@
 # PostLens — every target does its own set-up, so each works on a fresh machine.
-#   make demo    the pipeline end to end on the local stack (synthetic posts → Kafka → Triton → Elasticsearch)
+#   make demo       the pipeline end to end on the local stack (synthetic posts → Kafka → Triton → Elasticsearch)
 #   make test       every test, against the real local stack (what CI runs, after make lint)
-#   make test-fast  unit and in-memory tests: no services, no training inside a test
+#   make test-fast  the tests marked neither integration nor slow: no services
 #   make lint       ruff (lint and format) and mypy, configured in pyproject.toml
-#   make bench   benchmarks: print figures, write reports/ (markdown + PNG)
+#   make bench      benchmarks: print figures, write reports/ (markdown + PNG)
 
 SHELL := /bin/bash
 POSTLENS_HOME ?= $(HOME)/.cache/postlens
