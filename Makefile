@@ -1,7 +1,9 @@
 # PostLens — every target does its own set-up, so each works on a fresh machine.
-#   make demo    the pipeline end to end on the local stack (synthetic posts → Kafka → Triton → Elasticsearch)
-#   make test    every test, against the real local stack
-#   make bench   benchmarks: print figures, write reports/ (markdown + PNG)
+#   make demo       the pipeline end to end on the local stack (synthetic posts → Kafka → Triton → Elasticsearch)
+#   make test       every test, against the real local stack (what CI runs, after make lint)
+#   make test-fast  the tests marked neither integration nor slow: no services
+#   make lint       ruff (lint and format) and mypy, configured in pyproject.toml
+#   make bench      benchmarks: print figures, write reports/ (markdown + PNG)
 
 SHELL := /bin/bash
 POSTLENS_HOME ?= $(HOME)/.cache/postlens
@@ -16,7 +18,8 @@ UV_VERSION := 0.13.9
 UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
 
-.PHONY: setup system-packages deploy-tools test test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
+.PHONY: setup system-packages deploy-tools lint test test-fast demo bench bench-model bench-serving bench-stream up down status \
+        clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -47,8 +50,21 @@ test: setup deploy-tools
 	$(PY) -m deploy.local up
 	$(PY) -m pytest
 
-test-unit: setup deploy-tools
+test-fast: setup deploy-tools
 	$(PY) -m pytest -m "not integration and not slow"
+
+# What mypy checks is `files` in pyproject.toml; tests/test_lint.py runs these same lines on a broken copy.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+# What PostLens caches under POSTLENS_HOME and fetches or rebuilds by itself when it is missing: the services'
+# downloaded archives (deploy.local), the benchmarks' and the demo's trained models and synthetic data. Kept: the
+# venv and the deploy tools (make setup, make deploy-tools rebuild them, slowly), the services' data and logs (the
+# stack may be running), and retrained checkpoints (results, not caches).
+clean-cache:
+	rm -rf $(POSTLENS_HOME)/downloads $(POSTLENS_HOME)/bench $(POSTLENS_HOME)/demo
 
 demo: setup
 	$(PY) -m deploy.demo

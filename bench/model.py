@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     running = [args.only] if args.only else list(SECTIONS)
     data_dir = get_settings().shared_data_dir
     if "twitter" in running and not all(
-        (data_dir / path).is_file() for path in resolve_config(twitter.PRESET).data.train
+        (data_dir / path).is_file() for path in resolve_config(twitter.PRESET).named_data.train
     ):
         parser.error(f"{data_dir} lacks the {twitter.PRESET} preset's data (set POSTLENS_SHARED_DATA_DIR)")
 
@@ -63,10 +63,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         work = args.work or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         if "synthetic" in running:
-            results = synthetic.run_synthetic(work, args.synthetic_posts, args.synthetic_seed)
-            synthetic.plot(results, args.out / "model_synthetic.png", args.out / "model_synthetic_ablations.png")
-            sections["synthetic"] = synthetic.markdown(results, command, args.synthetic_posts, args.synthetic_seed)
-            figures["synthetic"] = {"command": command, "variants": [result.to_json() for result in results]}
+            variants = synthetic.run_synthetic(work, args.synthetic_posts, args.synthetic_seed)
+            synthetic.plot(variants, args.out / "model_synthetic.png", args.out / "model_synthetic_ablations.png")
+            sections["synthetic"] = synthetic.markdown(variants, command, args.synthetic_posts, args.synthetic_seed)
+            figures["synthetic"] = {"command": command, "variants": [variant.to_json() for variant in variants]}
         if "twitter" in running:
             results = twitter.run_twitter(work)
             twitter.plot(results, args.out / "model_twitter.png")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -76,7 +77,10 @@ class ServingConfig:
     @property
     def label(self) -> str:
         threads = f"{self.intra_op_threads} thr." if self.intra_op_threads else "all cores"
-        return f"delay {self.max_queue_delay_us / 1000:g} ms, max batch {self.max_batch_size}, {self.instances} inst. × {threads}"
+        return (
+            f"delay {self.max_queue_delay_us / 1000:g} ms, max batch {self.max_batch_size}, "
+            f"{self.instances} inst. × {threads}"
+        )
 
 
 # The shipped configuration and the alternatives it was chosen from.
@@ -337,7 +341,7 @@ def stage_times(version_dir: Path, requests: Sequence[InferRequest], batch: int,
     chosen = [one_image[i % len(one_image)] for i in range(batch)]
     texts = [request.text for request in chosen]
     images, mask = np.stack([request.images for request in chosen]), np.ones((batch, 1), dtype=bool)
-    timings = []
+    timings: list[np.ndarray] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(timings) < 5:
         marks = [time.perf_counter()]
@@ -351,6 +355,11 @@ def stage_times(version_dir: Path, requests: Sequence[InferRequest], batch: int,
         timings.append(np.diff(marks))
     preprocess, network, decode = np.median(np.array(timings[1:]), axis=0) / batch * 1000
     return StageTimes(batch, float(preprocess), float(network), float(decode))
+
+
+def _run_torch(network: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        network(**tensors)
 
 
 def in_process(
@@ -369,12 +378,10 @@ def in_process(
         images, mask = stack_images([request.images for request in chosen], exported.image_size)
         inputs, _ = exported.preprocessor.encode([request.text for request in chosen], images, mask)
         tensors = {name: torch.from_numpy(value) for name, value in inputs.items()}
-
-        def run_torch() -> None:
-            with torch.no_grad():
-                network(**tensors)
-
-        runs = {"ONNX Runtime": lambda: exported.run(inputs), "PyTorch": run_torch}
+        runs: dict[str, Callable[[], object]] = {
+            "ONNX Runtime": functools.partial(exported.run, inputs),
+            "PyTorch": functools.partial(_run_torch, network, tensors),
+        }
         timings: dict[str, list[float]] = {runtime: [] for runtime in runs}
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline or min(len(t) for t in timings.values()) < 5:
@@ -430,8 +437,9 @@ class Headline:
 
     def sentence(self) -> str:
         return (
-            f"Dynamic batching {self.batched.concurrent.throughput:.1f} posts/s ({self.batched.config.label}) vs batch-1 "
-            f"sequential {self.one_at_a_time.sequential.throughput:.1f} posts/s ({self.one_at_a_time.config.label}): "
+            f"Dynamic batching {self.batched.concurrent.throughput:.1f} posts/s ({self.batched.config.label}) "
+            f"vs batch-1 sequential {self.one_at_a_time.sequential.throughput:.1f} posts/s "
+            f"({self.one_at_a_time.config.label}): "
             f"{self.ratio:.2f}× (target ≥ {TARGET_RATIO:g}×: {'met' if self.ratio >= TARGET_RATIO else 'NOT met'})"
         )
 
@@ -447,6 +455,8 @@ def report(
     best = Headline.of(results)
     single, batched = stages[0], stages[-1]
     cores = len(os.sched_getaffinity(0))
+    core_share = best.batched.concurrent.cores_ours / best.one_at_a_time.sequential.cores_ours
+    model_share = core_share * single.total_ms / batched.total_ms
     lines = [
         "# Serving benchmark",
         "",
@@ -454,10 +464,11 @@ def report(
         "CPU cores shared by the client, Triton and whatever else runs. Posts/s are medians over alternating rounds "
         "of the two modes on the same server.",
         "",
-        f"## Triton entry model `postlens` (one request per post through `stream.stages.infer`; concurrent = {in_flight} in flight)",
+        "## Triton entry model `postlens` (one request per post through `stream.stages.infer`; "
+        f"concurrent = {in_flight} in flight)",
         "",
-        "| configuration | batch-1 posts/s | p50 ms | p99 ms | cores | concurrent posts/s | p50 ms | p99 ms | mean batch "
-        "| cores | ratio |",
+        "| configuration | batch-1 posts/s | p50 ms | p99 ms | cores | concurrent posts/s | p50 ms | p99 ms "
+        "| mean batch | cores | ratio |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
@@ -466,7 +477,8 @@ def report(
             f"| {result.config.label} | {sequential.throughput:.1f} | {sequential.percentile(50):.1f} | "
             f"{sequential.percentile(99):.1f} | {sequential.cores_ours:.2f} (+{sequential.cores_others:.2f}) | "
             f"{concurrent.throughput:.1f} | {concurrent.percentile(50):.1f} | {concurrent.percentile(99):.1f} | "
-            f"{concurrent.mean_batch:.1f} | {concurrent.cores_ours:.2f} (+{concurrent.cores_others:.2f}) | {result.ratio:.2f}× |"
+            f"{concurrent.mean_batch:.1f} | {concurrent.cores_ours:.2f} (+{concurrent.cores_others:.2f}) | "
+            f"{result.ratio:.2f}× |"
         )
     lines += [
         "",
@@ -480,7 +492,8 @@ def report(
         "| batch | preprocess | network | decode + JSON | total |",
         "|---:|---:|---:|---:|---:|",
         *(
-            f"| {stage.batch} | {stage.preprocess_ms:.2f} | {stage.network_ms:.2f} | {stage.decode_ms:.2f} | {stage.total_ms:.2f} |"
+            f"| {stage.batch} | {stage.preprocess_ms:.2f} | {stage.network_ms:.2f} | {stage.decode_ms:.2f} "
+            f"| {stage.total_ms:.2f} |"
             for stage in stages
         ),
         "",
@@ -496,10 +509,9 @@ def report(
         "cores batch-1 uses) × (batch-1 ÷ batched model cost per post) = "
         f"({best.batched.concurrent.cores_ours:.2f} ÷ {best.one_at_a_time.sequential.cores_ours:.2f}) × "
         f"{single.total_ms / batched.total_ms:.1f} ≈ "
-        f"{best.batched.concurrent.cores_ours / best.one_at_a_time.sequential.cores_ours * single.total_ms / batched.total_ms:.1f}× "
-        f"from the model's share; measured, with the per-request serving overheads: {best.ratio:.2f}×. An idle machine (all {cores} cores for "
-        "the load), a bigger network (MiniLM, a CLIP ViT) or a GPU, where the network dominates a post's time, "
-        "gain more from batching.",
+        f"{model_share:.1f}× from the model's share; measured, with the per-request serving overheads: "
+        f"{best.ratio:.2f}×. An idle machine (all {cores} cores for the load), a bigger network (MiniLM, a CLIP ViT) "
+        "or a GPU, where the network dominates a post's time, gain more from batching.",
         "",
         "## Network in-process, identical encoded batches (ONNX Runtime vs PyTorch, one thread each)",
         "",
@@ -511,7 +523,8 @@ def report(
         torch_result = next(r for r in local if r.runtime == "PyTorch" and r.batch == batch)
         lines.append(
             f"| {batch} | {onnx_result.throughput:.1f} | {torch_result.throughput:.1f} | "
-            f"{onnx_result.throughput / torch_result.throughput:.2f}× | {onnx_result.latency_ms:.2f} | {torch_result.latency_ms:.2f} |"
+            f"{onnx_result.throughput / torch_result.throughput:.2f}× | {onnx_result.latency_ms:.2f} | "
+            f"{torch_result.latency_ms:.2f} |"
         )
     lines += ["", "![serving](serving.png)", ""]
     return "\n".join(lines)
@@ -541,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workdir = Path(tmp)
         print(f"exporting {checkpoint} …", flush=True)
         version_dir = export_model(checkpoint, workdir / "export")
-        requests = load_requests(posts_file, read_model_config(version_dir).vision_encoder.image_size)
+        requests = load_requests(posts_file, read_model_config(version_dir).vision_encoder.input_size)
         for config in CONFIGS:
             with triton_serving(version_dir, config, workdir) as server:
                 result = asyncio.run(
@@ -550,7 +563,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             results.append(result)
             print(
                 f"{config.label:<48} batch 1: {result.sequential.throughput:6.1f} posts/s "
-                f"(p50 {result.sequential.percentile(50):5.1f} ms) | concurrent: {result.concurrent.throughput:6.1f} posts/s "
+                f"(p50 {result.sequential.percentile(50):5.1f} ms) | "
+                f"concurrent: {result.concurrent.throughput:6.1f} posts/s "
                 f"(p50 {result.concurrent.percentile(50):6.1f} ms, p99 {result.concurrent.percentile(99):6.1f} ms, "
                 f"mean batch {result.concurrent.mean_batch:4.1f}, {result.concurrent.cores_ours:.2f} cores ours, "
                 f"{result.concurrent.cores_others:.2f} others') | {result.ratio:.2f}×",
@@ -565,7 +579,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         local = in_process(checkpoint, version_dir, requests, args.in_process_seconds)
         for entry in local:
             print(
-                f"in-process {entry.runtime:<12} batch {entry.batch:>2}: {entry.throughput:8.1f} posts/s ({entry.latency_ms:.2f} ms/batch)"
+                f"in-process {entry.runtime:<12} batch {entry.batch:>2}: {entry.throughput:8.1f} posts/s "
+                f"({entry.latency_ms:.2f} ms/batch)"
             )
 
     REPORTS.mkdir(exist_ok=True)

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from aiohttp import web
@@ -130,7 +131,7 @@ class Phase:
             self.workers.append(spawn(spec, log))
             self.logs.append(log)
         while not all(all(marker in log.read_text(errors="replace") for marker in READY_MARKERS) for log in self.logs):
-            for pid, log in zip(self.workers, self.logs):
+            for pid, log in zip(self.workers, self.logs, strict=True):
                 if not is_alive(pid):
                     raise RuntimeError(f"worker exited while starting; log {log}:\n{tail(log, 40)}")
             await asyncio.sleep(0.5)
@@ -175,7 +176,7 @@ class Phase:
         return (n1 - n0) / (t1 - t0)
 
     def _check_alive(self) -> None:
-        for pid, log in zip(self.workers, self.logs):
+        for pid, log in zip(self.workers, self.logs, strict=True):
             if not is_alive(pid):
                 raise RuntimeError(f"a worker died; log {log}:\n{tail(log, 40)}")
 
@@ -287,7 +288,7 @@ async def latencies(
                 index=phase.settings.es_index_posts,
                 query={"prefix": {"id": "latency-"}},
                 size=10_000,
-                source=["indexed_at"],
+                source_includes=["indexed_at"],
             )
             hits = response["hits"]["hits"]
             if len(hits) >= count or time.monotonic() > deadline:
@@ -382,7 +383,8 @@ def markdown(figures: dict, command: str) -> str:
     lines = [
         "# Stream benchmark",
         "",
-        f"`{command}` — workers at commit {figures['commit']}, {figures['date']}; machine: {figures['machine']['cpus']} CPUs "
+        f"`{command}` — workers at commit {figures['commit']}, {figures['date']}; "
+        f"machine: {figures['machine']['cpus']} CPUs "
         f"({figures['machine']['cpu_model']}), {figures['machine']['memory_gb']} GB, shared by Triton, Kafka, "
         "Elasticsearch, Redis, the workers and this load generator.",
         "",
@@ -448,7 +450,8 @@ def notes(figures: dict) -> list[str]:
         found.append(
             f"- `pipeline_over_triton` below goal: alone, Triton used {figures['cores']['triton alone']['triton']:.2f} "
             'cores ("rest" there is this load generator and other jobs); while one worker drained the '
-            f"backlog, Triton got {text['triton']:.2f} of them, the worker {text['workers']:.2f} (Kafka fetch, JSON and "
+            f"backlog, Triton got {text['triton']:.2f} of them, the worker {text['workers']:.2f} "
+            "(Kafka fetch, JSON and "
             f"pydantic, gRPC, bulk bodies) and the rest {text['rest']:.2f} (Elasticsearch indexing two or more "
             "documents per post, Kafka). The pipeline's own work per post is what the ratio pays for on a machine "
             "this small; with Triton on cores (or a GPU) of its own the ratio is bounded by Triton instead."
@@ -503,7 +506,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
             text_only = Phase.create(settings, run_id, "text")
             phases.append(text_only)
             await text_only.start_workers(1, triton_url, workdir, args.worker_checkout)
-            posts = [{"id": f"text-{n}", "text": texts[n]} for n in range(count)]
+            posts: list[dict[str, Any]] = [{"id": f"text-{n}", "text": texts[n]} for n in range(count)]
             figures["pipeline_posts_s"] = await text_only.drain(posts, producer, triton_pid)
             figures["cores"] = {"triton alone": triton_alone, "text": text_only.cores}
             figures["worker_rss_mb"] = text_only.peak_rss_mb

@@ -114,6 +114,8 @@ class VariantResult:
         return self.metrics["train_seconds"] / self.metrics["epochs_run"]
 
     def subset_f1(self, subset: str) -> float:
+        if self.report.subsets is None:
+            raise ValueError(f"{self.variant.name}: the evaluation has no subsets (the data carries no subset tags)")
         return self.report.subsets[subset].entity.f1
 
     @property
@@ -246,7 +248,9 @@ def _difference(full: float | None, ablated: float | None) -> float | None:
 def mechanism_finding(full: VariantResult, ablated: VariantResult) -> str:
     """Where the component helped (the full model better by ≥ NOISE_F1), where it hurt and where it made no
     difference: per subset F1 and grounding accuracy, as measured."""
-    scores = {f"{subset} F1": (full.subset_f1(subset), ablated.subset_f1(subset)) for subset in SUBSETS}
+    scores: dict[str, tuple[float | None, float | None]] = {
+        f"{subset} F1": (full.subset_f1(subset), ablated.subset_f1(subset)) for subset in SUBSETS
+    }
     scores["grounding"] = (full.grounding, ablated.grounding)
     differences = {name: _difference(*pair) for name, pair in scores.items()}
     helped = [f"{name} {value:+.3f}" for name, value in differences.items() if value is not None and value >= NOISE_F1]
@@ -274,8 +278,9 @@ def markdown(results: Sequence[VariantResult], command: str, posts: int, seed: i
         "temperature and grounding threshold fitted on valid. Each seed strategy trains with its paper preset's loss",
         "section (MPCFN: Flooding b = 0.3 on the CRF NLL; MGIPS-CL: IPS-CL + standard CL; SMCL: α = 0.3 CMD,",
         "β = 0.2 difference). Train time per epoch includes the validation pass; served posts/s is the exported model",
-        f"run by `postlens.runtime.exported` (Triton's entry-model code) on one ONNX Runtime thread, batches of {SERVING_BATCH},",
-        "preprocessing and decoding included (strategies only: ablations are not exported). CPU only, 2 shared cores:",
+        "run by `postlens.runtime.exported` (Triton's entry-model code) on one ONNX Runtime thread,",
+        f"batches of {SERVING_BATCH}, preprocessing and decoding included (strategies only: ablations are not",
+        "exported). CPU only, 2 shared cores:",
         "times are indicative. Section (a) is text only (the tweet images are not distributed), so the fusion",
         "strategies and their mechanisms are compared here alone.",
         "",

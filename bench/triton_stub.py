@@ -66,7 +66,9 @@ def measure(repository: Path, scratch: Path) -> dict[str, float]:
                 break
             except (OSError, urllib.error.URLError):
                 if time.perf_counter() > deadline or "failed to load" in log_path.read_text():
-                    raise SystemExit(f"the model did not become ready in {READY_TIMEOUT_S:g}s:\n{tail(log_path)}")
+                    raise SystemExit(
+                        f"the model did not become ready in {READY_TIMEOUT_S:g}s:\n{tail(log_path)}"
+                    ) from None  # the server's log says why; the refused connection does not
                 time.sleep(0.1)
         load_s = time.perf_counter() - started
         time.sleep(2.0)  # let the stub's lazily imported modules settle before reading its memory

@@ -91,7 +91,7 @@ class SoftmaxTagger(nn.Module):
 def softmax_predictions(
     logits: torch.Tensor, word_mask: torch.Tensor, examples: Sequence[Example], labels: Sequence[str]
 ) -> list[PostPrediction]:
-    """Argmax tags → entities (invalid sequences read the conlleval way); confidence = the weakest word's probability."""
+    """Argmax tags → entities (invalid sequences read the conlleval way); confidence: the weakest word's probability."""
     probabilities = logits.softmax(dim=-1)
     best, tags = probabilities.max(dim=-1)
     predictions = []
@@ -148,7 +148,7 @@ def train_softmax(config: RunConfig, train_examples: list[Example], valid: dict[
         ):
             batch = encoder.encode(chunk)
             mask = batch.inputs["word_mask"]
-            loss = nn.functional.cross_entropy(model(**batch.inputs)[mask], batch.targets.tags[mask])
+            loss = nn.functional.cross_entropy(model(**batch.inputs)[mask], batch.gold_targets.tags[mask])
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -200,8 +200,8 @@ def train_or_reuse(
 
 def run_twitter(work: Path, batch_size: int = 64) -> list[TwitterResult]:
     config = resolve_config(PRESET)
-    train_examples = load_split(config.data.train)
-    valid = {dataset_name(path): load_split([path]) for path in config.data.valid}
+    train_examples = load_split(config.named_data.train)
+    valid = {dataset_name(path): load_split([path]) for path in config.named_data.valid}
     valid_examples = [example for examples in valid.values() for example in examples]
     results = [train_softmax(config, train_examples, valid)]
     for variant, overrides in CRF_VARIANTS.items():
@@ -227,7 +227,7 @@ def _metric(value: float | None) -> str:
 
 def markdown(results: list[TwitterResult], command: str) -> str:
     config = resolve_config(PRESET)
-    data = ", ".join(str(path) for path in config.data.train)
+    data = ", ".join(str(path) for path in config.named_data.train)
     lines = [
         f"{HEADING} valid (text only): the default model and what each part contributes",
         "",

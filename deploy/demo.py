@@ -145,7 +145,7 @@ def default_checkpoint(settings: Settings, home: Path) -> Path:
     """The default served model (the ``twitter`` preset, on the shared Twitter data): trained unless cached."""
     from trainer.run_config import resolve_config
 
-    named = resolve_config(DEFAULT_PRESET).data
+    named = resolve_config(DEFAULT_PRESET).named_data
     data = [settings.shared_data_dir / path for path in (*named.train, *named.valid)]
     if missing := [str(path) for path in data if not path.is_file()]:
         raise SystemExit(
@@ -191,8 +191,11 @@ def serve(settings: Settings, name: str, version: str) -> None:
     """Have the local Triton serve ``version`` of model ``name`` (loaded at its start, or now if it was up)."""
     from trainer.export import ExportError, load_in_triton
 
+    url = settings.triton_load_url(settings.model_repository)
+    if url is None:
+        raise SystemExit(f"no Triton HTTP endpoint known for {settings.model_repository}")
     try:
-        print(load_in_triton(settings.triton_load_url(settings.model_repository), name, int(version)), flush=True)
+        print(load_in_triton(url, name, int(version)), flush=True)
     except ExportError as error:
         raise SystemExit(str(error)) from None
 
@@ -254,7 +257,7 @@ def workers(logs: Path, envs: dict[int, dict[str, str]]) -> Iterator[list[subpro
             print(f"worker pid {process.pid}, metrics http://localhost:{port}/metrics, log {log.name}")
         yield [process for process, _ in started]
     finally:
-        for process, log in started:
+        for process, _ in started:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
         for process, log in started:

@@ -112,7 +112,7 @@ class Stack:
             raise StartError(svc, f"port {svc.port} is taken by a process that does not answer as {svc.name}")
         prepare_s = None
         started = pid is None
-        if started:
+        if pid is None:
             t0 = time.monotonic()
             try:
                 await asyncio.to_thread(svc.prepare)
@@ -150,7 +150,7 @@ class Stack:
         async def probe_all() -> list[ServiceStatus]:
             selected = self._select(services)
             versions = await asyncio.gather(*(_probe(svc) for svc in selected))
-            return [self._status(svc, v, read_pid(svc.pid_path)) for svc, v in zip(selected, versions)]
+            return [self._status(svc, v, read_pid(svc.pid_path)) for svc, v in zip(selected, versions, strict=True)]
 
         return {status.name: status for status in asyncio.run(probe_all())}
 

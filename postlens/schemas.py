@@ -1,4 +1,4 @@
-"""The messages that cross PostLens' boundaries (BRIEF §2–4), as pydantic models.
+"""The messages that cross PostLens' boundaries, as pydantic models (documented in docs/contracts.md).
 
 Producers, the stream worker, the trainer and the Triton entry model all speak these shapes; nothing else is
 shared between them.
@@ -6,6 +6,7 @@ shared between them.
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -73,10 +74,10 @@ class Post(BaseModel):
 
     @model_validator(mode="after")
     def _unknown_fields_into_meta(self) -> Post:
-        extra = dict(self.__pydantic_extra__ or {})
+        extra = self.__pydantic_extra__
         if extra:
             self.meta = {**extra, **self.meta}
-            self.__pydantic_extra__.clear()
+            extra.clear()
         return self
 
     @property
@@ -153,7 +154,7 @@ class Label(BaseModel):
                     )
                 if not self.text[span.start : span.end].strip():
                     raise ValueError(f"entity [{span.start}, {span.end}) covers only white space")
-            for left, right in zip(spans, spans[1:]):
+            for left, right in itertools.pairwise(spans):
                 if right.start < left.end:
                     raise ValueError(f"entities [{left.start}, {left.end}) and [{right.start}, {right.end}) overlap")
         elif self.tokens is not None and self.tags is not None:

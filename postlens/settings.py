@@ -1,8 +1,9 @@
-"""All PostLens configuration, in one place.
+"""All PostLens configuration, in one place, grouped by concern.
 
 Every field is read from an environment variable with the prefix ``POSTLENS_`` (``kafka_bootstrap`` ←
-``POSTLENS_KAFKA_BOOTSTRAP``) or from a ``.env`` file in the working directory. Parts of the system take the
-fields they need from :func:`get_settings`; nothing else reads the environment.
+``POSTLENS_KAFKA_BOOTSTRAP``) or from a ``.env`` file in the working directory. Each concern has a class of its own
+(:class:`KafkaSettings`, :class:`CacheSettings`, …); :class:`Settings` combines them all, and parts of the system
+take the fields they need from :func:`get_settings`; nothing else reads the environment.
 """
 
 from __future__ import annotations
@@ -16,12 +17,23 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from postlens.schemas import MAX_MODEL_IMAGES
 
+_REPOSITORY = Path(__file__).resolve().parent.parent
 
-class Settings(BaseSettings):
+
+class SettingsGroup(BaseSettings):
+    """What every group shares: the environment prefix, and POSTLENS_HOME, the root of PostLens' own caches."""
+
     # Errors never echo their input: a whole-model check would print every setting, secrets included.
     model_config = SettingsConfigDict(
         env_prefix="POSTLENS_", env_file=".env", extra="ignore", hide_input_in_errors=True
     )
+
+    # Downloads, the local stack's services and data, the virtualenv, retrained checkpoints.
+    home: Path = Path("~/.cache/postlens").expanduser()
+
+
+class KafkaSettings(SettingsGroup):
+    """Brokers, topics, consumer groups and client security."""
 
     # --- Kafka -------------------------------------------------------------------------------------
     kafka_bootstrap: str = "localhost:9092"
@@ -43,6 +55,18 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
 
+    @model_validator(mode="after")
+    def _sasl_credentials_complete(self) -> KafkaSettings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(f"{self.kafka_security_protocol} needs kafka_sasl_username and kafka_sasl_password")
+        return self
+
+
+class CacheSettings(SettingsGroup):
+    """The Redis image cache."""
+
     # --- Redis (image cache) -------------------------------------------------------------------------
     redis_url: str = "redis://localhost:6379/0"
     image_cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
@@ -50,6 +74,10 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(0.5, gt=0, description="connect/command timeout; a slow cache is skipped")
     # After a Redis failure the worker fetches uncached for this long before trying Redis again.
     redis_retry_after_s: float = Field(5.0, gt=0)
+
+
+class FetchSettings(SettingsGroup):
+    """Image fetching and the limits on what a post may carry."""
 
     # --- Image fetching ----------------------------------------------------------------------------
     fetch_concurrency: int = Field(32, ge=1)
@@ -72,11 +100,19 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(5000, ge=1)
     max_post_depth: int = Field(32, ge=2, description="deeper-nested JSON posts are dead-lettered")
 
+
+class TritonSettings(SettingsGroup):
+    """The Triton server the worker asks for predictions."""
+
     # --- Triton ------------------------------------------------------------------------------------
     triton_url: str = "localhost:8001"  # gRPC
     triton_model: str = "postlens"
     triton_timeout_s: float = Field(30.0, gt=0)
     triton_retries: int = Field(5, ge=0)
+
+
+class ElasticsearchSettings(SettingsGroup):
+    """The Elasticsearch cluster and indices the worker writes."""
 
     # --- Elasticsearch -----------------------------------------------------------------------------
     es_url: str = "http://localhost:9200"
@@ -87,6 +123,16 @@ class Settings(BaseSettings):
     es_index_entities: str = "postlens-entities"
     es_index_posts: str = "postlens-posts"
     es_request_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> ElasticsearchSettings:
+        if self.es_api_key and (self.es_username or self.es_password):
+            raise ValueError("set either es_api_key or es_username/es_password, not both")
+        return self
+
+
+class WorkerSettings(SettingsGroup):
+    """The stream worker: micro-batches, concurrency, commits, backoff."""
 
     # --- Worker ------------------------------------------------------------------------------------
     batch_size: int = Field(
@@ -104,6 +150,10 @@ class Settings(BaseSettings):
     worker_buffer_max: int = Field(256, ge=1)
     worker_commit_interval_s: float = Field(1.0, gt=0, description="how often finished offsets are committed")
     retry_backoff_max_s: float = Field(15.0, gt=0, description="cap of the backoff while Triton or ES is unavailable")
+
+
+class RetrainSettings(SettingsGroup):
+    """Retraining from the labels topic (python -m trainer.retrain)."""
 
     # --- Retraining (python -m trainer.retrain) -------------------------------------------------------
     retrain_group: str = "postlens-retrain"  # consumer group whose committed offsets mark labels already used
@@ -136,15 +186,19 @@ class Settings(BaseSettings):
     retrain_watch_interval_s: float = Field(3600.0, gt=0)
     retrain_watch_poll_s: float = Field(30.0, gt=0)
     retrain_metrics_port: int = Field(6067, ge=0, le=65535, description="0: a free port (logged)")
-    checkpoints_dir: Path | None = None  # retrained checkpoints; None = POSTLENS_HOME/checkpoints
+    # Retrained checkpoints; by default under POSTLENS_HOME.
+    checkpoints_dir: Path = Field(default_factory=lambda data: data["home"] / "checkpoints")
+
+
+class LocalStackSettings(SettingsGroup):
+    """The local stack of python -m deploy.local, and where exports tell Triton."""
 
     # --- Local stack (python -m deploy.local) ----------------------------------------------------------
-    home: Path = Path("~/.cache/postlens").expanduser()
     kafka_version: str = "4.3.1"
     elasticsearch_version: str = "8.19.21"
     maven_repo_url: str = "https://repo1.maven.org/maven2"
     # JDK for Kafka and Elasticsearch (ES 8.19 needs 17+): POSTLENS_JAVA_HOME, else JAVA_HOME, else the `java` on PATH.
-    java_home: Path | None = Field(None, validation_alias=AliasChoices("POSTLENS_JAVA_HOME", "JAVA_HOME"))
+    java_home: Path | None = Field(default=None, validation_alias=AliasChoices("POSTLENS_JAVA_HOME", "JAVA_HOME"))
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"
@@ -161,26 +215,7 @@ class Settings(BaseSettings):
     # the repository written is the one it serves.
     triton_http_url: str | None = None
     triton_metrics_port: int = 8002
-    model_repository: Path = Path(__file__).resolve().parent.parent / "model_repository"
-
-    # --- Benchmarks (make bench) ---------------------------------------------------------------------
-    # Read-only shared data beside the clone (twitter2015/, twitter2017/ in CoNLL layout); never copied in.
-    shared_data_dir: Path = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-
-    @model_validator(mode="after")
-    def _credentials_complete(self) -> Settings:
-        sasl = self.kafka_security_protocol.startswith("SASL_")
-        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password):
-            raise ValueError(f"{self.kafka_security_protocol} needs kafka_sasl_username and kafka_sasl_password")
-        if self.es_api_key and (self.es_username or self.es_password):
-            raise ValueError("set either es_api_key or es_username/es_password, not both")
-        return self
-
-    @model_validator(mode="after")
-    def _paths_under_home(self) -> Settings:
-        if self.checkpoints_dir is None:
-            self.checkpoints_dir = self.home / "checkpoints"
-        return self
+    model_repository: Path = _REPOSITORY / "model_repository"
 
     def triton_load_url(self, repository: Path) -> str | None:
         """The Triton HTTP endpoint to tell about a new version written to ``repository``, or None for none."""
@@ -189,6 +224,28 @@ class Settings(BaseSettings):
         if repository.resolve() == self.model_repository.resolve():
             return f"http://localhost:{self.triton_http_port}"
         return None
+
+
+class BenchmarkSettings(SettingsGroup):
+    """Benchmarks (make bench)."""
+
+    # --- Benchmarks (make bench) ---------------------------------------------------------------------
+    # Read-only shared data beside the clone (twitter2015/, twitter2017/ in CoNLL layout); never copied in.
+    shared_data_dir: Path = _REPOSITORY.parent / "shared" / "data"
+
+
+class Settings(
+    KafkaSettings,
+    CacheSettings,
+    FetchSettings,
+    TritonSettings,
+    ElasticsearchSettings,
+    WorkerSettings,
+    RetrainSettings,
+    LocalStackSettings,
+    BenchmarkSettings,
+):
+    """Every group at once: what the entry points read (the same POSTLENS_ names as each group alone)."""
 
 
 @lru_cache(maxsize=1)

@@ -133,7 +133,10 @@ class Pipeline:
         indexed = 0
         if accepted:
             # Read while the batch is fetched and inferred: off the critical path.
-            previous = asyncio.create_task(self._indexer.previous_entity_ids([post.id for _, post in accepted]))
+            # `previous` holds the task until it is awaited or cancelled below (ruff's RUF006 misses that here).
+            previous = asyncio.create_task(  # noqa: RUF006
+                self._indexer.previous_entity_ids([post.id for _, post in accepted])
+            )
             try:
                 with self._stage("fetch"):
                     fetched = await self._fetch.fetch([post for _, post in accepted])
@@ -163,7 +166,10 @@ class Pipeline:
         self, accepted: list[tuple[RawMessage, Post]], fetched: list[list[FetchedImage]]
     ) -> tuple[list[ProcessedPost], list[Letter]]:
         """Predictions for the batch (waiting while Triton is unavailable); posts the model failed as letters."""
-        inputs = [model_input(post, images, self._inferer.image_size) for (_, post), images in zip(accepted, fetched)]
+        inputs = [
+            model_input(post, images, self._inferer.image_size)
+            for (_, post), images in zip(accepted, fetched, strict=True)
+        ]
         started = time.perf_counter()
         results = await retry_forever(
             lambda: self._inferer.infer([request for request, _ in inputs]),
@@ -176,7 +182,7 @@ class Pipeline:
 
         processed: list[ProcessedPost] = []
         refused: list[Letter] = []
-        for (raw, post), images, (_, fed), result in zip(accepted, fetched, inputs, results):
+        for (raw, post), images, (_, fed), result in zip(accepted, fetched, inputs, results, strict=True):
             if isinstance(result, ModelFault):
                 refused.append((raw, dead_letter(raw, "infer", result.kind, result.message)))
             elif result.error is not None:
@@ -323,7 +329,8 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
         # Passed as a header: the content type carries a charset, which aiohttp refuses as content_type.
         return web.bytes(metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @app.on_partitions_revoked.connect
+    # Faust types a receiver as (sender, *args); it passes the revoked partitions as the one positional argument.
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(_app: faust.App, revoked: set[faust.types.TP], **_kwargs: object) -> None:
         for flow in flows:
             await flow.commit()  # what finished before the handover need not be done again
@@ -335,7 +342,7 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
     async def commit(offsets: dict[faust.types.TP, int]) -> bool:
         # Faust's own commit path (only partitions still assigned; dead letters flushed first), given our offsets:
         # the posts topic has Faust's acks off (stream.commits explains why).
-        return await app.consumer._commit_offsets(offsets)  # noqa: SLF001
+        return await app.consumer._commit_offsets(offsets)  # type: ignore[attr-defined]  # noqa: SLF001
 
     @app.agent(worker_app.posts, concurrency=1)
     async def process_posts(stream: faust.StreamT) -> None:

@@ -1,6 +1,6 @@
 """Shared model fixtures (a pytest plugin, registered by ``tests/conftest.py``).
 
-- ``model_data``: a small synthetic data set (BRIEF §7) written by ``trainer.synth``;
+- ``model_data``: a small synthetic data set (docs/architecture.md) written by ``trainer.synth``;
 - ``tiny_checkpoint``: the tiny preset trained on it in this session (``trainer.train``, a few epochs);
 - ``exported_repo``: a temporary Triton model repository with that checkpoint exported as version 1;
 - ``served_model``: a Triton of its own serving that repository on free ports, never the shared one (tests must

@@ -85,7 +85,11 @@ def run(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def installed(python: Path, distribution: str) -> bool:
-    probe = f"import importlib.metadata as m\ntry: m.version({distribution!r})\nexcept m.PackageNotFoundError: raise SystemExit(1)"
+    probe = (
+        "import importlib.metadata as m\n"
+        f"try: m.version({distribution!r})\n"
+        "except m.PackageNotFoundError: raise SystemExit(1)"
+    )
     return subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0
 
 

@@ -3,6 +3,7 @@ say, and the grounding threshold (region score × image relevance) that maximise
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -67,7 +68,7 @@ def fit_grounding_threshold(
         {region.score * p.image_relevance for p in predictions for entity in p.entities for region in entity.regions}
     )
     points = [0.0, *evidence, 1.0 + 1e-9]
-    candidates = sorted({(low + high) / 2 for low, high in zip(points, points[1:])} | {0.0})
+    candidates = sorted({(low + high) / 2 for low, high in itertools.pairwise(points)} | {0.0})
 
     def accuracy(threshold: float) -> float:
         kept = [_drop_weak_regions(predictions[i], threshold) for i in with_images]

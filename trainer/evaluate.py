@@ -1,8 +1,8 @@
 """Evaluate a checkpoint on a labeled dataset: ``python -m trainer.evaluate --model DIR --data PATH``.
 
 Predicts every post with :class:`trainer.predict.Predictor`, scores the predictions (:mod:`trainer.metrics`) and
-writes the BRIEF §6 JSON (``--json``), plots (``--plots``: type confusion, reliability diagram, images with gold
-boxes in green and predicted ones in red) and a summary table on stdout.
+writes the report JSON of docs/contracts.md (``--json``), plots (``--plots``: type confusion, reliability diagram,
+images with gold boxes in green and predicted ones in red) and a summary table on stdout.
 
 Keys are left out when they do not apply: ``grounding`` needs images and a dataset with gold boxes (a dataset
 without any box annotation, like the Twitter sets, says nothing about regions); ``alignment`` needs at least two
@@ -33,6 +33,7 @@ from trainer.metrics import (
     Confusion,
     EntityScores,
     GroundedSpan,
+    ImageBox,
     calibration,
     entity_scores,
     grounding_accuracy,
@@ -61,7 +62,7 @@ class SubsetReport(BaseModel):
 
 
 class EvaluationReport(BaseModel):
-    """The ``--json`` document (BRIEF §6); ``to_json`` drops the keys that do not apply."""
+    """The ``--json`` document (docs/contracts.md, evaluation report); ``to_json`` drops the keys that do not apply."""
 
     n_posts: int
     entity: EntityScores
@@ -107,7 +108,7 @@ def predicted_grounding(prediction: PostPrediction) -> list[GroundedSpan]:
     grounded = []
     for entity in prediction.entities:
         best = max(entity.regions, key=lambda region: region.score, default=None)
-        regions = ((best.image_index, best.box),) if best is not None else ()
+        regions: tuple[ImageBox, ...] = ((best.image_index, best.box),) if best is not None else ()
         grounded.append(((entity.start, entity.end, canonical_type(entity.type)), regions))
     return grounded
 
@@ -127,7 +128,7 @@ def build_report(
     that have images, in order, for the alignment metric."""
     if len(examples) != len(predictions):
         raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
-    for example, prediction in zip(examples, predictions):
+    for example, prediction in zip(examples, predictions, strict=True):
         if example.tags is None:
             raise ValueError(f"post {example.id} has no labels; evaluation needs a labeled dataset")
         if prediction.id is not None and prediction.id != example.id:
@@ -170,8 +171,8 @@ def build_report(
         entity=entity_scores(gold, predicted),
         token=TokenReport(
             f1=token_f1(
-                [spans_from_tags(example.tags) for example in examples],
-                [word_spans(example, spans) for example, spans in zip(examples, predicted)],
+                [spans_from_tags(example.gold_tags) for example in examples],
+                [word_spans(example, spans) for example, spans in zip(examples, predicted, strict=True)],
             ).f1
         ),
         grounding=grounding(range(len(examples))),
@@ -257,7 +258,7 @@ def embed_all(predictor, examples: Sequence[Example], batch_size: int) -> tuple[
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="checkpoint dir written by trainer.train")
-    parser.add_argument("--data", type=Path, required=True, help="labeled JSONL (BRIEF §2) or CoNLL .txt")
+    parser.add_argument("--data", type=Path, required=True, help="labeled JSONL or CoNLL .txt")
     parser.add_argument("--images", type=Path, help="image dir for CoNLL data (<IMGID>.jpg …)")
     parser.add_argument("--json", type=Path, help="write the metrics JSON here")
     parser.add_argument("--plots", type=Path, help="write confusion/reliability/grounding PNGs into this dir")

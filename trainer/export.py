@@ -102,7 +102,7 @@ def export_model(
     model_root = repo / (name or get_settings().triton_model)
     network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
     model_root.mkdir(parents=True, exist_ok=True)
-    triton_config = _triton_config(model_root, config.vision_encoder.image_size)
+    triton_config = _triton_config(model_root, config.vision_encoder.input_size)
     with staged_version(model_root, version) as (staging, version):
         started = time.perf_counter()
         _write_onnx(network, Preprocessor.from_config(config, subword_tokenizer(tokenizer)), staging / ONNX_FILE)
@@ -222,6 +222,8 @@ def _write_onnx(network: NerNetwork, preprocessor: Preprocessor, path: Path) -> 
             dynamo=True,
             verbose=False,
         )
+    if program is None:  # only the legacy exporter returns nothing; dynamo=True is asked for above
+        raise ExportError("torch.onnx.export returned no ONNX program")
     program.save(str(path))
 
 
@@ -255,7 +257,7 @@ def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
             expected = network(**{name: torch.from_numpy(value) for name, value in inputs.items()})
         actual = exported.run(inputs)
         errors = []
-        for name, want, got in zip(OUTPUT_NAMES, expected, actual):
+        for name, want, got in zip(OUTPUT_NAMES, expected, actual, strict=True):
             want = want.numpy()
             if want.shape != got.shape:
                 raise ExportError(
@@ -268,7 +270,7 @@ def verify_parity(network: NerNetwork, version_dir: Path) -> list[ParityCase]:
             raise ExportError(
                 f"ONNX Runtime differs from PyTorch by {case.max_abs_error:.3g} (> {PARITY_TOLERANCE}) in {worst} "
                 f"for batch {batch}, {images} image slots, {case.subtokens} sub-tokens, {case.words} words; "
-                f"per output: {dict(zip(OUTPUT_NAMES, errors))}. Nothing was written."
+                f"per output: {dict(zip(OUTPUT_NAMES, errors, strict=True))}. Nothing was written."
             )
         cases.append(case)
     return cases

@@ -1,4 +1,5 @@
-"""Evaluation metrics (BRIEF §6), NumPy only. Each takes plain per-post span lists so training and evaluation share it.
+"""Evaluation metrics (the report: docs/contracts.md), NumPy only. Each takes plain per-post span lists so training
+and evaluation share it.
 
 Definitions:
 
@@ -15,7 +16,8 @@ Definitions:
 - **Alignment recall@k** — retrieval within the set: post i's text embedding should rank post i's image embedding
   among the top k by cosine similarity, and vice versa; the two directions are averaged. Ties count against.
 - **ECE** — over predicted entities: confidence vs. "exactly matches a gold span and type", 15 equal-width bins
-  ``[b/15, (b+1)/15)`` (the last also holds confidence 1); ECE = Σ_bins (n_bin / n) · |accuracy_bin − mean confidence_bin|.
+  ``[b/15, (b+1)/15)`` (the last also holds confidence 1);
+  ECE = Σ_bins (n_bin / n) · |accuracy_bin − mean confidence_bin|.
 - **Type confusion** — gold type × predicted type for entities with the same span; a ``O`` column counts gold
   entities whose span was not predicted (missed), a ``O`` row predicted spans that are not gold (spurious).
 """
@@ -62,7 +64,7 @@ def entity_scores(gold: Sequence[Sequence[Span]], predicted: Sequence[Sequence[S
     hits: Counter[str] = Counter()
     n_gold: Counter[str] = Counter()
     n_predicted: Counter[str] = Counter()
-    for gold_spans, predicted_spans in zip(gold, predicted):
+    for gold_spans, predicted_spans in zip(gold, predicted, strict=True):
         gold_set, predicted_set = set(gold_spans), set(predicted_spans)
         n_gold.update(span[2] for span in gold_set)
         n_predicted.update(span[2] for span in predicted_set)
@@ -88,7 +90,7 @@ def token_f1(gold: Sequence[Sequence[Span]], predicted: Sequence[Sequence[Span]]
         return {index: entity_type for start, end, entity_type in spans for index in range(start, end)}
 
     hits = n_gold = n_predicted = 0
-    for gold_spans, predicted_spans in zip(gold, predicted):
+    for gold_spans, predicted_spans in zip(gold, predicted, strict=True):
         gold_words, predicted_words = word_types(gold_spans), word_types(predicted_spans)
         n_gold += len(gold_words)
         n_predicted += len(predicted_words)
@@ -117,7 +119,7 @@ def grounding_accuracy(gold: Sequence[Sequence[GroundedSpan]], predicted: Sequen
     """Share of gold entities found with the right span, type and region (see the module docstring)."""
     _same_length(gold, predicted)
     correct = total = 0
-    for gold_entities, predicted_entities in zip(gold, predicted):
+    for gold_entities, predicted_entities in zip(gold, predicted, strict=True):
         regions_by_span = dict(predicted_entities)
         for span, gold_regions in gold_entities:
             total += 1
@@ -172,9 +174,9 @@ def calibration(confidences: Sequence[float], correct: Sequence[bool], n_bins: i
     for b in range(n_bins):
         members = index == b
         count = int(members.sum())
-        accuracy = float(outcome[members].mean()) if count else None
-        mean_confidence = float(confidence[members].mean()) if count else None
+        accuracy = mean_confidence = None
         if count:
+            accuracy, mean_confidence = float(outcome[members].mean()), float(confidence[members].mean())
             ece += count / confidence.size * abs(accuracy - mean_confidence)
         bins.append(
             CalibrationBin(
@@ -196,7 +198,7 @@ def type_confusion(
     labels = [*types, OUTSIDE]
     position = {label: i for i, label in enumerate(labels)}
     counts = np.zeros((len(labels), len(labels)), dtype=int)
-    for gold_spans, predicted_spans in zip(gold, predicted):
+    for gold_spans, predicted_spans in zip(gold, predicted, strict=True):
         gold_types = {(start, end): entity_type for start, end, entity_type in gold_spans}
         predicted_types = {(start, end): entity_type for start, end, entity_type in predicted_spans}
         for extent in gold_types.keys() | predicted_types.keys():

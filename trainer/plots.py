@@ -134,7 +134,7 @@ def plot_grounding(
     from PIL import Image
 
     panels = []  # (example, image index, gold boxes, predicted regions)
-    for example, prediction in zip(examples, predictions):
+    for example, prediction in zip(examples, predictions, strict=True):
         gold = [(example.entities[b.entity].type, b.image_index, b.box) for b in example.boxes]
         regions = [(e.type, r.image_index, r.box) for e in prediction.entities for r in e.regions]
         shown = [image for _, image, _ in gold + regions]
@@ -151,7 +151,8 @@ def plot_grounding(
     figure, grid = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
     for axes in grid.flat:
         axes.axis("off")
-    for axes, (example, image_index, gold, regions) in zip(grid.flat, panels):
+    # The grid may have spare cells (left blank) after the last panel.
+    for axes, (example, image_index, gold, regions) in zip(grid.flat, panels, strict=False):
         with Image.open(example.images[image_index]) as image:
             axes.imshow(image.convert("RGB"), extent=(0, 1, 1, 0))
         # Gold drawn wide with its label on top, predictions thin with the label below, so both show when equal.
@@ -187,7 +188,7 @@ def plot_entity_f1(
         types = sorted({t for models in panels.values() for scores in models.values() for t in scores.per_type})
     groups = ["all", *types]
     figure, grid = _pyplot().subplots(1, len(panels), figsize=(1 + 5 * len(panels), 3.8), sharey=True, squeeze=False)
-    for axes, (title, models) in zip(grid.flat, panels.items()):
+    for axes, (title, models) in zip(grid.flat, panels.items(), strict=True):
         series = {
             name: [scores.f1, *(scores.per_type[t].f1 if t in scores.per_type else 0.0 for t in types)]
             for name, scores in models.items()
@@ -208,7 +209,7 @@ def plot_score_panels(groups: Sequence[str], panels: Mapping[str, Mapping[str, S
     ablations)."""
     width = max(8, 1.2 * len(groups) * max(1, max(len(series) for series in panels.values()) / 4))
     figure, grid = _pyplot().subplots(len(panels), 1, figsize=(width, 3.8 * len(panels)), squeeze=False)
-    for axes, (title, series) in zip(grid.flat, panels.items()):
+    for axes, (title, series) in zip(grid.flat, panels.items(), strict=True):
         _score_bars(axes, groups, series)
         axes.set_title(title)
     _save(figure, path)
@@ -231,7 +232,7 @@ def plot_serving(
         "sequential": ("batch 1, sequential", "tab:gray"),
         "concurrent": ("concurrent (dynamic batching)", "tab:blue"),
     }
-    for offset, (mode, (name, color)) in zip((-0.2, 0.2), modes.items()):
+    for offset, (mode, (name, color)) in zip((-0.2, 0.2), modes.items(), strict=True):
         loads = [loads_by_mode[mode] for loads_by_mode in configs.values()]
         throughput_axes.barh(
             positions + offset, [load.throughput for load in loads], height=0.4, color=color, label=name
@@ -255,7 +256,7 @@ def plot_serving(
         axes.set_title(title)
         axes.legend(fontsize=8)
     batches = sorted({batch for by_batch in in_process.values() for batch in by_batch})
-    for offset, (runtime, by_batch) in zip((-0.2, 0.2), in_process.items()):
+    for offset, (runtime, by_batch) in zip((-0.2, 0.2), in_process.items(), strict=True):
         runtime_axes.bar(np.arange(len(batches)) + offset, [by_batch[b] for b in batches], width=0.4, label=runtime)
     runtime_axes.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
     runtime_axes.set_ylabel("posts/s (network only)")

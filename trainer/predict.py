@@ -108,9 +108,9 @@ class Predictor:
             texts = [posts[i].text for i in accepted]
             inputs, words = self.preprocessor.encode(texts, batch, mask)
             decoded = self.raw({k: torch.from_numpy(v) for k, v in inputs.items()}, texts, words).decode(self.decoder)
-            for index, prediction in zip(accepted, decoded):
+            for index, prediction in zip(accepted, decoded, strict=True):
                 predictions[index] = prediction
-        for post, prediction in zip(posts, predictions):
+        for post, prediction in zip(posts, predictions, strict=True):
             prediction.id = post.id
         return predictions
 
@@ -180,7 +180,7 @@ def read_posts(path: Path) -> list[Post]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trainer.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="checkpoint dir written by trainer.train")
-    parser.add_argument("--posts", type=Path, required=True, help="JSONL posts (BRIEF §2; images as local paths)")
+    parser.add_argument("--posts", type=Path, required=True, help="JSONL posts (images as local paths)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))

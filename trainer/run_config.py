@@ -66,6 +66,13 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig | None = None  # a preset that names its data trains without --train/--valid
 
+    @property
+    def named_data(self) -> DataConfig:
+        """The data the preset names (for callers that train on it without --train/--valid)."""
+        if self.data is None:
+            raise ValueError(f"preset {self.preset!r} names no data: give --train and --valid")
+        return self.data
+
 
 def preset_names() -> list[str]:
     return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))

@@ -200,7 +200,8 @@ class Generator:
                 if all(abs(x - cx) >= block or abs(y - cy) >= block for cx, cy in chosen):
                     chosen.append((x, y))
                 if len(chosen) == len(kinds_colours):
-                    return [Shape(kind, colour, x, y) for (kind, colour), (x, y) in zip(kinds_colours, chosen)]
+                    placed = zip(kinds_colours, chosen, strict=True)
+                    return [Shape(kind, colour, x, y) for (kind, colour), (x, y) in placed]
 
     def distractors(self, count: int) -> list[tuple[str, tuple[int, int, int]]]:
         kinds = list(SHAPE_OF_TYPE.values())

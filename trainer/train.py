@@ -6,7 +6,7 @@ valid files (relative to ``POSTLENS_SHARED_DATA_DIR``), so ``--train``/``--valid
 replace it, and several files per split are concatenated. Seeds are fixed and algorithms deterministic, so a run is
 repeatable (:mod:`trainer.run_config`). Each epoch ends with a validation pass; training stops early when valid
 entity F1 has not improved for ``train.patience`` epochs, and the best epoch's weights are kept. Then the model is
-calibrated on valid (:mod:`trainer.calibration`). The checkpoint (CONTRACTS §C) gets ``metrics.json`` and
+calibrated on valid (:mod:`trainer.calibration`). The checkpoint (docs/contracts.md) gets ``metrics.json`` and
 ``training_curve.png`` beside it.
 """
 
@@ -109,7 +109,8 @@ def chunks(items: Sequence[Example], size: int) -> list[list[Example]]:
 
 
 def epoch_batches(examples: Sequence[Example], settings: TrainConfig, rng: np.random.Generator) -> list[list[Example]]:
-    """One epoch's batches: shuffled, length-sorted within windows of ``length_window`` batches, batch order shuffled."""
+    """One epoch's batches: shuffled, length-sorted within windows of ``length_window`` batches, batch order
+    shuffled."""
     shuffled = [examples[i] for i in rng.permutation(len(examples))]
     if settings.length_window == 1:
         return chunks(shuffled, settings.batch_size)
@@ -132,7 +133,7 @@ def _train_epoch(
         batch = encoder.encode(chunk)
         output = network.encode(**batch.inputs)
         masks = batch.inputs["word_mask"], batch.inputs["image_mask"]
-        loss, parts = total_loss(config.loss, network, output, batch.targets, *masks)
+        loss, parts = total_loss(config.loss, network, output, batch.gold_targets, *masks)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), config.train.grad_clip)
@@ -179,7 +180,7 @@ def train(
     config = config.model_copy(update={"model": model_config})
     if settings.freeze_word_embeddings:
         network.text_encoder.model.get_input_embeddings().weight.requires_grad_(False)
-    if settings.freeze_vision_encoder:
+    if settings.freeze_vision_encoder and network.vision_encoder is not None:  # a text-only network has none
         network.vision_encoder.requires_grad_(False)
     preprocessor = Preprocessor.from_config(model_config, subword_tokenizer(tokenizer))
     encoder = ExampleEncoder(
@@ -233,6 +234,8 @@ def train(
             if stale >= settings.patience:
                 break
     train_seconds = time.perf_counter() - started
+    if best_state is None or best_valid is None:
+        raise ValueError(f"train.epochs is {settings.epochs}: no epoch ran")
     network.load_state_dict(best_state)
 
     raws, decoder = best_valid
@@ -301,10 +304,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"preset {config.preset!r} names no data: give --train and --valid")
     # Paths given here are the caller's (relative to the working directory); the preset's are under the shared data.
     train_set = load_with_origins(
-        [path.resolve() for path in args.train] if args.train else config.data.train, args.images
+        [path.resolve() for path in args.train] if args.train else config.named_data.train, args.images
     )
     valid_set = load_with_origins(
-        [path.resolve() for path in args.valid] if args.valid else config.data.valid, args.images
+        [path.resolve() for path in args.valid] if args.valid else config.named_data.valid, args.images
     )
     result = train(config, train_set.examples, valid_set.examples, args.out, reference=valid_set, replay=train_set)
     valid = result.metrics["valid"]

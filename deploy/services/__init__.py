@@ -67,4 +67,7 @@ def java_home(settings: Settings) -> Path:
     if settings.java_home is not None:
         return settings.java_home
     ensure_binaries({"java": "openjdk-17-jre-headless"})
-    return Path(os.path.realpath(shutil.which("java"))).parent.parent  # type: ignore[arg-type]
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("no `java` on PATH after installing openjdk-17-jre-headless")
+    return Path(os.path.realpath(java)).parent.parent

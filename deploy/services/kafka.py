@@ -129,7 +129,7 @@ class Kafka(Service):
         try:
             await admin.start()
             cluster = await admin.describe_cluster()
-        except Exception:  # any client failure means "not ready yet"
+        except Exception:  # noqa: BLE001 — a probe: any client failure means "not ready yet"
             return None
         finally:
             await admin.close()

@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from deploy.download import ensure_binaries
 from deploy.process import LaunchSpec

@@ -1,4 +1,4 @@
-"""Triton Python-backend code of the entry model ``postlens`` (CONTRACTS §D).
+"""Triton Python-backend code of the entry model ``postlens`` (its tensors: docs/contracts.md).
 
 ``trainer.export`` copies this one file into every version folder (the Python backend loads ``N/model.py``); the
 version's weights, tokenizer and config sit beside it. Per request (Triton adds the batch dimension):

@@ -26,11 +26,14 @@ class RawMessage:
     offset: int | None = None
 
 
-def _original_fields(value: bytes) -> dict[str, str | None]:
+def _original_fields(value: bytes | None) -> tuple[str | None, str | None]:
+    """(original, original_b64): the value as text when it is UTF-8, else as base64."""
+    if value is None:
+        return None, None
     try:
-        return {"original": value.decode("utf-8"), "original_b64": None}
+        return value.decode("utf-8"), None
     except UnicodeDecodeError:
-        return {"original": None, "original_b64": base64.b64encode(value).decode("ascii")}
+        return None, base64.b64encode(value).decode("ascii")
 
 
 def dead_letter(raw: RawMessage, stage: Stage, kind: str, message: str) -> DeadLetter:
@@ -38,9 +41,10 @@ def dead_letter(raw: RawMessage, stage: Stage, kind: str, message: str) -> DeadL
         message = message[:MAX_ERROR_MESSAGE_CHARS] + "…"
     # Quoted input may hold lone surrogates, which no JSON encoder of the letter takes.
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    original = _original_fields(raw.value) if raw.value is not None else {}
+    original, original_b64 = _original_fields(raw.value)
     return DeadLetter(
-        **original,
+        original=original,
+        original_b64=original_b64,
         original_size=len(raw.value) if raw.value is not None else None,
         key=raw.key.decode("utf-8", errors="backslashreplace") if raw.key is not None else None,
         source_topic=raw.topic,
@@ -61,10 +65,12 @@ def letter_bytes(letter: DeadLetter, max_bytes: int) -> bytes:
     value = original_bytes(letter)
     if len(encoded) <= max_bytes or value is None:
         return encoded
+    # A cut through a UTF-8 character makes the prefix base64, like any other non-UTF-8 original.
+    original, original_b64 = _original_fields(value[:KEPT_PREFIX_BYTES])
     bounded = letter.model_copy(
         update={
-            # A cut through a UTF-8 character makes the prefix base64, like any other non-UTF-8 original.
-            **_original_fields(value[:KEPT_PREFIX_BYTES]),
+            "original": original,
+            "original_b64": original_b64,
             "original_truncated": True,
             "original_size": len(value),
             "original_sha256": hashlib.sha256(value).hexdigest(),

@@ -73,9 +73,10 @@ class ImageCache:
             self._mark_unavailable(error)
             return None
         size = self._image_size
-        if pixels is not None and len(pixels) == size * size * 3:  # anything else is not ours: treat as a miss
+        # The client returns bytes (no decode_responses); anything else is not ours: treat it as a miss.
+        if isinstance(pixels, bytes) and len(pixels) == size * size * 3:
             return np.frombuffer(pixels, dtype=np.uint8).reshape(size, size, 3)
-        if failure is not None:
+        if isinstance(failure, bytes):
             kind, _, message = failure.decode("utf-8").partition("\n")
             return CachedFailure(kind, message)
         return None

@@ -49,14 +49,14 @@ def refusal_reason(address: IPAddress) -> str | None:
         reason = refusal_reason(inner)
         if reason is not None:
             return f"{address} embeds {inner}, {reason}"
-    tunnel = isinstance(address, ipaddress.IPv6Address)
+    v6 = address if isinstance(address, ipaddress.IPv6Address) else None
     checks = (
         # Never a genuine DNS answer; connecting to one reaches the embedded IPv4 address.
-        ("IPv4-mapped", tunnel and address.ipv4_mapped is not None),
+        ("IPv4-mapped", v6 is not None and v6.ipv4_mapped is not None),
         # Deprecated transition tunnels, refused whatever they embed (Python versions disagree on whether 6to4 is
         # "global"; the decision should not depend on the interpreter's patch level).
-        ("a 6to4 tunnel address", tunnel and address.sixtofour is not None),
-        ("a Teredo tunnel address", tunnel and address.teredo is not None),
+        ("a 6to4 tunnel address", v6 is not None and v6.sixtofour is not None),
+        ("a Teredo tunnel address", v6 is not None and v6.teredo is not None),
         ("unspecified", address.is_unspecified),
         ("loopback", address.is_loopback),
         ("link-local", address.is_link_local),

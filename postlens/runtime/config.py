@@ -75,6 +75,13 @@ class VisionEncoderConfig(BaseModel):
     grid: tuple[int, int] | None = None  # resolved for grid families: region rows, columns
     queries: int | None = None  # resolved for detr: object queries (regions) per image
 
+    @property
+    def input_size(self) -> int:
+        """The square image size of a built encoder (checkpoints and exported models always record it)."""
+        if self.image_size is None:
+            raise ValueError("the vision encoder's image size is resolved when it is built; this config is unbuilt")
+        return self.image_size
+
     @model_validator(mode="before")
     @classmethod
     def _tiny_name_of_the_family(cls, data: Any) -> Any:

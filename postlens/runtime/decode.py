@@ -167,12 +167,12 @@ def token_marginals(lattice: Lattice) -> np.ndarray:
 def span_marginal(
     lattice: Lattice, row: int, first: int, last: int, tags: Sequence[int], forbidden_after: Sequence[int]
 ) -> float:
-    """P(words ``first..last`` of post ``row`` carry exactly ``tags`` and the next tag is not in ``forbidden_after``)."""
+    """P(words ``first..last`` of post ``row`` carry exactly ``tags``; the next tag is not in ``forbidden_after``)."""
     emissions, params = lattice.emissions[row], lattice.params
     positions = np.arange(first + 1, last + 1)
-    tags = np.asarray(tags)
-    score = lattice.log_alpha[row, first, tags[0]]
-    score += np.sum(params.transitions[tags[:-1], tags[1:]] + emissions[positions, tags[1:]])
+    path = np.asarray(tags)
+    score = lattice.log_alpha[row, first, path[0]]
+    score += np.sum(params.transitions[path[:-1], path[1:]] + emissions[positions, path[1:]])
     if last == lattice.lengths[row] - 1:
         score += params.end[tags[-1]]
     else:
@@ -296,12 +296,12 @@ class Decoder:
         confidences = self.confidences(emissions, word_mask, spans)
         attention = np.asarray(word_region_attention, dtype=np.float64)
         predictions = []
-        for row, (text, offsets) in enumerate(zip(texts, words)):
+        for row, (text, offsets) in enumerate(zip(texts, words, strict=True)):
             relevance = float(np.clip(image_relevance[row], 0.0, 1.0))
             entities = []
             for (first, last, entity_type), confidence in zip(spans[row], confidences[row], strict=True):
                 region = ground_span(attention[row], region_boxes[row], image_mask[row], first, last, self.grounding)
-                keep = region is not None and region.score * relevance >= self.grounding.threshold
+                kept = [region] if region is not None and region.score * relevance >= self.grounding.threshold else []
                 start, end = offsets[first][0], offsets[last][1]
                 entities.append(
                     PredictedEntity(
@@ -310,7 +310,7 @@ class Decoder:
                         start=start,
                         end=end,
                         confidence=confidence,
-                        regions=[region] if keep else [],
+                        regions=kept,
                     )
                 )
             predictions.append(PostPrediction(entities=entities, image_relevance=relevance, model=self.model))

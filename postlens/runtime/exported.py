@@ -143,7 +143,7 @@ class ExportedModel:
             rows = np.flatnonzero(slots_used == slots)
             group_texts = [texts[row] for row in rows]
             inputs, words = self.preprocessor.encode(group_texts, images[rows, :slots], image_mask[rows, :slots])
-            by_row.update(zip(rows.tolist(), self.decode(group_texts, words, inputs, self.run(inputs))))
+            by_row.update(zip(rows.tolist(), self.decode(group_texts, words, inputs, self.run(inputs)), strict=True))
         return [by_row[row] for row in range(len(texts))]
 
 

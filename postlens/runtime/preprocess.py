@@ -1,4 +1,4 @@
-"""Posts → the network's input arrays (CONTRACTS §C), identically for training, prediction and serving.
+"""Posts → the network's input arrays (docs/contracts.md), identically for training, prediction and serving.
 
 Torch-free and transformers-free: sub-word tokenization runs on the Hugging Face ``tokenizers`` library directly, so
 the served model loads neither. Texts are split by the shared word tokenizer; each word is represented by its first
@@ -103,15 +103,15 @@ class Preprocessor:
         self, words: Sequence[Sequence[Word]], images: np.ndarray, image_mask: np.ndarray
     ) -> tuple[dict[str, np.ndarray], list[list[Word]]]:
         """Like :meth:`encode` for posts already split into words (training examples)."""
-        words = [list(post_words[: self.max_words]) for post_words in words]
+        truncated = [list(post_words[: self.max_words]) for post_words in words]
         encodings = self._subwords.encode_batch(
-            [[self._encoder_text(word) for word in post_words] for post_words in words],
+            [[self._encoder_text(word) for word in post_words] for post_words in truncated],
             is_pretokenized=True,
             add_special_tokens=True,
         )
         kept: list[list[Word]] = []
         first_subtoken: list[dict[int, int]] = []
-        for post_words, encoding in zip(words, encodings):
+        for post_words, encoding in zip(truncated, encodings, strict=True):
             firsts: dict[int, int] = {}
             for position, word_id in enumerate(encoding.word_ids):
                 if word_id is not None and word_id not in firsts:
@@ -122,7 +122,7 @@ class Preprocessor:
         width = max(1, max((len(post_words) for post_words in kept), default=0))
         word_index = np.zeros((len(kept), width), dtype=np.int64)
         word_mask = np.zeros((len(kept), width), dtype=bool)
-        for row, (post_words, firsts) in enumerate(zip(kept, first_subtoken)):
+        for row, (post_words, firsts) in enumerate(zip(kept, first_subtoken, strict=True)):
             word_index[row, : len(post_words)] = [firsts.get(i, 0) for i in range(len(post_words))]
             word_mask[row, : len(post_words)] = True
         inputs = {

@@ -22,6 +22,7 @@ repaired into the valid sequence with the same spans.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -46,7 +47,7 @@ _ROLES: dict[str, dict[str, str]] = {scheme: {p: r for r, p in roles.items()} fo
 def _check_scheme(scheme: str) -> Scheme:
     if scheme not in SCHEMES:
         raise ValueError(f"unknown tagging scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
-    return scheme  # type: ignore[return-value]
+    return scheme
 
 
 def split_tag(tag: str, scheme: Scheme = "bio") -> tuple[str, str | None]:
@@ -152,4 +153,4 @@ def allowed_transition(previous: str | None, current: str | None, scheme: Scheme
 def is_valid(tags: Sequence[str], scheme: Scheme) -> bool:
     """Whether ``tags`` is a well-formed sequence in ``scheme`` (no repair needed)."""
     sequence: list[str | None] = [None, *tags, None]
-    return all(allowed_transition(a, b, scheme) for a, b in zip(sequence, sequence[1:]))
+    return all(allowed_transition(a, b, scheme) for a, b in itertools.pairwise(sequence))

@@ -15,6 +15,7 @@ alone.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -115,7 +116,8 @@ def _retriable_status(status: int) -> bool:
 
 @contextmanager
 def _outages_as_unavailable() -> Iterator[None]:
-    """Connection failures, 429 and 5xx → :class:`ElasticsearchUnavailable`; other refusals → :class:`RequestRefused`."""
+    """Connection failures, 429 and 5xx → :class:`ElasticsearchUnavailable`; other refusals →
+    :class:`RequestRefused`."""
     try:
         yield
     except SerializationError as error:  # before TransportError, its base class: the documents are at fault
@@ -187,7 +189,8 @@ class Indexer:
     def _actions(
         self, items: list[ProcessedPost], previous: dict[str, set[str]], indexed_at: datetime
     ) -> list[tuple[dict[str, Any], str]]:
-        """(bulk action, post id): each post's entities, deletes of entities it no longer has, then its post document."""
+        """(bulk action, post id): each post's entities, deletes of entities it no longer has, then its post
+        document."""
         entities_index, posts_index = self._settings.es_index_entities, self._settings.es_index_posts
         actions: list[tuple[dict[str, Any], str]] = []
         for item in items:
@@ -242,7 +245,7 @@ class Indexer:
         backoff = Backoff(self._settings.retry_backoff_max_s)
         while pending:
             batch = [action for action, _ in pending.values()]
-            results = await self._retry(lambda: self._bulk(batch), "bulk indexing")
+            results = await self._retry(functools.partial(self._bulk, batch), "bulk indexing")
             for op_type, result in results:
                 key = (op_type, result["_index"], result["_id"])
                 status = result.get("status", 500)

@@ -1,4 +1,5 @@
-"""The Elasticsearch index templates (BRIEF §3) — the one definition the worker installs and deploy/ reuses.
+"""The Elasticsearch index templates — the one definition the worker installs and deploy/ reuses; the documents
+they hold are described in docs/contracts.md.
 
 Mappings are strict: a document with a field not declared here is refused (and dead-lettered by the worker)
 instead of silently growing the mapping.
@@ -94,7 +95,7 @@ def index_templates(settings: Settings) -> dict[str, dict[str, Any]]:
             "index_patterns": [index],
             "priority": 200,
             "template": {"settings": _SINGLE_NODE, "mappings": mappings},
-            "_meta": {"description": f"PostLens {kind} (BRIEF §3)"},
+            "_meta": {"description": f"PostLens {kind} (docs/contracts.md)"},
         }
         for index, kind, mappings in (
             (settings.es_index_entities, "entity mentions", ENTITIES_MAPPINGS),

@@ -1,4 +1,4 @@
-"""Ask Triton's entry model ``postlens`` about posts (CONTRACTS §D).
+"""Ask Triton's entry model ``postlens`` about posts (its tensors: docs/contracts.md).
 
 One gRPC request per post, all in flight at once: Triton's dynamic batcher, not the client, forms the batches, so
 posts from every worker share a model execution. A post the model refuses (empty text, text over the limit, bad
@@ -207,9 +207,9 @@ class TritonInferer:
 
 def model_input(post: Post, images: list[FetchedImage], image_size: int) -> tuple[InferRequest, list[int]]:
     """The model's request for ``post`` and, per image slot, the index of that image in the post."""
-    fed = [index for index, image in enumerate(images) if image.pixels is not None]
-    pixels = np.stack([images[index].pixels for index in fed]) if fed else empty_images(0, image_size)
-    return InferRequest(text=post.text, images=pixels), fed
+    fed = [(index, image.pixels) for index, image in enumerate(images) if image.pixels is not None]
+    pixels = np.stack([fed_pixels for _, fed_pixels in fed]) if fed else empty_images(0, image_size)
+    return InferRequest(text=post.text, images=pixels), [index for index, _ in fed]
 
 
 def grounded_in_post(prediction: PostPrediction, fed: Sequence[int], urls: Sequence[str]) -> PostPrediction:

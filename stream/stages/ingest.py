@@ -65,7 +65,8 @@ def _load_json(value: bytes, max_depth: int) -> Any:
     if (depth := _depth(document)) > max_depth:
         raise InvalidPost("too_deep", f"JSON nested {depth} deep; the limit is {max_depth}")
     try:
-        # Valid JSON may still escape lone surrogates ("\ud800"): no UTF-8 encoder (Triton's, Elasticsearch's) takes them.
+        # Valid JSON may still escape lone surrogates ("\ud800"): no UTF-8 encoder (Triton's, Elasticsearch's) takes
+        # them.
         json.dumps(document, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as error:
         raise InvalidPost("invalid_unicode", f"message has text that is not valid Unicode: {error.reason}") from error

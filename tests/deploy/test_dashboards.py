@@ -33,13 +33,19 @@ def worker_metrics() -> list[MetricWrapperBase]:
     return [metric for metric in vars(Metrics()).values() if isinstance(metric, MetricWrapperBase)]
 
 
+def declared(metric: MetricWrapperBase) -> tuple[str, str, set[str]]:
+    """A worker metric's family name, type and declared label names."""
+    (family,) = metric.describe()
+    # prometheus_client has no public accessor for the label names a metric was declared with.
+    return family.name, family.type, set(metric._labelnames)  # noqa: SLF001
+
+
 def worker_series() -> dict[str, set[str]]:
     """Every series name the workers expose → its label names."""
-    # prometheus_client keeps a metric's name, type and declared labels only in these attributes.
     return {
-        metric._name + suffix: set(metric._labelnames) | ({"le"} if suffix == "_bucket" else set())
-        for metric in worker_metrics()
-        for suffix in SERIES_SUFFIXES[metric._type]
+        name + suffix: labels | ({"le"} if suffix == "_bucket" else set())
+        for name, kind, labels in map(declared, worker_metrics())
+        for suffix in SERIES_SUFFIXES[kind]
     }
 
 
@@ -81,9 +87,9 @@ def test_every_worker_metric_is_charted() -> None:
         for name, _ in SERIES.findall(expr)
     }
     uncharted = [
-        metric._name
-        for metric in worker_metrics()
-        if not any(metric._name + suffix in charted for suffix in SERIES_SUFFIXES[metric._type])
+        name
+        for name, kind, _ in map(declared, worker_metrics())
+        if not any(name + suffix in charted for suffix in SERIES_SUFFIXES[kind])
     ]
     assert not uncharted, f"metrics without a panel: {uncharted}"
 

@@ -55,7 +55,8 @@ def broker_config(data_dir: Path, port: int, controller_port: int) -> str:
             "sasl.enabled.mechanisms=SCRAM-SHA-256",
             "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256",
             "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config="
-            f'org.apache.kafka.common.security.scram.ScramLoginModule required username="broker" password="{BROKER_PASSWORD}";',
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="broker" password="{BROKER_PASSWORD}";',
             f"log.dirs={data_dir}",
             *SINGLE_NODE_PROPERTIES,
             "",
@@ -132,7 +133,7 @@ async def wait_for_sasl_broker(settings: Settings, log_path: Path, timeout_s: fl
             await admin.start()
             if (await admin.describe_cluster()).get("brokers"):
                 return
-        except Exception:  # not up yet
+        except Exception:  # noqa: BLE001 — polling a starting broker: any client failure means "not up yet"
             pass
         finally:
             await admin.close()

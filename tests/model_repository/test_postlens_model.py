@@ -38,10 +38,10 @@ def assert_same_prediction(expected: PostPrediction, actual: PostPrediction, pos
     spans = [(entity.start, entity.end, entity.type, entity.text) for entity in expected.entities]
     assert [(entity.start, entity.end, entity.type, entity.text) for entity in actual.entities] == spans, where
     assert actual.image_relevance == pytest.approx(expected.image_relevance, abs=TOLERANCE), where
-    for want, got in zip(expected.entities, actual.entities):
+    for want, got in zip(expected.entities, actual.entities, strict=True):
         assert got.confidence == pytest.approx(want.confidence, abs=TOLERANCE), f"{where}: {want.text}"
         assert [region.image_index for region in got.regions] == [region.image_index for region in want.regions], where
-        for want_region, got_region in zip(want.regions, got.regions):
+        for want_region, got_region in zip(want.regions, got.regions, strict=True):
             assert got_region.box == pytest.approx(want_region.box, abs=TOLERANCE), f"{where}: {want.text}"
             assert got_region.score == pytest.approx(want_region.score, abs=TOLERANCE), f"{where}: {want.text}"
 
@@ -58,7 +58,8 @@ def requests_for(posts: list[Post], image_size: int) -> list[InferRequest]:
 async def assert_served_equals_in_process(
     settings: Settings, checkpoint: Path, version: str, test_posts: list[Post]
 ) -> None:
-    """Posts with 0, 1 and 2–4 images: the model ``settings.triton_model`` serves what ``checkpoint`` predicts in process."""
+    """Posts with 0, 1 and 2–4 images: the model ``settings.triton_model`` serves what ``checkpoint`` predicts in
+    process."""
     by_images = {count: [post for post in test_posts if min(len(post.images), 4) == count] for count in range(5)}
     posts = by_images[0][:8] + by_images[1][:8] + [post for count in (2, 3, 4) for post in by_images[count][:4]]
     assert by_images[0] and by_images[1] and any(by_images[count] for count in (2, 3, 4)), (
@@ -75,7 +76,7 @@ async def assert_served_equals_in_process(
     finally:
         await inferer.close()
 
-    for post, want, got in zip(posts, expected, actual):
+    for post, want, got in zip(posts, expected, actual, strict=True):
         assert got.model.name == settings.triton_model
         assert got.model.version == version
         assert_same_prediction(want, got, post)
@@ -117,7 +118,7 @@ async def test_concurrent_requests_are_batched_without_changing_results(
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == len(posts)
     assert executions < inferences, f"{inferences} requests took {executions} model executions: nothing was batched"
-    for post, alone, batched in zip(posts, one_by_one, together):
+    for post, alone, batched in zip(posts, one_by_one, together, strict=True):
         assert_same_prediction(alone, batched, post)
 
 
@@ -169,7 +170,7 @@ async def test_bad_inputs_get_their_own_errors_and_the_model_keeps_serving(serve
             *(client.infer("postlens", good) for _ in range(2)),
             return_exceptions=True,
         )
-        for (case, (_, named)), outcome in zip(bad.items(), outcomes):
+        for (case, (_, named)), outcome in zip(bad.items(), outcomes[: len(bad)], strict=True):
             assert isinstance(outcome, InferenceServerException), f"{case} was accepted"
             assert outcome.status() == "StatusCode.INVALID_ARGUMENT", f"{case}: {outcome.status()} {outcome.message()}"
             assert named in outcome.message(), f"{case}: unclear error {outcome.message()!r}"

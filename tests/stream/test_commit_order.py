@@ -36,7 +36,7 @@ async def commits_ahead_of_work(
     committed = await run.committed_offsets(admin)
     finished = await run.finished_keys(es)
     return [
-        f"partition {partition} committed {offset} but {key} (offset {at}) is not finished"
+        f"partition {partition} committed {committed[partition]} but {key} (offset {at}) is not finished"
         for (partition, at), key in where.items()
         if at < committed.get(partition, -1) and key not in finished
     ]
@@ -56,7 +56,7 @@ async def test_no_commit_passes_an_unfinished_message_across_a_rebalance_and_a_c
             post["images"] = [image_server.url(f"/slow?post={post['id']}")]  # a URL of its own: never cached
     await pipeline.create_topics()
     placed = await pipeline.publish([(post["id"], json.dumps(post).encode()) for post in posts])
-    where = {position: post["id"] for position, post in zip(placed, posts)}
+    where = {position: post["id"] for position, post in zip(placed, posts, strict=True)}
 
     env = {
         "POSTLENS_FETCH_READ_TIMEOUT_S": "8",

@@ -69,7 +69,7 @@ def test_a_well_calibrated_model_keeps_its_confidences() -> None:
         example.model_copy(
             update={"tags": ["B-PER" if any(first == i for first, _, _ in spans) else "O" for i in range(3)]}
         )
-        for example, spans in zip(examples, found)
+        for example, spans in zip(examples, found, strict=True)
     ]
     sure = [RawBatch(**{**raw.__dict__, "emissions": raw.emissions * 2}) for raw in raws]
     assert fit_temperature(sure, gold, decoder)[0] == 1.0

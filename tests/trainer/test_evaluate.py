@@ -62,7 +62,7 @@ def test_perfect_predictions_score_perfectly(synthetic: Path) -> None:
 def test_wrong_types_and_lost_regions_show_in_entities_grounding_and_confusion(synthetic: Path) -> None:
     examples, _ = read_jsonl(synthetic)
     predictions = [oracle(e, wrong_type="ambiguous" in e.subsets) for e in examples]
-    for prediction, example in zip(predictions, examples):
+    for prediction, example in zip(predictions, examples, strict=True):
         if "multi_image" in example.subsets:
             for entity in prediction.entities:
                 entity.regions = []
@@ -110,7 +110,7 @@ def test_plots_and_summary(synthetic: Path, tmp_path: Path) -> None:
     assert "ambiguous" in table and "grounding" in table and "ECE" in table
 
 
-def test_cli_writes_the_brief_json(synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_cli_writes_the_report_json(synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     gold = {e.id: e for e in read_jsonl(synthetic)[0]}
 
     class OraclePredictor:  # stands in for the trained model: answers from the gold labels

@@ -80,7 +80,7 @@ def test_onnx_runtime_matches_pytorch_on_shapes_the_export_never_saw(
         inputs = random_inputs(exported.preprocessor, batch, images, seed, long)
         with torch.no_grad():
             expected = [output.numpy() for output in network(**{k: torch.from_numpy(v) for k, v in inputs.items()})]
-        for name, want, got in zip(export.OUTPUT_NAMES, expected, exported.run(inputs)):
+        for name, want, got in zip(export.OUTPUT_NAMES, expected, exported.run(inputs), strict=True):
             assert got.shape == want.shape, f"{name}, batch {batch}, {images} images"
             np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=f"{name}, batch {batch}, {images} images")
 

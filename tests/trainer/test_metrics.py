@@ -103,7 +103,7 @@ def test_ece_on_constructed_cases() -> None:
     assert mixed.ece == pytest.approx(0.15)
     assert len(mixed.bins) == 15 and sum(b.count for b in mixed.bins) == 8
     occupied = [b for b in mixed.bins if b.count]
-    assert [(b.low <= 0.25 < b.high, b.accuracy) for b in occupied][0] == (True, 0.5)
+    assert (occupied[0].low <= 0.25 < occupied[0].high, occupied[0].accuracy) == (True, 0.5)
     assert occupied[1].high == pytest.approx(1.0) and occupied[1].confidence == pytest.approx(0.95)
 
 

@@ -45,7 +45,7 @@ def test_cli_prints_one_prediction_per_post(tiny_checkpoint: Path, model_data: P
     version = yaml.safe_load((tiny_checkpoint / "config.yaml").read_text())["version"]
     assert all(p.model.name == "postlens" and p.model.version == version for p in predictions)
     assert predictions[-1].error == "empty text" and not predictions[-1].entities
-    for record, prediction in zip(records, predictions):
+    for record, prediction in zip(records, predictions, strict=True):
         text = record["text"]
         assert prediction.error is None
         for entity in prediction.entities:
@@ -73,7 +73,7 @@ def test_bad_posts_are_refused_one_by_one(predictor: Predictor, posts: list[Post
 def assert_same_prediction(one: PostPrediction, other: PostPrediction) -> None:
     """The same entities and regions; scores equal up to float rounding, which depends on the batch's padded shape."""
     assert [(e.start, e.end, e.type) for e in one.entities] == [(e.start, e.end, e.type) for e in other.entities]
-    for a, b in zip(one.entities, other.entities):
+    for a, b in zip(one.entities, other.entities, strict=True):
         assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
         assert [r.image_index for r in a.regions] == [r.image_index for r in b.regions]
     assert one.image_relevance == pytest.approx(other.image_relevance, abs=1e-4)
@@ -86,7 +86,7 @@ def test_batching_and_image_source_do_not_change_predictions(predictor: Predicto
     for post in posts[:12]:
         images = [Image.open(path) for path in post.images]
         loaded.append(predictor.predict([post], images=[images])[0])
-    for joint, single, from_pil in zip(together, alone, loaded):
+    for joint, single, from_pil in zip(together, alone, loaded, strict=True):
         assert_same_prediction(joint, single)
         assert_same_prediction(joint, from_pil)
     assert predictor.predict(posts[:12]) == together  # and twice is the same

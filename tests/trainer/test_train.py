@@ -4,7 +4,6 @@ grounds entities in the right region, and a fixed seed gives the same model twic
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,26 +17,7 @@ from trainer.model.checkpoint import load_checkpoint
 from trainer.model.network import NerNetwork
 from trainer.predict import Predictor
 from trainer.run_config import TrainConfig, resolve_config
-from trainer.synth import generate
 from trainer.train import build_optimizer, train
-
-SYNTHETIC_POSTS = 360
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic")
-    generate(out, SYNTHETIC_POSTS, seed=7)
-    return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_torch_globals() -> Iterator[None]:
-    """Training sets torch's thread count and deterministic mode for the process; give them back afterwards."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
 
 
 def train_tiny(data: Path, out: Path, strategy: str, *overrides: str) -> Path:
@@ -127,7 +107,8 @@ def test_a_frozen_detector_keeps_its_boxes_while_the_fusion_learns(synthetic: Pa
     pixels = torch.rand(2, 1, 3, size, size)
     with torch.no_grad():
         assert torch.equal(trained.vision_encoder(pixels).boxes, built.eval().vision_encoder(pixels).boxes)
-    assert any(not torch.equal(a, b) for a, b in zip(trained.fusion.parameters(), built.fusion.parameters()))
+    parameters = zip(trained.fusion.parameters(), built.fusion.parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in parameters)
 
 
 def test_learning_rate_by_part_with_the_vision_encoder_on_its_own_or_the_encoder_rate() -> None:

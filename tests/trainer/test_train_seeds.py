@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures_model import SEED_STRATEGIES
-from tests.trainer.test_train import _restore_torch_globals, evaluate, synthetic, train_tiny  # noqa: F401 (fixtures)
+from tests.trainer.test_train import evaluate, train_tiny
 from trainer.evaluate import EvaluationReport
 from trainer.export import PARITY_TOLERANCE, export_model
 

@@ -117,5 +117,5 @@ def write_conll(examples: Iterable[Example], path: Path) -> None:
             if example.tags is None:
                 raise ValueError(f"post {example.id}: CoNLL needs tags; the example is unlabeled")
             out.write(f"{_IMGID}{example.id}\n")
-            out.writelines(f"{word.text}\t{tag}\n" for word, tag in zip(example.words, example.tags))
+            out.writelines(f"{word.text}\t{tag}\n" for word, tag in zip(example.words, example.tags, strict=True))
             out.write("\n")

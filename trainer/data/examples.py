@@ -6,6 +6,8 @@ own tokens for CoNLL files) with one BIO tag per word. Entities are derived from
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, field_validator, model_validator
 
 from postlens.runtime.schemes import convert, detect_scheme, spans_from_tags
@@ -63,7 +65,7 @@ class Example(BaseModel):
         tokens: list[str],
         tags: list[str] | None,
         text: str | None = None,
-        **fields: object,
+        **fields: Any,
     ) -> Example:
         """An example from a dataset's own tokens (CoNLL, token/tag JSONL) in any scheme; tags are stored as BIO.
 
@@ -84,6 +86,13 @@ class Example(BaseModel):
             cursor = start + len(token)
         bio_tags = None if tags is None else convert(tags, detect_scheme(tags), "bio")
         return cls(id=post_id, text=text, words=words, tags=bio_tags, **fields)
+
+    @property
+    def gold_tags(self) -> list[str]:
+        """The tags of a labeled example (what training and evaluation read)."""
+        if self.tags is None:
+            raise ValueError(f"post {self.id} has no labels")
+        return self.tags
 
     @property
     def entities(self) -> list[EntitySpan]:

@@ -1,4 +1,4 @@
-"""JSONL posts and labels (BRIEF §2) ↔ :class:`~trainer.data.examples.Example`.
+"""JSONL posts and labels (docs/contracts.md) ↔ :class:`~trainer.data.examples.Example`.
 
 Each line is one of:
 
@@ -68,6 +68,7 @@ def example_from_label(label: Label, base_dir: Path, strict: bool = False) -> tu
         "subsets": label.subsets,
     }
     if label.entities is None:  # token/tag form; boxes already index the entities in text order
+        assert label.tokens is not None  # Label's validation: character spans, or tokens with tags
         example = Example.from_tokens(label.id, label.tokens, label.tags, text=label.text, boxes=label.boxes, **fields)
         return example, []
 

@@ -8,21 +8,22 @@ from pathlib import Path
 
 from postlens.settings import get_settings
 from trainer.data.carried import SetToCarry, file_origins
-from trainer.data.conll import read_conll
+from trainer.data.conll import ConllReport, read_conll
 from trainer.data.examples import Example
-from trainer.data.jsonl import read_jsonl
+from trainer.data.jsonl import JsonlReport, read_jsonl
 
 log = logging.getLogger(__name__)
 
 
 def load_examples(path: Path, images_dir: Path | None = None) -> list[Example]:
-    """Read a dataset file: JSONL (``.jsonl``/``.json``, BRIEF §2 label form) or Twitter CoNLL (``.txt``).
+    """Read a dataset file: JSONL (``.jsonl``/``.json``, labels as in docs/contracts.md) or Twitter CoNLL (``.txt``).
 
     ``images_dir`` is where CoNLL images are looked up by IMGID; JSONL files name their images themselves (paths
     relative to the file's folder). The reader's report (counts, missing images) is logged.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    report: JsonlReport | ConllReport
     if suffix in {".jsonl", ".json"}:
         examples, report = read_jsonl(path)
     elif suffix == ".txt":

@@ -28,6 +28,13 @@ class Batch:
     words: list[list[Word]]  # the words the network tags, per post (after truncation)
     targets: Targets | None  # None for unlabeled examples
 
+    @property
+    def gold_targets(self) -> Targets:
+        """The targets of a batch of labeled examples (what training reads)."""
+        if self.targets is None:
+            raise ValueError("a batch of unlabeled examples has no targets")
+        return self.targets
+
 
 def clip_spans(spans: Sequence[Span], length: int) -> list[Span]:
     """Spans cut to the first ``length`` words (the ones the network saw)."""
@@ -69,8 +76,8 @@ class ExampleEncoder:
         unseen_words = np.zeros((len(examples), width), dtype=bool)
         relevance = np.zeros(len(examples), dtype=np.float32)
         known = image_mask.any(axis=1) & self.annotates_boxes
-        for row, (example, kept) in enumerate(zip(examples, words)):
-            spans = spans_from_tags(example.tags)
+        for row, (example, kept) in enumerate(zip(examples, words, strict=True)):
+            spans = spans_from_tags(example.gold_tags)
             kept_tags = tags_from_spans(clip_spans(spans, len(kept)), len(kept), self.scheme.name)
             tags[row, : len(kept)] = [self.scheme.index(tag) for tag in kept_tags]
             visible = self._visible_boxes(example.boxes, image_mask[row])

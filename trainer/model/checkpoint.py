@@ -1,4 +1,4 @@
-"""A trained model on disk (CONTRACTS §C): ``config.yaml``, ``model.pt``, ``tokenizer/`` (+ metrics and curve).
+"""A trained model on disk (docs/contracts.md): ``config.yaml``, ``model.pt``, ``tokenizer/`` (+ metrics and curve).
 
 ``config.yaml`` is the whole resolved run configuration; its ``model`` section rebuilds the network exactly
 (architecture recorded, no original model files needed), ``version`` names the weights (a hash of ``model.pt``).

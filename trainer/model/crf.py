@@ -14,6 +14,11 @@ from postlens.runtime.decode import FORBIDDEN, CrfParams, TagScheme
 
 
 class LinearChainCrf(nn.Module):
+    # Buffers (registered below), declared for type checkers: nn.Module's attribute lookup is untyped.
+    start_penalty: torch.Tensor
+    transition_penalty: torch.Tensor
+    end_penalty: torch.Tensor
+
     def __init__(self, scheme: TagScheme) -> None:
         super().__init__()
         size = len(scheme.labels)

@@ -1,6 +1,6 @@
 """The NER network: text encoder + vision encoder → fusion strategy → per-word tag scores (CRF emissions).
 
-``forward`` is the exported graph (CONTRACTS §C): tensors in, tensors out, no data-dependent Python branches, any
+``forward`` is the exported graph (docs/contracts.md): tensors in, tensors out, no data-dependent Python branches, any
 batch size, sub-token length, word count and image count (0 included). ``encode`` gives training the extras
 (alignment embeddings). An image's regions are what its vision encoder family makes them (grid cells or DETR's
 object queries); the graph outputs each region's box, so grounding needs no knowledge of the family.
@@ -109,7 +109,7 @@ class NerNetwork(nn.Module):
         word_chars: torch.Tensor | None = None,
     ) -> NetworkOutput:
         region_tokens = image_pooled = image_embedding = None
-        if self.vision_encoder is not None:  # fixed per network, not per input
+        if self.vision_encoder is not None and self.image_alignment is not None:  # fixed per network (uses_image)
             vision = self.vision_encoder(pixel_values)
             region_tokens, image_pooled, region_boxes = vision.regions, vision.pooled, vision.boxes
             image_embedding = self.image_alignment(masked_mean(image_pooled, image_mask))

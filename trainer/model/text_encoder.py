@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from postlens.runtime.config import TextEncoderConfig
 from trainer.model.tiny_text import TINY_FAMILIES
@@ -34,7 +34,7 @@ def with_dropout(config: PretrainedConfig, dropout: float | None) -> PretrainedC
 class TextEncoder(nn.Module):
     """Wraps a Hugging Face encoder: token embeddings → hidden states, and hidden states → words."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
         self.model = model
         self.hidden_size: int = model.config.hidden_size

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer, models, trainers
-from transformers import BertTokenizerFast, PreTrainedTokenizerBase, RobertaTokenizerFast
+
+# transformers 5 exports BertTokenizerFast as a lazy alias its type hints omit; it is the fast tokenizer in 4 and 5.
+from transformers import BertTokenizerFast, PreTrainedTokenizerBase, RobertaTokenizerFast  # type: ignore[attr-defined]
 
 from postlens.runtime.config import TINY_ROBERTA, TINY_SPANBERT, TINY_TEXT
 from postlens.runtime.words import word_tokenize
@@ -44,7 +46,8 @@ def tiny_spanbert_tokenizer() -> PreTrainedTokenizerBase:
     learner.pre_tokenizer = untrained.backend_tokenizer.pre_tokenizer
     learner.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=TINY_VOCABULARY_SIZE, show_progress=False))
     specials = untrained.get_vocab()
-    pieces = sorted(learner.get_vocab(), key=learner.token_to_id)
+    learned = learner.get_vocab()
+    pieces = sorted(learned, key=learned.__getitem__)
     tokens = [*sorted(specials, key=specials.__getitem__), *pieces, *(f"##{piece}" for piece in pieces)]
     return BertTokenizerFast(vocab={token: index for index, token in enumerate(tokens)}, do_lower_case=False)
 

@@ -39,7 +39,7 @@ class ModelScore(BaseModel):
     checkpoint: str
     version: str  # the checkpoint's weights hash
     f1: float  # entity micro F1 on the evaluation set
-    report: dict  # the BRIEF §6 evaluation JSON on the evaluation set
+    report: dict  # the evaluation report (docs/contracts.md) on the evaluation set
 
 
 def resolve_base(base: Path | None, repo: Path, model_name: str) -> Path:

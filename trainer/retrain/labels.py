@@ -1,6 +1,6 @@
 """Labels in: label messages → training examples with local images, or refusals with a reason.
 
-A message must be a BRIEF §2 :class:`~postlens.schemas.Label` that converts to an
+A message must be a :class:`~postlens.schemas.Label` that converts to an
 :class:`~trainer.data.examples.Example` the model can take and whose images load. Refused messages become dead
 letters for the rejected-labels topic; for a repeated label id the latest message wins.
 """
@@ -100,11 +100,12 @@ class LabelImages:
 
     async def localize(self, references: Sequence[str]) -> list[str]:
         """Local PNG paths for ``references``, in order; raises the first image's :class:`InvalidLabel`."""
-        paths = await asyncio.gather(*(self._one(reference) for reference in references))
-        for path in paths:
+        localized: list[str] = []
+        for path in await asyncio.gather(*(self._one(reference) for reference in references)):
             if isinstance(path, InvalidLabel):
                 raise path
-        return list(paths)
+            localized.append(path)
+        return localized
 
     async def _one(self, reference: str) -> str | InvalidLabel:
         if reference not in self._done:

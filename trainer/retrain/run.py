@@ -152,7 +152,7 @@ def retrain(
             enter("read")
             ingested = asyncio.run(
                 ingest(
-                    settings, options.image_root, base_model.vision_encoder.image_size, base_model.max_images,
+                    settings, options.image_root, base_model.vision_encoder.input_size, base_model.max_images,
                     Path(work), from_beginning=options.from_beginning, max_labels=options.max_labels,
                 )
             )  # fmt: skip

@@ -91,7 +91,7 @@ async def test_concurrent_requests_are_dynamically_batched(second_triton: str) -
     finally:
         await client.close()
 
-    for row, output in zip(rows, outputs):
+    for row, output in zip(rows, outputs, strict=True):
         np.testing.assert_array_equal(output, row + 1)
     assert int(stats["inference_count"]) == len(rows)
     assert int(stats["execution_count"]) < int(stats["inference_count"]), stats

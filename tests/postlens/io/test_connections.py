@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import ssl
+from collections.abc import Mapping
 
 import certifi
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from elasticsearch import AsyncElasticsearch
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from pydantic import ValidationError
 
@@ -69,14 +71,19 @@ def test_sasl_without_credentials_is_refused_without_echoing_the_settings() -> N
     assert "do-not-print" not in str(refused.value) and "nor-this" not in str(refused.value)
 
 
+def default_headers(client: AsyncElasticsearch) -> Mapping[str, str]:
+    # elasticsearch-py keeps the headers it sends with every request only in this private attribute.
+    return client._headers  # noqa: SLF001
+
+
 def test_elasticsearch_api_key_basic_auth_and_ca() -> None:
     with_key = es_client(settings(es_url="https://es:9200", es_api_key="aWQ6a2V5", es_ca_certs=certifi.where()))
-    assert with_key._headers["authorization"] == "ApiKey aWQ6a2V5"
+    assert default_headers(with_key)["authorization"] == "ApiKey aWQ6a2V5"
     (node,) = with_key.transport.node_pool.all()
     assert node.config.ca_certs == certifi.where()
     with_user = es_client(settings(es_username="elastic", es_password="pw"))
-    assert with_user._headers["authorization"] == "Basic " + base64.b64encode(b"elastic:pw").decode()
-    assert "authorization" not in es_client(settings())._headers
+    assert default_headers(with_user)["authorization"] == "Basic " + base64.b64encode(b"elastic:pw").decode()
+    assert "authorization" not in default_headers(es_client(settings()))
     with pytest.raises(ValidationError):
         settings(es_api_key="k", es_username="elastic", es_password="pw")
 

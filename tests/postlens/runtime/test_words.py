@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from postlens.runtime.words import word_tokenize
@@ -67,4 +69,4 @@ def test_every_visible_character_is_in_some_word() -> None:
 def test_words_are_ordered_and_disjoint() -> None:
     text = "@x:#y http://z.co/q?a=1👍🏽日本's don't"
     tokens = word_tokenize(text)
-    assert all(a.end <= b.start for a, b in zip(tokens, tokens[1:]))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(tokens))

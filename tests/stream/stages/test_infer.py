@@ -68,7 +68,7 @@ async def test_predictions_come_back_in_order_with_refused_posts_in_place(
         await inferer.close()
 
     assert len(predictions) == len(batch)
-    for position, (request, prediction) in enumerate(zip(batch, predictions)):
+    for position, (request, prediction) in enumerate(zip(batch, predictions, strict=True)):
         assert prediction.model.name == "postlens"
         if position in refused:
             assert prediction.error and refused[position][1] in prediction.error

@@ -3,16 +3,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from postlens.settings import get_settings
 from trainer.data.conll import read_conll, write_conll
 from trainer.data.load import load_examples
 
-DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
-
 
 def twitter(name: str) -> Path:
-    path = DATA / name / "valid.txt"
+    path = get_settings().shared_data_dir / name / "valid.txt"
     if not path.is_file():
-        pytest.fail(f"shared data missing: {path} (the Twitter MNER files live in ../shared/data)")
+        pytest.fail(f"shared data missing: {path} (the Twitter MNER files: POSTLENS_SHARED_DATA_DIR)")
     return path
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,7 @@ def test_bad_labels_fail_with_file_line_and_reason(tmp_path: Path, record: dict,
 def test_not_json_is_reported_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.jsonl"
     path.write_text('{"id": "x", "text": "y"}\n{not json\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="broken.jsonl:2"):
+    with pytest.raises(ValueError, match=re.escape("broken.jsonl:2")):
         load_examples(path)
 
 

@@ -1,4 +1,5 @@
-"""Training targets from labeled examples: tags in the model's scheme, each word's gold boxes, relevance, unseen words."""
+"""Training targets from labeled examples: tags in the model's scheme, each word's gold boxes, relevance, unseen
+words."""
 
 from __future__ import annotations
 

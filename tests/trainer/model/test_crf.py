@@ -115,7 +115,7 @@ def test_constrained_viterbi_spells_valid_entities(scheme_name: str) -> None:
     allowed_start, allowed_transitions, allowed_end = scheme.allowed()
     for path in viterbi(emissions * 5, mask, params):
         assert allowed_start[path[0]] and allowed_end[path[-1]]
-        assert all(allowed_transitions[prev, nxt] for prev, nxt in zip(path, path[1:]))
+        assert all(allowed_transitions[prev, nxt] for prev, nxt in itertools.pairwise(path))
         # every non-O tag belongs to exactly one decoded span
         covered = sum(last - first + 1 for first, last, _ in scheme.spans(path))
         assert covered == sum(tag != 0 for tag in path)

@@ -1,5 +1,5 @@
 """Every registered fusion strategy runs the whole network on posts with 0, 1 and 4 images, with the shapes of
-CONTRACTS §C and attention/relevance in range."""
+docs/contracts.md and attention/relevance in range."""
 
 from __future__ import annotations
 

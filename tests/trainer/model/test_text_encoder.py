@@ -5,6 +5,7 @@ directory laid out as the hub publishes it."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_a_checkpoint_rebuilds_from_its_architecture_and_saved_tokenizer(family:
     inputs = random_batch(Preprocessor.from_config(rebuilt_config, subword_tokenizer(rebuilt_tokenizer)), TEXTS, 1)
     assert torch.equal(inputs["input_ids"], random_batch(preprocessor, TEXTS, 1)["input_ids"])
     with torch.no_grad():
-        for want, got in zip(network.eval()(**inputs), rebuilt(**inputs)):
+        for want, got in zip(network.eval()(**inputs), rebuilt(**inputs), strict=True):
             torch.testing.assert_close(got, want)
 
 
@@ -112,7 +113,7 @@ def test_dropout_zero_makes_training_passes_repeatable_and_is_recorded(family: s
 
 
 def test_dropout_on_an_encoder_without_bert_style_rates_is_refused_not_ignored() -> None:
-    with pytest.raises(ValueError, match="text_encoder.dropout: a distilbert encoder has no"):
+    with pytest.raises(ValueError, match=re.escape("text_encoder.dropout: a distilbert encoder has no")):
         with_dropout(AutoConfig.for_model("distilbert"), 0.0)
     assert with_dropout(AutoConfig.for_model("distilbert"), None).dropout == 0.1  # unset: the model's own
 
@@ -121,7 +122,10 @@ def test_a_tiny_family_builds_the_same_tokenizer_in_every_process() -> None:
     # A fresh tiny model is reproducible from its config alone (its tokenizer is trained when it is built); tokenizers
     # seeds its hash maps anew in each process, so another process is the test.
     families = [TINY_ROBERTA, TINY_SPANBERT]
-    script = "import json, sys; from trainer.model.tokenizer import load_tokenizer; print(json.dumps([load_tokenizer(f).get_vocab() for f in sys.argv[1:]]))"
+    script = (
+        "import json, sys; from trainer.model.tokenizer import load_tokenizer; "
+        "print(json.dumps([load_tokenizer(f).get_vocab() for f in sys.argv[1:]]))"
+    )
     other_process = subprocess.run(
         [sys.executable, "-c", script, *families], capture_output=True, text=True, check=True
     ).stdout

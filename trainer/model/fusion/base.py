@@ -39,6 +39,20 @@ class FusionInputs:
     image_pooled: torch.Tensor | None  # [B, N, Dv]
     token_offsets: torch.Tensor | None = None  # [B, L, H] added to the token embeddings (word features), or None
 
+    @property
+    def regions(self) -> torch.Tensor:
+        """``region_tokens``, for a strategy that reads images (the network encodes them for those)."""
+        if self.region_tokens is None:
+            raise ValueError("this fusion strategy reads images, but the network encoded none")
+        return self.region_tokens
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        """``image_pooled``, for a strategy that reads images."""
+        if self.image_pooled is None:
+            raise ValueError("this fusion strategy reads images, but the network encoded none")
+        return self.image_pooled
+
 
 @dataclass
 class FusionOutput:

@@ -61,9 +61,7 @@ class CrossFusion(Fusion):
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
         words, pooled = encode_text(text_encoder, inputs)
-        patches, patch_mask = region_sequence(
-            inputs.region_tokens, inputs.image_mask, self.image_slot, self.patch_projection
-        )
+        patches, patch_mask = region_sequence(inputs.regions, inputs.image_mask, self.image_slot, self.patch_projection)
         queries = self.word_projection(words)
         for block in self.blocks:
             context, attention, patches = block(queries, inputs.word_mask, patches, patch_mask)

@@ -34,7 +34,7 @@ class EarlyFusion(Fusion):
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
         prefix, prefix_mask = region_sequence(
-            inputs.region_tokens, inputs.image_mask, self.image_slot, self.prefix_projection
+            inputs.regions, inputs.image_mask, self.image_slot, self.prefix_projection
         )
         tokens = token_embeddings(text_encoder, inputs)
         embeds = torch.cat([tokens[:, :1], prefix, tokens[:, 1:]], dim=1)

@@ -28,7 +28,7 @@ class LateFusion(Fusion):
 
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
         words, pooled = encode_text(text_encoder, inputs)
-        image = self.image_projection(masked_mean(inputs.image_pooled, inputs.image_mask))  # [B, H]
+        image = self.image_projection(masked_mean(inputs.pooled, inputs.image_mask))  # [B, H]
         fused = torch.cat([words, image[:, None, :].expand(-1, words.shape[1], -1)], dim=-1)
         attention, relevance = no_grounding(inputs, self.dims.regions)
         return FusionOutput(fused, pooled, attention, relevance)

@@ -24,6 +24,7 @@ z = T + H and every post with images counts as relevant). w/o IPS-CL is ``loss.a
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -69,27 +70,30 @@ class GranularityExcavator(nn.Module):
         q = self.query_encoder(queries)
         c = torch.cat([self.null_context.expand(batch, 1, dim), self.context_encoder(context)], dim=1)
         c_mask = torch.cat([context_mask.new_ones((batch, 1)), context_mask], dim=1)
-        readouts, weights = [], None
+        # The readouts, and the weights of each granularity (the column-grained, when present, are returned).
+        readouts: list[torch.Tensor] = []
+        granularity_weights: list[torch.Tensor] = []
         # (f₁(x) ⊙ f₂(y)) · M = (f₁(x) ⊙ M) · f₂(y): eq. 5–6 without materialising the [Q, C, D] interactions.
         if self.row_vector is not None:
             row_scores = (q * self.row_vector) @ c.transpose(1, 2) / math.sqrt(dim)
             row = torch.where(query_mask[:, :, None], row_scores, torch.full_like(row_scores, _MASKED)).softmax(dim=1)
             row = row * c_mask[:, None, :].to(row.dtype)
             readouts.append(row @ c)
-            weights = row / row.sum(dim=-1, keepdim=True).clamp(min=1e-9)
+            granularity_weights.append(row / row.sum(dim=-1, keepdim=True).clamp(min=1e-9))
         if self.column_vector is not None:
             column_scores = (q * self.column_vector) @ c.transpose(1, 2) / math.sqrt(dim)
             weights = torch.where(c_mask[:, None, :], column_scores, torch.full_like(column_scores, _MASKED)).softmax(
                 dim=-1
             )
             readouts.append(weights @ c)
-        return self.output(sum(readouts)), weights[:, :, 1:]
+            granularity_weights.append(weights)
+        return self.output(sum(readouts)), granularity_weights[-1][:, :, 1:]
 
 
 @register_fusion("mgips")
 class MgipsFusion(Fusion):
     grounds = True
-    knobs = {
+    knobs: ClassVar[dict[str, Any]] = {
         "ips_top_k": 3,
         "contrastive_temperature": 0.07,
         "interweave": True,
@@ -97,7 +101,7 @@ class MgipsFusion(Fusion):
         "column_grained": True,
         "adaptive_gate": True,
     }
-    auxiliary_weights = {"implicit_positive": 1.0, "standard_contrastive": 1.0}
+    auxiliary_weights: ClassVar[dict[str, float]] = {"implicit_positive": 1.0, "standard_contrastive": 1.0}
 
     def __init__(self, config, dims) -> None:
         super().__init__(config, dims)
@@ -130,27 +134,31 @@ class MgipsFusion(Fusion):
     def forward(self, text_encoder: TextEncoder, inputs: FusionInputs) -> FusionOutput:
         batch, images = inputs.image_mask.shape
         patches = self.dims.regions
-        flat_patches = inputs.region_tokens.reshape(batch, images * patches, self.dims.region)
+        flat_patches = inputs.regions.reshape(batch, images * patches, self.dims.region)
         patch_mask = inputs.image_mask[:, :, None].expand(-1, -1, patches).reshape(batch, images * patches)
         words, pooled = encode_text_with_visual_prefix(
             text_encoder, inputs, self.layer_tokens(flat_patches), patch_mask
         )
 
         text = self.word_projection(words)
-        visual, _ = region_sequence(inputs.region_tokens, inputs.image_mask, self.image_slot, self.patch_projection)
+        visual, _ = region_sequence(inputs.regions, inputs.image_mask, self.image_slot, self.patch_projection)
         if self.interweave is None:
             attention, _ = no_grounding(inputs, patches)
             fused, relevance = words, has_image(inputs)
         else:
-            visual, interwoven, attention = self._interweave(visual, patch_mask, text, inputs.word_mask)
+            visual, interwoven, attention = self._interweave(
+                self.interweave, visual, patch_mask, text, inputs.word_mask
+            )
             fused, relevance = self._gate(words, self.interweave["fused_projection"](interwoven), inputs)
             attention = region_attention(attention, inputs, patches)
         auxiliary = self._contrastive_losses(text, visual, inputs, patch_mask) if self.training else {}
         return FusionOutput(fused, pooled, attention, relevance, auxiliary)
 
-    def _interweave(self, visual, patch_mask, text, word_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _interweave(
+        self, interweave: nn.ModuleDict, visual, patch_mask, text, word_mask
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eq. 9–11 → the interwoven visual and text features and the last word→patch weights."""
-        image_guided, text_guided = self.interweave["image_guided"], self.interweave["text_guided"]
+        image_guided, text_guided = interweave["image_guided"], interweave["text_guided"]
         visual, _ = image_guided(visual, patch_mask, text, word_mask)  # eq. 9
         interwoven = text
         for _ in range(self.config.layers):  # eq. 10–11, excavators shared across layers

@@ -19,6 +19,8 @@ cross-fusion the words take only the visual prefixes and nothing is grounded.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -44,7 +46,7 @@ from trainer.model.text_encoder import TextEncoder
 @register_fusion("mpcfn")
 class MpcfnFusion(Fusion):
     grounds = True
-    knobs = {"correlation_gate": True, "dynamic_gate": True, "cross_fusion": True}
+    knobs: ClassVar[dict[str, Any]] = {"correlation_gate": True, "dynamic_gate": True, "cross_fusion": True}
 
     def __init__(self, config, dims) -> None:
         super().__init__(config, dims)
@@ -69,9 +71,9 @@ class MpcfnFusion(Fusion):
         batch, images = inputs.image_mask.shape
         patches, hidden = self.dims.regions, self.config.hidden
         present = has_image(inputs)
-        global_tokens = self.global_projection(inputs.image_pooled) + self.image_slot.weight[:images][None]  # [B, N, H]
+        global_tokens = self.global_projection(inputs.pooled) + self.image_slot.weight[:images][None]  # [B, N, H]
         regions, region_mask = region_sequence(
-            inputs.region_tokens, inputs.image_mask, self.image_slot, self.region_projection
+            inputs.regions, inputs.image_mask, self.image_slot, self.region_projection
         )
 
         if self.correlation_gate is not None:

@@ -19,13 +19,14 @@ symmetric fusion reads the projected representations themselves) and ``image_gui
 encoder runs on the text alone). The losses alone: ``loss.auxiliary.similarity=0`` / ``loss.auxiliary.difference=0``.
 
 Departures: the paper represents an image by its [CLS] only; here the word side attends to the image's regions
-(patches, grid cells or DETR's objects, each carrying its image's fused representation) so that entities can be grounded in a region. The post's image
-relevance is the largest share of attention any word puts on the images.
+(patches, grid cells or DETR's objects, each carrying its image's fused representation) so that entities can be
+grounded in a region. The post's image relevance is the largest share of attention any word puts on the images.
 """
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -53,14 +54,14 @@ def _dense_relu(dim: int) -> nn.Module:
 @register_fusion("smcl")
 class SmclFusion(Fusion):
     grounds = True
-    knobs = {
+    knobs: ClassVar[dict[str, Any]] = {
         "threshold_scale": 1.0,
         "cmd_order": 3,
         "alignment_encoder": True,
         "refinement_encoder": True,
         "image_guidance": True,
     }
-    auxiliary_weights = {"similarity": 0.3, "difference": 0.2}
+    auxiliary_weights: ClassVar[dict[str, float]] = {"similarity": 0.3, "difference": 0.2}
 
     def __init__(self, config, dims) -> None:
         super().__init__(config, dims)
@@ -96,7 +97,7 @@ class SmclFusion(Fusion):
         batch, images = inputs.image_mask.shape
         patches, hidden = self.dims.regions, self.config.hidden
         image_mask, word_mask = inputs.image_mask, inputs.word_mask
-        image_tokens = self.image_projection(inputs.image_pooled) + self.temporal_position.weight[:images][None]
+        image_tokens = self.image_projection(inputs.pooled) + self.temporal_position.weight[:images][None]
         for layer in self.across_images:
             image_tokens, _ = layer(image_tokens, image_tokens, image_mask)
 
@@ -117,7 +118,7 @@ class SmclFusion(Fusion):
         joint_text = self._join([text for text, _ in views], word_mask, self.text_union)
         joint_images = self._join([images for _, images in views], image_mask, self.image_union)
         aware_images, _ = self.images_to_words(joint_images, joint_text, word_mask)
-        regions = self.region_projection(inputs.region_tokens) + aware_images[:, :, None, :]
+        regions = self.region_projection(inputs.regions) + aware_images[:, :, None, :]
         regions = regions.reshape(batch, images * patches, hidden)
         region_mask = image_mask[:, :, None].expand(-1, -1, patches).reshape(batch, images * patches)
         fused, attention = self.words_to_regions(self.word_queries(joint_text), regions, region_mask)

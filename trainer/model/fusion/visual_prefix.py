@@ -10,6 +10,8 @@ no visual token a layer computes exactly what the encoder computes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -42,6 +44,11 @@ class LayerwiseVisualTokens(nn.Module):
         return prefixes
 
 
+def _split_heads(x: torch.Tensor, heads: int, size: int) -> torch.Tensor:
+    """[B, K, heads·size] → [B, heads, K, size]."""
+    return x.reshape(x.shape[0], x.shape[1], heads, size).transpose(1, 2)
+
+
 def keep_above_mean_visual_weight(
     probabilities: torch.Tensor, visual: int, visual_mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -72,18 +79,17 @@ def encode_text_with_visual_prefix(
     layers = _layers(text_encoder)
     if len(prefixes) != len(layers):
         raise ValueError(f"{len(prefixes)} visual prefixes for {len(layers)} text-encoder layers")
-    hidden = text_encoder.model.embeddings(inputs_embeds=token_embeddings(text_encoder, inputs))
+    embeddings: Any = text_encoder.model.embeddings  # a BERT-family embeddings module
+    hidden = embeddings(inputs_embeds=token_embeddings(text_encoder, inputs))
     mask = torch.cat([prefix_mask, inputs.attention_mask.bool()], dim=1)[:, None, None, :]
-    for layer, prefix in zip(layers, prefixes):
+    layer: Any  # a BERT-family layer (BertLayer, RobertaLayer, …): its parts are read by name, as the models share them
+    for layer, prefix in zip(layers, prefixes, strict=True):
         attention = layer.attention.self
         heads, size = attention.num_attention_heads, attention.attention_head_size
 
-        def split(x: torch.Tensor) -> torch.Tensor:  # [B, K, heads·size] → [B, heads, K, size]
-            return x.reshape(x.shape[0], x.shape[1], heads, size).transpose(1, 2)
-
-        keys = split(torch.cat([attention.key(prefix), attention.key(hidden)], dim=1))
-        values = split(torch.cat([attention.value(prefix), attention.value(hidden)], dim=1))
-        scores = split(attention.query(hidden)) @ keys.transpose(-1, -2) * attention.scaling
+        keys = _split_heads(torch.cat([attention.key(prefix), attention.key(hidden)], dim=1), heads, size)
+        values = _split_heads(torch.cat([attention.value(prefix), attention.value(hidden)], dim=1), heads, size)
+        scores = _split_heads(attention.query(hidden), heads, size) @ keys.transpose(-1, -2) * attention.scaling
         probabilities = torch.where(mask, scores, torch.full_like(scores, _MASKED)).softmax(dim=-1)
         if threshold_scale is not None:
             probabilities = keep_above_mean_visual_weight(probabilities, prefix.shape[1], prefix_mask, threshold_scale)

@@ -55,6 +55,8 @@ def grid_boxes(grid: tuple[int, int]) -> torch.Tensor:
 class GridEncoder(VisionEncoder):
     """A family whose regions are the cells of a fixed grid over the image."""
 
+    cell_boxes: torch.Tensor  # a buffer (registered below), declared for type checkers
+
     def __init__(self, grid: tuple[int, int]) -> None:
         super().__init__()
         self.grid = grid

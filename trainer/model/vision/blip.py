@@ -34,11 +34,13 @@ BLIP = TransformersFamily(
 
 class BlipEncoder(GridEncoder):
     def __init__(self, model: BlipVisionModel) -> None:
-        side = model.config.image_size // model.config.patch_size
-        super().__init__((side, side))
+        image_size, patch_size = model.config.image_size, model.config.patch_size
+        if not isinstance(image_size, int) or not isinstance(patch_size, int):
+            raise ValueError(f"a BLIP vision tower with square images and patches only; got {image_size}, {patch_size}")
+        super().__init__((image_size // patch_size, image_size // patch_size))
         self.model = model
         self.region_dim = self.pooled_dim = model.config.hidden_size
-        self.image_size = model.config.image_size
+        self.image_size = image_size
 
     def encode_images(self, images: torch.Tensor) -> VisionFeatures:
         output = self.model(pixel_values=images)

@@ -8,10 +8,10 @@ synthetic data, trained from scratch.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
-from torch import nn
 
 from postlens.runtime.config import VisionEncoderConfig
 from trainer.model.vision.base import GridEncoder, VisionFeatures
@@ -21,10 +21,12 @@ open_clip.add_model_config(_CONFIG_DIR)
 
 
 class ClipEncoder(GridEncoder):
-    def __init__(self, visual: nn.Module) -> None:
+    def __init__(self, visual: Any) -> None:
+        """``visual``: an open_clip vision tower (open_clip ships no types: its attributes are checked here)."""
         if not hasattr(visual, "grid_size") or not hasattr(visual, "output_tokens"):
             raise ValueError(f"{type(visual).__name__} gives no patch tokens; use an open_clip ViT model")
-        super().__init__(tuple(visual.grid_size))
+        rows, columns = visual.grid_size
+        super().__init__((rows, columns))
         visual.output_tokens = True
         self.visual = visual
         self.region_dim = visual.transformer.width

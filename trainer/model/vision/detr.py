@@ -29,7 +29,11 @@ DETR = TransformersFamily(
     model_class=DetrForObjectDetection,
     tiny=lambda: {
         "backbone_config": ResNetConfig(
-            embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], layer_type="basic", out_features=["stage2"]
+            embedding_size=16,
+            hidden_sizes=[16, 32],
+            depths=[1, 1],
+            layer_type="basic",
+            out_features=["stage2"],  # type: ignore[call-arg]  # the backbone mixin takes it, outside the signature
         ),
         "d_model": 32,
         "encoder_layers": 1,
@@ -57,7 +61,7 @@ class DetrEncoder(VisionEncoder):
     def encode_images(self, images: torch.Tensor) -> VisionFeatures:
         output = self.model(pixel_values=images)
         # pred_boxes are (cx, cy, w, h) in [0, 1]; corners may stick out of the image, so they are clipped to it.
-        boxes = center_to_corners_format(output.pred_boxes).clamp(0.0, 1.0)
+        boxes = torch.as_tensor(center_to_corners_format(output.pred_boxes)).clamp(0.0, 1.0)
         return VisionFeatures(output.last_hidden_state, output.encoder_last_hidden_state.mean(dim=1), boxes)
 
 

@@ -38,6 +38,8 @@ class ResNetEncoder(GridEncoder):
     def __init__(self, model: ResNetModel, image_size: int) -> None:
         super().__init__(feature_grid(model, image_size))
         self.model = model
+        if not model.config.hidden_sizes:
+            raise ValueError("a ResNet without stages (config.hidden_sizes is empty)")
         self.region_dim = self.pooled_dim = model.config.hidden_sizes[-1]
         self.image_size = image_size
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from transformers import AutoImageProcessor, PretrainedConfig, PreTrainedModel
 
@@ -15,19 +15,22 @@ from postlens.runtime.config import TINY, VisionEncoderConfig
 TINY_IMAGE_SIZE = 64  # the tiny models' input (the synthetic data's images)
 
 
+ModelT = TypeVar("ModelT", bound=PreTrainedModel)
+
+
 @dataclass(frozen=True)
-class TransformersFamily:
+class TransformersFamily(Generic[ModelT]):
     config_class: type[PretrainedConfig]
-    model_class: type[PreTrainedModel]
+    model_class: type[ModelT]
     tiny: Callable[[], dict[str, Any]]  # config fields of the tiny random model (``config.tiny`` goes over them)
-    mean: tuple[float, float, float]  # normalization of the tiny model (a named model's comes from its processor)
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # normalization of the tiny model (a named model's comes from its processor)
+    std: tuple[float, ...]
     load_options: dict[str, Any] = field(default_factory=dict)  # extra from_pretrained arguments
 
 
 def build_model(
-    config: VisionEncoderConfig, family: TransformersFamily, pretrained: bool
-) -> tuple[PreTrainedModel, dict[str, Any]]:
+    config: VisionEncoderConfig, family: TransformersFamily[ModelT], pretrained: bool
+) -> tuple[ModelT, dict[str, Any]]:
     """The model and its architecture (the HF config dict to record)."""
     if not pretrained and config.architecture is not None:
         model = family.model_class(family.config_class.from_dict(config.architecture))
@@ -48,7 +51,7 @@ def input_size(config: VisionEncoderConfig, paper_size: int) -> int:
 
 def resolved_config(
     config: VisionEncoderConfig,
-    family: TransformersFamily,
+    family: TransformersFamily[Any],
     architecture: dict[str, Any],
     image_size: int,
     **regions: Any,
@@ -61,7 +64,7 @@ def resolved_config(
 
 
 def normalization(
-    config: VisionEncoderConfig, family: TransformersFamily
+    config: VisionEncoderConfig, family: TransformersFamily[Any]
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Pixel mean and std: as recorded, the tiny model's, or the named model's image processor's."""
     if config.mean is not None and config.std is not None:
