@@ -23,10 +23,11 @@ from postlens.runtime.exported import CARD_FILE
 from postlens.schemas import DeadLetter
 from postlens.settings import Settings
 from tests.support.kafka_io import read_topic
+from trainer.data.examples import Example
 from trainer.data.load import load_examples
-from trainer.retrain.decision import decide
+from trainer.retrain.decision import RetrainError, decide
 from trainer.retrain.report import EXIT_TOO_FEW_LABELS
-from trainer.retrain.run import RetrainOptions, retrain
+from trainer.retrain.run import RetrainOptions, reference_set, replay_pool, retrain
 from trainer.synth import generate
 
 
@@ -220,3 +221,14 @@ async def test_retrain_from_the_labels_topic(
     rerun = json.loads(report.read_text())
     assert rerun["labels_read"] == 0 and rerun["status"] == "too_few_labels" and not rerun["offsets_committed"]
     assert versions_in(repo) == before
+
+
+def test_a_base_without_its_reference_set_or_replay_sample_is_an_error_that_names_the_remedy(tmp_path: Path) -> None:
+    """A checkpoint trained before checkpoints carried their data: never a silent pass of the reference gate."""
+    with pytest.raises(RetrainError, match="--reference FILE"):
+        reference_set(tmp_path, [], [])
+    curated = [Example.from_tokens("c1", ["Kenji", "in", "Lyon"], ["B-PER", "O", "B-LOC"])]
+    assert reference_set(tmp_path, curated, []).examples == curated  # a curated set alone is a reference set
+    with pytest.raises(RetrainError, match="--extra-train FILE"):
+        replay_pool(tmp_path, 0.5)
+    assert replay_pool(tmp_path, 0.0) == []  # POSTLENS_RETRAIN_REPLAY_SHARE=0: fine-tuning on the new labels alone
