@@ -91,16 +91,22 @@ def exported_from(model_root: Path, version: int) -> Path:
     return source
 
 
-def fine_tune_config(base: Path, overrides: Sequence[str]) -> RunConfig:
-    """The base's recorded run configuration with ``train``/``loss`` overrides; the architecture is the base's."""
+LEARNING_RATES = ("lr", "encoder_lr", "vision_lr", "crf_lr")
+
+
+def fine_tune_config(base: Path, overrides: Sequence[str], lr_scale: float = 1.0) -> RunConfig:
+    """The base's recorded run configuration, its learning rates times ``lr_scale``, with ``train``/``loss``
+    overrides (which win); the architecture is the base's."""
     architecture = [override for override in overrides if override.split("=", 1)[0].split(".")[0] == "model"]
     if architecture:
         raise RetrainError(
             f"{', '.join(architecture)}: the model comes from the base checkpoint; set only train.*/loss.*"
         )
     recorded = {key: value for key, value in read_config(base).items() if key != "version"}
+    train = recorded.get("train", {})
+    scaled = {name: train[name] * lr_scale for name in LEARNING_RATES if train.get(name) is not None}
     try:
-        return RunConfig.model_validate(apply_overrides(recorded, overrides))
+        return RunConfig.model_validate(apply_overrides({**recorded, "train": {**train, **scaled}}, overrides))
     except ValueError as error:
         raise RetrainError(f"--set: {error}") from None
 

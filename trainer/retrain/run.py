@@ -133,7 +133,7 @@ def retrain(
 
     try:
         base = resolve_base(options.base, options.repo, settings.triton_model)
-        config = fine_tune_config(base, options.overrides)
+        config = fine_tune_config(base, options.overrides, settings.retrain_lr_scale)
         base_model = model_config(base)
 
         def load(path: Path | None) -> list[Example]:

@@ -151,6 +151,12 @@ def test_fine_tuning_keeps_the_base_architecture_and_takes_train_overrides(tmp_p
     base = fake_checkpoint(tmp_path / "base", "abc")
     config = fine_tune_config(base, ["train.epochs=2", "loss.contrastive=0"])
     assert config.train.epochs == 2 and config.loss.contrastive == 0 and config.model.fusion.name == "cross"
+    recorded = resolve_config("tiny").train
+    gentle = fine_tune_config(base, ["train.crf_lr=0.5"], lr_scale=0.2)  # a fine-tune continues at lower rates
+    assert gentle.train.lr == pytest.approx(recorded.lr * 0.2) and gentle.train.encoder_lr == pytest.approx(
+        recorded.encoder_lr * 0.2
+    )
+    assert gentle.train.crf_lr == 0.5  # --set wins
     with pytest.raises(RetrainError, match="model comes from the base"):
         fine_tune_config(base, ["model.fusion.name=text"])
     with pytest.raises(RetrainError, match="--set"):

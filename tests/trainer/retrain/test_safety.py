@@ -135,6 +135,8 @@ async def world(
         update={
             "topic_labels": f"{name}.labels", "topic_labels_rejected": f"{name}.labels.rejected",
             "retrain_group": name, "retrain_reference_min_type_spans": 5,
+            # The tiny base was trained from random weights in a minute: fine-tuned at its own rates.
+            "retrain_lr_scale": 1.0,
         }
     )  # fmt: skip
     repo = tmp_path / "model_repository"

@@ -21,7 +21,7 @@ from tests.stream.pipeline_run import PipelineRun
 from trainer.export import export_model, load_in_triton
 from trainer.retrain.lineage import rollback
 
-POSTS = 240
+POSTS_AFTER = 60  # posts published before the promotion, between it and the rollback, and after the rollback
 RATE_PER_S = 12.0
 
 
@@ -46,32 +46,35 @@ async def test_a_promotion_and_a_rollback_under_load_lose_nothing(
     published = 0
 
     async def steady_load() -> None:
+        """Posts at a steady rate from before the promotion until POSTS_AFTER posts after the rollback."""
         nonlocal published
-        for index in range(POSTS):
-            post = {"id": f"post-{index:04d}", "text": f"Kenji Watanabe landed in Lyon with Acme Corp staff #{index}"}
+        while "rolled back" not in switched or published < switched["rolled back"] + POSTS_AFTER:
+            post = {"id": f"post-{published:05d}", "text": f"Kenji Watanabe landed in Lyon with Acme Corp #{published}"}
             await run.publish([(post["id"], json.dumps(post).encode())])
-            published = index + 1
+            published += 1
             await asyncio.sleep(1 / RATE_PER_S)
 
     async def promote_then_roll_back() -> None:
-        await asyncio.sleep(POSTS / RATE_PER_S / 4)
+        while published < POSTS_AFTER:
+            await asyncio.sleep(0.1)
         version = await asyncio.to_thread(export_model, tiny_checkpoint, repo)  # a promotion: export, then load
         await asyncio.to_thread(load_in_triton, served.http_url, "postlens", int(version.name))
         switched["promoted"] = published
-        await asyncio.sleep(POSTS / RATE_PER_S / 4)
+        while published < switched["promoted"] + POSTS_AFTER:
+            await asyncio.sleep(0.1)
         result = await asyncio.to_thread(rollback, repo / "postlens", 1, served.http_url)
         assert not result.triton_refused and result.version == 3, result.triton
         switched["rolled back"] = published
 
     try:
         await asyncio.gather(steady_load(), promote_then_roll_back())
-        await run.wait_indexed(es, POSTS)
+        await run.wait_indexed(es, published)
         posts = await run.documents(es, run.settings.es_index_posts)
         letters = await run.dead_letters()
     finally:
         await run.cleanup(es, kafka_admin)
     assert letters == [], [letter.error for letter in letters]  # no request failed
-    assert len(posts) == POSTS
+    assert len(posts) == published
     version = {post_id: document["model"]["version"] for post_id, document in posts.items()}
     order = sorted(version)  # ids are numbered in publication order
     print(f"\nswitched after {switched}; versions seen: { {v: list(version.values()).count(v) for v in '123'} }")
