@@ -1,10 +1,10 @@
-"""Index: processed posts → Elasticsearch, idempotently, returning only once Elasticsearch acknowledged them.
+"""Index: the Elasticsearch :class:`stream.sink.Sink` — processed posts → Elasticsearch, idempotently, returning
+only once Elasticsearch acknowledged them.
 
 Document ids are deterministic (entity ``{post_id}:{start}-{end}``, post ``{post_id}``), so a replay overwrites
 instead of duplicating. A post processed again may predict fewer entities than before; the entity documents it no
-longer has are deleted in the same bulk request (their ids are read from the post's previous document, by
-:meth:`Indexer.previous_entity_ids`, which the worker runs while the batch is still being fetched and inferred), so
-the index ends exactly as the latest processing.
+longer has are deleted in the same bulk request (their ids are read from the post's previous document, in real
+time), so the index ends exactly as the latest processing.
 
 Retriable failures (Elasticsearch down, 429, 5xx) are retried until they succeed — the worker's batch waits, and
 its offsets stay uncommitted. A post is indexed whole or not at all: when Elasticsearch refuses one of its documents
@@ -18,19 +18,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, SerializationError, TransportError
 from elasticsearch.helpers import async_streaming_bulk
 
-from postlens.io.deadletter import RawMessage
-from postlens.io.fetch import FetchOutcome
 from postlens.io.retry import Backoff, retry_forever
-from postlens.schemas import Post, PostPrediction, PredictedEntity
+from postlens.schemas import PredictedEntity
 from postlens.settings import Settings
 from stream.metrics import Metrics
+from stream.results import ProcessedPost
+from stream.sink import SinkFailure
 from stream.stages.index_templates import index_templates
 
 log = logging.getLogger(__name__)
@@ -47,23 +46,6 @@ class RequestRefused(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass(frozen=True)
-class ProcessedPost:
-    """A post with its prediction; the prediction's regions already name the post's own image indices and URLs."""
-
-    raw: RawMessage
-    post: Post
-    prediction: PostPrediction
-    images: list[FetchOutcome]
-
-
-@dataclass(frozen=True)
-class IndexFailure:
-    item: ProcessedPost
-    kind: str
-    message: str
 
 
 def entity_id(post_id: str, entity: PredictedEntity) -> str:
@@ -128,7 +110,9 @@ def _outages_as_unavailable() -> Iterator[None]:
         raise RequestRefused(f"http_{error.status_code}", str(error)) from error
 
 
-class Indexer:
+class ElasticsearchSink:
+    """The :class:`stream.sink.Sink` writing entity and post documents to Elasticsearch."""
+
     def __init__(self, es: AsyncElasticsearch, settings: Settings, metrics: Metrics) -> None:
         self._es = es
         self._settings = settings
@@ -137,7 +121,7 @@ class Indexer:
     async def close(self) -> None:
         await self._es.close()
 
-    async def install_templates(self) -> None:
+    async def prepare(self) -> None:
         """Install both index templates and create the indices (waits while Elasticsearch is unavailable)."""
 
         async def install() -> None:
@@ -150,24 +134,19 @@ class Indexer:
 
         await self._retry(install, "installing Elasticsearch index templates")
 
-    async def previous_entity_ids(self, post_ids: list[str]) -> dict[str, set[str]]:
-        """Per post id already indexed: the entity ids its document lists (waits while Elasticsearch is down)."""
-        return await self._retry(lambda: self._read_entity_ids(post_ids), "reading previous entities")
-
-    async def index(
-        self, batch: list[ProcessedPost], previous: dict[str, set[str]] | None = None
-    ) -> list[IndexFailure]:
+    async def write(self, batch: list[ProcessedPost]) -> list[SinkFailure]:
         """Index ``batch``; returns the posts refused for good, none of whose documents remain. Returns only when
-        every post is settled. ``previous``: :meth:`previous_entity_ids` of the posts, when already read."""
+        every post is settled."""
         # A post twice in one batch (a replay): its latest processing is the one that stands.
         latest = list({item.post.id: item for item in batch}.values())
-        if previous is None:
-            previous = await self.previous_entity_ids([item.post.id for item in latest])
+        previous = await self._retry(
+            lambda: self._read_entity_ids([item.post.id for item in latest]), "reading previous entities"
+        )
         return await self._index_whole(latest, previous, datetime.now(UTC))
 
     async def _index_whole(
         self, items: list[ProcessedPost], previous: dict[str, set[str]], indexed_at: datetime
-    ) -> list[IndexFailure]:
+    ) -> list[SinkFailure]:
         try:
             refused = await self._apply(self._actions(items, previous, indexed_at))
         except RequestRefused as error:
@@ -182,7 +161,7 @@ class Indexer:
             return []
         failed = [item for item in items if item.post.id in refused]
         await self._remove(failed, previous)
-        return [IndexFailure(item, *refused[item.post.id]) for item in failed]
+        return [SinkFailure(item, *refused[item.post.id]) for item in failed]
 
     def _actions(
         self, items: list[ProcessedPost], previous: dict[str, set[str]], indexed_at: datetime

@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -72,6 +73,17 @@ class InferRequest(BaseModel):
         if images.shape[0] > MAX_MODEL_IMAGES:
             raise ValueError(f"at most {MAX_MODEL_IMAGES} images per post, got {images.shape[0]}")
         return images
+
+
+class Model(Protocol):
+    """What the pipeline needs of a model: :class:`TritonInferer`, or a stand-in in tests."""
+
+    image_size: int  # pixels of each side of the images it takes
+
+    async def infer(self, batch: Sequence[InferRequest]) -> list[InferOutcome]:
+        """One outcome per request, in order; raises :class:`InferenceUnavailable` when it cannot answer now."""
+
+    async def close(self) -> None: ...
 
 
 class TritonInferer:

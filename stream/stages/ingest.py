@@ -14,8 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from postlens.io.deadletter import RawMessage, dead_letter
 from postlens.schemas import Post, text_refusal, validation_summary
 from postlens.settings import Settings
+from stream.results import Accepted, StageResult
 
 # Elasticsearch refuses a whole bulk request holding an _id over 512 bytes; entity ids append ":{start}-{end}".
 MAX_ID_BYTES = 480
@@ -65,7 +67,7 @@ def _load_json(value: bytes, max_depth: int) -> Any:
     if (depth := _depth(document)) > max_depth:
         raise InvalidPost("too_deep", f"JSON nested {depth} deep; the limit is {max_depth}")
     try:
-        # Valid JSON may still escape lone surrogates ("\ud800"): no UTF-8 encoder (Triton's, Elasticsearch's) takes them.
+        # Valid JSON may still escape lone surrogates ("\ud800"), which no UTF-8 encoder (Triton, Elasticsearch) takes.
         json.dumps(document, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as error:
         raise InvalidPost("invalid_unicode", f"message has text that is not valid Unicode: {error.reason}") from error
@@ -90,3 +92,21 @@ def parse_post(value: bytes | None, settings: Settings) -> Post:
     if refusal := text_refusal(post.text, settings.max_text_chars):
         raise InvalidPost(*refusal)
     return post
+
+
+def post_version(raw: RawMessage, post: Post) -> int:
+    """Which of two messages about one post is newer: the larger version."""
+    return raw.offset or 0
+
+
+def ingest(messages: list[RawMessage], settings: Settings) -> StageResult[Accepted]:
+    """The messages that are posts, and a dead letter for each that is not."""
+    result: StageResult[Accepted] = StageResult()
+    for raw in messages:
+        try:
+            post = parse_post(raw.value, settings)
+        except InvalidPost as error:
+            result.letters.append((raw, dead_letter(raw, "ingest", error.kind, str(error))))
+        else:
+            result.done.append(Accepted(raw, post, post_version(raw, post)))
+    return result

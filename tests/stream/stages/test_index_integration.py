@@ -17,7 +17,8 @@ from postlens.io.fetch import FetchOutcome
 from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity
 from postlens.settings import Settings
 from stream.metrics import Metrics
-from stream.stages.index import Indexer, ProcessedPost
+from stream.results import ProcessedPost
+from stream.stages.index import ElasticsearchSink
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -39,10 +40,10 @@ async def index_settings(settings: Settings, es: AsyncElasticsearch) -> AsyncIte
 
 
 @pytest.fixture
-async def indexer(index_settings: Settings) -> AsyncIterator[Indexer]:
+async def indexer(index_settings: Settings) -> AsyncIterator[ElasticsearchSink]:
     async with es_client(index_settings) as client:
-        indexer = Indexer(client, index_settings, Metrics())
-        await indexer.install_templates()
+        indexer = ElasticsearchSink(client, index_settings, Metrics())
+        await indexer.prepare()
         yield indexer
 
 
@@ -66,13 +67,13 @@ async def entity_ids(es: AsyncElasticsearch, settings: Settings, post_id: str) -
 
 
 async def test_reprocessing_leaves_exactly_the_latest_entities(
-    indexer: Indexer, es: AsyncElasticsearch, index_settings: Settings
+    indexer: ElasticsearchSink, es: AsyncElasticsearch, index_settings: Settings
 ) -> None:
-    assert await indexer.index([processed("p1", "Jordan", "Paris", "Acme")]) == []
+    assert await indexer.write([processed("p1", "Jordan", "Paris", "Acme")]) == []
     assert await entity_ids(es, index_settings, "p1") == ["p1:0-6", "p1:11-16", "p1:21-25"]
 
     # Immediately (no refresh in between): the stale ids come from the post document, read in real time.
-    assert await indexer.index([processed("p1", "Paris")]) == []
+    assert await indexer.write([processed("p1", "Paris")]) == []
     assert await entity_ids(es, index_settings, "p1") == ["p1:11-16"]
     post = await es.get(index=index_settings.es_index_posts, id="p1")
     assert post["_source"]["entity_count"] == 1
@@ -82,9 +83,9 @@ async def test_reprocessing_leaves_exactly_the_latest_entities(
 
 
 async def test_same_post_twice_in_a_batch_keeps_the_later(
-    indexer: Indexer, es: AsyncElasticsearch, index_settings: Settings
+    indexer: ElasticsearchSink, es: AsyncElasticsearch, index_settings: Settings
 ) -> None:
-    assert await indexer.index([processed("p2", "Jordan"), processed("p2", "Acme")]) == []
+    assert await indexer.write([processed("p2", "Jordan"), processed("p2", "Acme")]) == []
     assert await entity_ids(es, index_settings, "p2") == ["p2:21-25"]
 
 
@@ -96,9 +97,9 @@ async def test_documents_elasticsearch_refuses_are_returned_for_the_dead_letter_
         index=index_settings.es_index_entities, mappings={"properties": {"confidence": {"type": "boolean"}}}
     )
     async with es_client(index_settings) as client:
-        indexer = Indexer(client, index_settings, Metrics())
-        await indexer.install_templates()
-        failures = await indexer.index([processed("bad", "Jordan"), processed("fine")])
+        indexer = ElasticsearchSink(client, index_settings, Metrics())
+        await indexer.prepare()
+        failures = await indexer.write([processed("bad", "Jordan"), processed("fine")])
     assert [(failure.item.post.id, failure.kind) for failure in failures] == [("bad", "document_parsing_exception")]
     assert "confidence" in failures[0].message
     await es.indices.refresh(index=index_settings.es_index_posts)
@@ -108,13 +109,13 @@ async def test_documents_elasticsearch_refuses_are_returned_for_the_dead_letter_
 
 
 async def test_a_post_that_fails_the_whole_request_is_isolated(
-    indexer: Indexer, es: AsyncElasticsearch, index_settings: Settings
+    indexer: ElasticsearchSink, es: AsyncElasticsearch, index_settings: Settings
 ) -> None:
     # An _id over 512 bytes makes Elasticsearch refuse the whole bulk request. Ingest refuses such ids; should one
     # get past it, only its post may pay.
     broken = processed("\U0001f600" * 200, "Jordan")
     batch = [processed("a", "Jordan"), processed("b", "Paris"), broken, processed("c", "Acme")]
-    failures = await indexer.index(batch)
+    failures = await indexer.write(batch)
     assert [failure.item.post.id for failure in failures] == [broken.post.id]
     await es.indices.refresh(index=index_settings.es_index_posts)
     for post_id in ("a", "b", "c"):
@@ -127,10 +128,10 @@ async def test_outage_is_waited_out(index_settings: Settings, es: AsyncElasticse
     with TcpProxy(target.hostname or "localhost", target.port or 9200) as proxy:
         via_proxy = index_settings.model_copy(update={"es_url": proxy.url})
         async with es_client(via_proxy) as client:
-            indexer = Indexer(client, via_proxy, Metrics())
-            await indexer.install_templates()
+            indexer = ElasticsearchSink(client, via_proxy, Metrics())
+            await indexer.prepare()
             proxy.close()
-            indexing = asyncio.create_task(indexer.index([processed("p3", "Jordan")]))
+            indexing = asyncio.create_task(indexer.write([processed("p3", "Jordan")]))
             await asyncio.sleep(3)
             assert not indexing.done()  # still holding the batch, not giving up
             proxy.open()
