@@ -36,7 +36,7 @@ async def commits_ahead_of_work(
     committed = await run.committed_offsets(admin)
     finished = await run.finished_keys(es)
     return [
-        f"partition {partition} committed {offset} but {key} (offset {at}) is not finished"
+        f"partition {partition} committed {committed[partition]} but {key} (offset {at}) is not finished"
         for (partition, at), key in where.items()
         if at < committed.get(partition, -1) and key not in finished
     ]
