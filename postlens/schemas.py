@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from postlens.failures import IngestFailure
+
 ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
 # Datasets spell the fourth class differently; everything inside PostLens says MISC.
 TYPE_ALIASES: dict[str, str] = {"OTHER": "MISC"}
@@ -37,16 +39,16 @@ def validation_summary(error: ValidationError, subject: str) -> str:
     )
 
 
-def text_refusal(text: str, max_chars: int) -> tuple[str, str] | None:
+def text_refusal(text: str, max_chars: int) -> tuple[IngestFailure, str] | None:
     """Why a text cannot go to the model, as ``(kind, message)``, or None when it can.
 
     The one rule the ingest stage, the served model, ``trainer.predict`` and ``trainer.retrain`` all apply, so a
     post is refused the same way wherever it arrives.
     """
     if not text.strip():
-        return "empty_text", "empty text"
+        return IngestFailure.EMPTY_TEXT, "empty text"
     if len(text) > max_chars:
-        return "oversize", f"text of {len(text)} characters is over the limit of {max_chars}"
+        return IngestFailure.OVERSIZE, f"text of {len(text)} characters is over the limit of {max_chars}"
     return None
 
 
@@ -226,15 +228,23 @@ Stage = Literal["ingest", "fetch", "infer", "index", "label"]
 PIPELINE_STAGES: tuple[Stage, ...] = ("ingest", "fetch", "infer", "index")  # the worker's, in flow order
 
 
+# 1: letters before the field existed (no ``schema_version``; index kinds were Elasticsearch error types).
+# 2: kinds are the values of postlens.failures; ``source_version`` added.
+DEAD_LETTER_SCHEMA_VERSION = 2
+
+
 class ErrorInfo(BaseModel):
     stage: Stage
-    kind: str  # short machine-readable reason, e.g. "invalid_json", "schema", "oversize", "mapping"
+    # A value of the stage's enum in postlens.failures (schema 2); any string in letters of schema 1.
+    kind: str
     message: str
 
 
 class DeadLetter(BaseModel):
     """A message PostLens could not process: the original bytes (text or base64), the reason and the time."""
 
+    # Absent in the letters written before it existed: those read as schema 1. Readers refuse a newer schema.
+    schema_version: int = Field(1, ge=1)
     original: str | None = None  # the message value, when it is valid UTF-8
     original_b64: str | None = None  # otherwise, base64 of the raw bytes
     # Set when the whole original would not fit in a Kafka message: ``original``/``original_b64`` then hold only a

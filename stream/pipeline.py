@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 from aiokafka.errors import KafkaError
 
+from postlens.failures import InferFailure, InternalFailure
 from postlens.io.deadletter import RawMessage, dead_letter, letter_bytes
 from postlens.io.fetch import ImageFetcher
 from postlens.io.image_cache import ImageCache
@@ -108,7 +109,9 @@ class Pipeline:
         except StageFailed as failure:
             if len(messages) == 1:
                 [raw] = messages
-                await self._send_dead_letters([(raw, dead_letter(raw, failure.stage, "internal_error", str(failure)))])
+                await self._send_dead_letters(
+                    [(raw, dead_letter(raw, failure.stage, InternalFailure.INTERNAL_ERROR, str(failure)))]
+                )
                 self._metrics.record_finished(indexed=0, dead_lettered=1)
                 return
             self._metrics.batch_splits.inc()
@@ -160,7 +163,7 @@ class Pipeline:
             if isinstance(outcome, ModelFault):
                 result.letters.append((raw, dead_letter(raw, "infer", outcome.kind, outcome.message)))
             elif outcome.error is not None:
-                result.letters.append((raw, dead_letter(raw, "infer", "model_refused", outcome.error)))
+                result.letters.append((raw, dead_letter(raw, "infer", InferFailure.MODEL_REFUSED, outcome.error)))
             else:
                 result.done.append(self._grounded(item, fed, outcome))
         return result

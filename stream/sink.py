@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from postlens.failures import IndexFailure
 from stream.results import ProcessedPost
 
 
 @dataclass(frozen=True)
 class SinkFailure:
     item: ProcessedPost
-    kind: str
+    kind: IndexFailure
     message: str
 
 

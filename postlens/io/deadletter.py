@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from postlens.schemas import DeadLetter, ErrorInfo, Stage
+from postlens.schemas import DEAD_LETTER_SCHEMA_VERSION, DeadLetter, ErrorInfo, Stage
 
 # What a dead letter too large for Kafka keeps of its original; with the message bound below the letter stays
 # under 64 KiB even when JSON escaping multiplies every byte by six.
@@ -40,6 +40,7 @@ def dead_letter(raw: RawMessage, stage: Stage, kind: str, message: str) -> DeadL
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     original = _original_fields(raw.value) if raw.value is not None else {}
     return DeadLetter(
+        schema_version=DEAD_LETTER_SCHEMA_VERSION,
         **original,
         original_size=len(raw.value) if raw.value is not None else None,
         key=raw.key.decode("utf-8", errors="backslashreplace") if raw.key is not None else None,

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, SerializationError, TransportError
 from elasticsearch.helpers import async_streaming_bulk
 
+from postlens.failures import IndexFailure
 from postlens.io.retry import Backoff, retry_forever
 from postlens.schemas import PredictedEntity
 from postlens.settings import Settings
@@ -43,7 +44,7 @@ class ElasticsearchUnavailable(Exception):
 class RequestRefused(Exception):
     """Elasticsearch (or its client) refused a whole request for good; one of its documents is at fault."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: IndexFailure, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -101,13 +102,13 @@ def _outages_as_unavailable() -> Iterator[None]:
     try:
         yield
     except SerializationError as error:  # before TransportError, its base class: the documents are at fault
-        raise RequestRefused("serialization", str(error)) from error
+        raise RequestRefused(IndexFailure.SERIALIZATION, str(error)) from error
     except TransportError as error:
         raise ElasticsearchUnavailable(f"{type(error).__name__}: {error}") from error
     except ApiError as error:
         if _retriable_status(error.status_code):
             raise ElasticsearchUnavailable(f"{type(error).__name__}: {error}") from error
-        raise RequestRefused(f"http_{error.status_code}", str(error)) from error
+        raise RequestRefused(IndexFailure.REQUEST_REFUSED, f"HTTP {error.status_code}: {error}") from error
 
 
 class ElasticsearchSink:
@@ -214,10 +215,10 @@ class ElasticsearchSink:
         except RequestRefused as error:  # ids Elasticsearch refuses are ids it never stored
             log.error("could not remove the documents of refused posts: %s", error)
 
-    async def _apply(self, actions: list[tuple[dict[str, Any], str]]) -> dict[str, tuple[str, str]]:
+    async def _apply(self, actions: list[tuple[dict[str, Any], str]]) -> dict[str, tuple[IndexFailure, str]]:
         """Run the actions until each succeeded or was refused for good; per refused post id, (kind, reason)."""
         pending = {(a["_op_type"], a["_index"], a["_id"]): (a, post_id) for a, post_id in actions}
-        refused: dict[str, tuple[str, str]] = {}
+        refused: dict[str, tuple[IndexFailure, str]] = {}
         backoff = Backoff(self._settings.retry_backoff_max_s)
         while pending:
             batch = [action for action, _ in pending.values()]
@@ -234,7 +235,8 @@ class ElasticsearchSink:
                 self._metrics.bulk_errors.labels(kind, str(retriable).lower()).inc()
                 if not retriable:
                     post_id = pending.pop(key)[1]
-                    refused.setdefault(post_id, (kind, error.get("reason", str(error))))
+                    reason = f"{kind}: {error.get('reason', error)}"
+                    refused.setdefault(post_id, (IndexFailure.DOCUMENT_REFUSED, reason))
             if pending:
                 log.warning("%d bulk items were rejected for now (e.g. 429); retrying", len(pending))
                 await backoff.wait()

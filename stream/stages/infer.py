@@ -27,6 +27,7 @@ from tritonclient.grpc import InferInput, InferResult
 from tritonclient.grpc import aio as grpc_aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from postlens.failures import InferFailure
 from postlens.io.fetch import FetchedImage
 from postlens.runtime.images import empty_images
 from postlens.schemas import MAX_MODEL_IMAGES, ModelRef, Post, PostPrediction, Region
@@ -50,7 +51,7 @@ class InferenceUnavailable(RuntimeError):
 class ModelFault:
     """Triton failed this one post (even alone, with the model ready), or answered it with something unreadable."""
 
-    kind: str  # "model_error" (a gRPC status) or "bad_answer"
+    kind: InferFailure  # MODEL_ERROR (a gRPC status) or BAD_ANSWER
     message: str
 
 
@@ -130,10 +131,10 @@ class TritonInferer:
         when Triton cannot answer."""
         results: list[InferOutcome] = await self._all_at_once(batch)
         for position, result in enumerate(results):
-            if isinstance(result, ModelFault) and result.kind == "model_error":
+            if isinstance(result, ModelFault) and result.kind == InferFailure.MODEL_ERROR:
                 # Alone, so the dynamic batcher cannot put it in one execution with another post.
                 results[position] = await self._infer_one(batch[position])
-        if any(isinstance(result, ModelFault) and result.kind == "model_error" for result in results):
+        if any(isinstance(result, ModelFault) and result.kind == InferFailure.MODEL_ERROR for result in results):
             await self._ensure_ready()  # a failing server is an outage, not the posts' fault
         return results
 
@@ -173,7 +174,7 @@ class TritonInferer:
                 if status in _PER_POST_CODES:
                     return self._refused(error.message())
                 if status not in _AVAILABILITY_CODES:
-                    return ModelFault("model_error", f"{status} {error.message()}")
+                    return ModelFault(InferFailure.MODEL_ERROR, f"{status} {error.message()}")
                 if status not in _TRANSIENT_CODES or attempt > self._retries:
                     raise InferenceUnavailable(
                         f"Triton model {self._model!r} failed after {attempt} attempt(s): {status} {error.message()}"
@@ -190,7 +191,7 @@ class TritonInferer:
         try:
             return PostPrediction.model_validate_json(result.as_numpy("RESULT")[0][0])
         except (ValueError, TypeError, IndexError) as error:  # pydantic's ValidationError is a ValueError
-            return ModelFault("bad_answer", f"the model's answer is not a prediction: {error}")
+            return ModelFault(InferFailure.BAD_ANSWER, f"the model's answer is not a prediction: {error}")
 
     def _refused(self, reason: str) -> PostPrediction:
         return PostPrediction(model=ModelRef(name=self._model, version=self._version), error=reason)

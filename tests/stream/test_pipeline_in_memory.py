@@ -36,7 +36,7 @@ async def test_each_fault_costs_only_its_post() -> None:
         ("poison", "infer", "model_error"),
         ("refuse", "infer", "model_refused"),
         ("region", "infer", "internal_error"),
-        ("unindexable", "index", "mapping"),
+        ("unindexable", "index", "document_refused"),
     ]
     assert sorted(harness.sink.posts) == ["fine-1", "fine-2"]
     assert harness.metrics.batch_splits._value.get() >= 1  # noqa: SLF001 — the counter's value

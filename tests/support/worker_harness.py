@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from postlens.failures import IndexFailure, InferFailure
 from postlens.io.deadletter import RawMessage
 from postlens.io.fetch import ImageFetcher
 from postlens.schemas import DeadLetter, ModelRef, PostPrediction, PredictedEntity, Region
@@ -59,9 +60,9 @@ class StandInModel:
     def _one(request: InferRequest) -> InferOutcome:
         model = ModelRef(name="stand-in", version="1")
         if "POISON" in request.text:
-            return ModelFault("model_error", "StatusCode.INTERNAL poisoned")
+            return ModelFault(InferFailure.MODEL_ERROR, "StatusCode.INTERNAL poisoned")
         if "GARBLE" in request.text:
-            return ModelFault("bad_answer", "the model's answer is not a prediction")
+            return ModelFault(InferFailure.BAD_ANSWER, "the model's answer is not a prediction")
         if "REFUSE" in request.text:
             return PostPrediction(model=model, error="refused")
         entities = [
@@ -98,7 +99,7 @@ class MemorySink:
         failures = []
         for item in batch:
             if "UNINDEXABLE" in item.post.text:
-                failures.append(SinkFailure(item, "mapping", "the sink refuses it"))
+                failures.append(SinkFailure(item, IndexFailure.DOCUMENT_REFUSED, "the sink refuses it"))
             elif item.post.id not in self.posts or self.posts[item.post.id][0] <= item.version:
                 self.posts[item.post.id] = (item.version, item)
         return failures

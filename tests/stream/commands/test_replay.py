@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -10,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from postlens.io.deadletter import RawMessage, dead_letter
 from postlens.io.kafka import ensure_topics
+from postlens.schemas import DEAD_LETTER_SCHEMA_VERSION
 from postlens.settings import Settings
 from stream.commands.replay import replay_dead_letters
 from tests.support.kafka_io import read_topic
@@ -52,4 +54,41 @@ async def test_replay_republishes_original_bytes_and_remembers_progress(
         [b'{"id": "a", "text": "x"}', b'{"id": "a", "text": "x"}', b"{broken", b"\xff\xfe"]
     )
     assert (await replay_dead_letters(unique)).replayed == 0  # already replayed: offsets were committed
+    await kafka_admin.delete_topics([unique.topic_posts, unique.topic_dlq])
+
+
+async def test_replay_reads_letters_of_every_schema_version_and_refuses_newer_ones(
+    settings: Settings, kafka_admin: AIOKafkaAdminClient
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    unique = settings.model_copy(
+        update={
+            "topic_posts": f"test.replay.{run}",
+            "topic_dlq": f"test.replay.{run}.dlq",
+            "consumer_group": f"t-{run}",
+        }
+    )
+    await ensure_topics(unique)
+    new = dead_letter(RawMessage(b'{"id": "new", "text": "x"}', b"new", unique.topic_posts, 0, 5), "infer", "m", "m")
+    # Written before dead letters had a schema version, with an Elasticsearch error type as the kind.
+    old = {
+        "original": '{"id": "old", "text": "x"}',
+        "key": "old",
+        "source_topic": unique.topic_posts,
+        "source_partition": 0,
+        "source_offset": 3,
+        "error": {"stage": "index", "kind": "mapper_parsing_exception", "message": "m"},
+        "failed_at": "2026-11-22T10:00:00Z",
+    }
+    future = {**new.model_dump(mode="json"), "schema_version": DEAD_LETTER_SCHEMA_VERSION + 1, "key": "future"}
+    producer = AIOKafkaProducer(bootstrap_servers=unique.kafka_bootstrap)
+    await producer.start()
+    for value in (json.dumps(old).encode(), new.model_dump_json().encode(), json.dumps(future).encode()):
+        await producer.send_and_wait(unique.topic_dlq, value)
+    await producer.stop()
+
+    report = await replay_dead_letters(unique)
+    assert (report.replayed, report.unreadable) == (2, 1)
+    replayed = await read_topic(unique.kafka_bootstrap, unique.topic_posts)
+    assert sorted(key for key, _ in replayed) == [b"new", b"old"]
     await kafka_admin.delete_topics([unique.topic_posts, unique.topic_dlq])
