@@ -18,6 +18,10 @@ ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
 TYPE_ALIASES: dict[str, str] = {"OTHER": "MISC"}
 MAX_MODEL_IMAGES = 4
 UNKNOWN_SOURCE = "unknown"  # the source of a label that names none
+# Kafka header naming a message's version when its offset does not (python -m stream replay-dlq sets it to the
+# original offset, so a replayed post never overwrites what came after it). A post's own ``version`` comes first.
+VERSION_HEADER = "postlens-version"
+MAX_VERSION = 2**63 - 1  # Elasticsearch's external versions are signed 64-bit
 
 
 def canonical_type(name: str) -> str:
@@ -71,6 +75,10 @@ class Post(BaseModel):
     created_at: datetime | None = None
     author: str | None = None
     lang: str | None = None
+    # The producer's version of this post: of two messages about one post id, the larger version wins (an edit
+    # counter, an update time in milliseconds). Absent: the message's offset in its partition decides — so a producer
+    # that sends versions must send them on every message of the post.
+    version: int | None = Field(None, ge=0, le=MAX_VERSION)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -256,5 +264,8 @@ class DeadLetter(BaseModel):
     source_topic: str
     source_partition: int | None = None
     source_offset: int | None = None
+    # The message's version (its VERSION_HEADER, else its offset), re-published with it by replay-dlq; schema 1
+    # letters have none and replay with their source_offset.
+    source_version: int | None = None
     error: ErrorInfo
     failed_at: datetime

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,8 +26,14 @@ logging.getLogger("elastic_transport").setLevel(logging.ERROR)
 
 
 def raw_message(message: faust.types.Message) -> RawMessage:
+    headers = message.headers.items() if isinstance(message.headers, Mapping) else message.headers or ()
     return RawMessage(
-        value=message.value, key=message.key, topic=message.topic, partition=message.partition, offset=message.offset
+        value=message.value,
+        key=message.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        headers=tuple((str(name), bytes(value or b"")) for name, value in headers),
     )
 
 

@@ -3,8 +3,10 @@
 Progress is kept as the committed offsets of a consumer group per stage filter (``…-dlq-replay-index``,
 ``…-dlq-replay-all``), so a replay resumes where the last one stopped and replaying one stage does not use up the
 dead letters of another. Letters are handled in chunks, each committed only once its posts are on the posts topic.
-Replayed posts are indexed idempotently, so replaying a letter twice is harmless. Letters of every schema version up
-to :data:`postlens.schemas.DEAD_LETTER_SCHEMA_VERSION` are read (1: the letters written before the field existed).
+Replayed posts are indexed idempotently, so replaying a letter twice is harmless; each is re-published with its
+original version (header ``postlens-version``), so it never overwrites a newer version of its post. Letters of every
+schema version up to :data:`postlens.schemas.DEAD_LETTER_SCHEMA_VERSION` are read (1: those written before the field
+existed).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydantic import ValidationError
 
 from postlens.io.deadletter import original_bytes
 from postlens.io.kafka import BacklogReader, ConsumedMessage, OutgoingRecord, deliver_then_commit, ensure_topics
-from postlens.schemas import DEAD_LETTER_SCHEMA_VERSION, DeadLetter
+from postlens.schemas import DEAD_LETTER_SCHEMA_VERSION, VERSION_HEADER, DeadLetter
 from postlens.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,4 +67,7 @@ def _replayable(
         return None
     report.replayed += 1
     key = letter.key.encode("utf-8") if letter.key is not None else None
-    return OutgoingRecord(settings.topic_posts, key, value)
+    # The original version, so the replayed post never overwrites one that came after it.
+    version = letter.source_version if letter.source_version is not None else letter.source_offset
+    headers = ((VERSION_HEADER, str(version).encode("ascii")),) if version is not None else ()
+    return OutgoingRecord(settings.topic_posts, key, value, headers)

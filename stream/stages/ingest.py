@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from postlens.failures import IngestFailure
-from postlens.io.deadletter import RawMessage, dead_letter
+from postlens.io.deadletter import RawMessage, dead_letter, message_version
 from postlens.schemas import Post, text_refusal, validation_summary
 from postlens.settings import Settings
 from stream.results import Accepted, StageResult
@@ -102,8 +102,12 @@ def parse_post(value: bytes | None, settings: Settings) -> Post:
 
 
 def post_version(raw: RawMessage, post: Post) -> int:
-    """Which of two messages about one post is newer: the larger version."""
-    return raw.offset or 0
+    """Which of two messages about one post is newer: the larger version — the post's own ``version`` where the
+    producer gives one, else the message's (:func:`postlens.io.deadletter.message_version`: a replay's header, else
+    its offset in the partition)."""
+    if post.version is not None:
+        return post.version
+    return message_version(raw) or 0
 
 
 def ingest(messages: list[RawMessage], settings: Settings) -> StageResult[Accepted]:

@@ -4,6 +4,7 @@ reported for dead-lettering, and an outage is waited out."""
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -47,7 +48,7 @@ async def indexer(index_settings: Settings) -> AsyncIterator[ElasticsearchSink]:
         yield indexer
 
 
-def processed(post_id: str, *names: str, text: str = "Jordan and Paris and Acme") -> ProcessedPost:
+def processed(post_id: str, *names: str, text: str = "Jordan and Paris and Acme", version: int = 0) -> ProcessedPost:
     entities = [
         PredictedEntity(text=name, type="PER", start=text.index(name), end=text.index(name) + len(name), confidence=0.8)
         for name in names
@@ -57,6 +58,7 @@ def processed(post_id: str, *names: str, text: str = "Jordan and Paris and Acme"
         post=Post(id=post_id, text=text),
         prediction=PostPrediction(entities=entities, model=ModelRef(name="postlens", version="1")),
         images=[FetchOutcome(url="http://img/x.png", status="timeout")],
+        version=version,
     )
 
 
@@ -137,3 +139,64 @@ async def test_outage_is_waited_out(index_settings: Settings, es: AsyncElasticse
             proxy.open()
             assert await asyncio.wait_for(indexing, timeout=30) == []
     assert await entity_ids(es, index_settings, "p3") == ["p3:0-6"]
+
+
+async def assert_no_orphans(es: AsyncElasticsearch, settings: Settings) -> None:
+    """Every entity document is listed by its post's document, and every listed one exists."""
+    await es.indices.refresh(index=f"{settings.es_index_entities},{settings.es_index_posts}")
+    entities = await es.search(index=settings.es_index_entities, size=1000, query={"match_all": {}})
+    posts = await es.search(index=settings.es_index_posts, size=1000, query={"match_all": {}})
+    listed = {entity for hit in posts["hits"]["hits"] for entity in hit["_source"]["entity_ids"]}
+    assert sorted(hit["_id"] for hit in entities["hits"]["hits"]) == sorted(listed)
+
+
+async def test_an_older_version_never_overwrites_a_newer_one(
+    indexer: ElasticsearchSink, es: AsyncElasticsearch, index_settings: Settings
+) -> None:
+    assert await indexer.write([processed("p4", "Paris", version=5)]) == []
+    assert (
+        await indexer.write([processed("p4", "Jordan", "Acme", version=3)]) == []
+    )  # a late replay: settled, unwritten
+    assert await entity_ids(es, index_settings, "p4") == ["p4:11-16"]
+    post = await es.get(index=index_settings.es_index_posts, id="p4")
+    assert post["_source"]["post_version"] == 5 and post["_source"]["entity_ids"] == ["p4:11-16"]
+    assert await indexer.write([processed("p4", "Acme", version=5)]) == []  # the same version again: it overwrites
+    assert await entity_ids(es, index_settings, "p4") == ["p4:21-25"]
+
+
+async def test_versions_written_at_once_end_with_the_newest_and_no_orphans(
+    indexer: ElasticsearchSink, es: AsyncElasticsearch, index_settings: Settings
+) -> None:
+    """Batches of one post's versions in flight together (a replay, a revoked batch still writing, other workers)."""
+    spans = [("Jordan",), ("Paris", "Acme"), ("Jordan", "Acme"), ("Paris",)]
+    rng = random.Random(7)
+    writes = [
+        indexer.write([processed(f"c{post}", *spans[version % len(spans)], version=version)])
+        for post in range(6)
+        for version in range(8)
+    ]
+    rng.shuffle(writes)
+    assert await asyncio.gather(*writes) == [[]] * len(writes)
+    for post in range(6):
+        document = (await es.get(index=index_settings.es_index_posts, id=f"c{post}"))["_source"]
+        assert document["post_version"] == 7
+        assert await entity_ids(es, index_settings, f"c{post}") == sorted(document["entity_ids"])
+    await assert_no_orphans(es, index_settings)
+
+
+async def test_an_interrupted_write_leaves_no_orphaned_entities(
+    indexer: ElasticsearchSink, es: AsyncElasticsearch, index_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await indexer.write([processed("p5", "Jordan", "Paris", "Acme", version=1)]) == []
+
+    async def crash(*_args: object) -> None:
+        raise asyncio.CancelledError  # the worker stops between the post document and its entities
+
+    with monkeypatch.context() as patched:
+        patched.setattr(indexer, "_write_entities", crash)
+        with pytest.raises(asyncio.CancelledError):
+            await indexer.write([processed("p5", "Paris", version=2)])
+    # The next processing is the same message again, or a newer version of the post: either finishes the cleanup.
+    assert await indexer.write([processed("p5", "Acme", version=3)]) == []
+    assert await entity_ids(es, index_settings, "p5") == ["p5:21-25"]
+    await assert_no_orphans(es, index_settings)
