@@ -1,8 +1,16 @@
 """The worker: one Faust agent feeding the posts topic through a :class:`stream.flow.BatchFlow` into the
-:class:`stream.pipeline.Pipeline` (Triton for the model, Elasticsearch for the sink), and its web pages."""
+:class:`stream.pipeline.Pipeline` (Triton for the model, Elasticsearch for the sink), and its web pages
+(``/metrics``, ``/healthz``).
+
+An error nobody foresaw in the agent, or the death of one of the flow's background tasks, ends the process (exit
+status 1): Faust would restart the agent on the same stream, past messages it never finished, while an orchestrator
+restarts the process from the committed offsets.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping
 
@@ -49,6 +57,21 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
         # Passed as a header: the content type carries a charset, which aiohttp refuses as content_type.
         return web.bytes(metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    @app.page("/healthz")
+    async def health_page(web: faust.web.View, _request: faust.web.Request) -> faust.web.Response:
+        # 503 when work waits and nothing moved for worker_stall_timeout_s (a wedge, a zombie consumer) or the flow
+        # broke; a worker still connecting has no work waiting.
+        states = [flow.health() for flow in flows]
+        healthy = all(state.healthy for state in states)
+        body = {"healthy": healthy, "flows": [dataclasses.asdict(state) for state in states]}
+        return web.json(body, status=200 if healthy else 503)
+
+    crashing: list[asyncio.Future] = []
+
+    def end_process(error: BaseException) -> None:
+        metrics.agent_crashes.inc()
+        crashing.append(asyncio.ensure_future(app.crash(error)))  # Faust stops the worker, which then exits 1
+
     @app.on_partitions_revoked.connect
     async def on_revoked(_app: faust.App, revoked: set[faust.types.TP], **_kwargs: object) -> None:
         for flow in flows:
@@ -75,7 +98,8 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
                 sink=ElasticsearchSink(es_client(settings), settings, metrics),
             )
             try:
-                async with BatchFlow(pipeline.process, settings, metrics, commit).running() as flow:
+                batch_flow = BatchFlow(pipeline.process, settings, metrics, commit, on_broken=end_process)
+                async with batch_flow.running() as flow:
                     flows.append(flow)
                     try:
                         async for event in stream.events():
@@ -84,8 +108,9 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
                         flows.remove(flow)
             finally:
                 await pipeline.close()
-        except Exception:
-            metrics.agent_crashes.inc()
+        except Exception as error:
+            log.critical("the agent failed; ending the worker so it restarts from the committed offsets")
+            end_process(error)
             raise
 
     return app
