@@ -52,6 +52,7 @@ class InferFailure(StrEnum):
     MODEL_REFUSED = "model_refused"  # the model refused the input (INVALID_ARGUMENT, text not Unicode)
     MODEL_ERROR = "model_error"  # its execution failed for this post alone, with the model ready
     BAD_ANSWER = "bad_answer"  # it answered something that is not a prediction
+    TIMEOUT = "timeout"  # it did not answer this post in time, alone, while it answered others
 
 
 class IndexFailure(StrEnum):
