@@ -20,6 +20,7 @@ from postlens.settings import Settings
 from stream.metrics import Metrics
 from stream.results import ProcessedPost
 from stream.stages.index import ElasticsearchSink
+from stream.stages.index_templates import ENTITIES_MAPPINGS, POSTS_MAPPINGS
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -200,3 +201,33 @@ async def test_an_interrupted_write_leaves_no_orphaned_entities(
     assert await indexer.write([processed("p5", "Acme", version=3)]) == []
     assert await entity_ids(es, index_settings, "p5") == ["p5:21-25"]
     await assert_no_orphans(es, index_settings)
+
+
+async def test_a_write_block_is_an_outage_waited_out_not_dead_letters(
+    indexer: ElasticsearchSink, es: AsyncElasticsearch, index_settings: Settings
+) -> None:
+    """403 on every document (a write block, like the flood-stage disk watermark's): no post is at fault."""
+    await es.indices.add_block(index=index_settings.es_index_entities, block="write")
+    try:
+        writing = asyncio.create_task(indexer.write([processed("b1", "Jordan"), processed("b2", "Paris")]))
+        await asyncio.sleep(3)
+        assert not writing.done()  # waiting, not dead-lettering
+    finally:
+        await es.indices.put_settings(index=index_settings.es_index_entities, settings={"index.blocks.write": False})
+    assert await asyncio.wait_for(writing, timeout=30) == []
+    assert await entity_ids(es, index_settings, "b1") == ["b1:0-6"]
+
+
+async def test_indices_written_through_aliases(index_settings: Settings, es: AsyncElasticsearch) -> None:
+    """Bulk results name the concrete index; the write must not trip over it (they are matched by position)."""
+    for alias, mappings in (
+        (index_settings.es_index_entities, ENTITIES_MAPPINGS),
+        (index_settings.es_index_posts, POSTS_MAPPINGS),
+    ):
+        await es.indices.create(index=f"{alias}-000001", mappings=mappings, aliases={alias: {"is_write_index": True}})
+    async with es_client(index_settings) as client:
+        sink = ElasticsearchSink(client, index_settings, Metrics())
+        await sink.prepare()
+        assert await sink.write([processed("a1", "Jordan", "Paris")]) == []
+        assert await sink.write([processed("a1", "Paris", version=1)]) == []
+    assert await entity_ids(es, index_settings, "a1") == ["a1:11-16"]
