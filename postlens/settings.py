@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # At most (worker_batches_in_flight + 1) × batch_size + worker_buffer_max messages are in a worker's memory.
     worker_buffer_max: int = Field(256, ge=1)
     worker_commit_interval_s: float = Field(1.0, gt=0, description="how often finished offsets are committed")
+    # Kafka's max.poll.interval.ms for the worker's consumer (Faust's default, 1000 s): how long the group waits for a
+    # member to rejoin a rebalance. Short only in tests of long outages.
+    worker_max_poll_interval_s: float = Field(1000.0, gt=0)
     # At shutdown (SIGTERM) the batches in flight get this long to finish and be committed; keep it under the
     # orchestrator's grace period (Kubernetes: terminationGracePeriodSeconds, 30 s by default).
     worker_shutdown_grace_s: float = Field(20.0, ge=0)

@@ -2,9 +2,10 @@
 :class:`stream.pipeline.Pipeline` (Triton for the model, Elasticsearch for the sink), and its web pages
 (``/metrics``, ``/healthz``).
 
-An error nobody foresaw in the agent, or the death of one of the flow's background tasks, ends the process (exit
-status 1): Faust would restart the agent on the same stream, past messages it never finished, while an orchestrator
-restarts the process from the committed offsets.
+An error nobody foresaw in the agent, the death of one of the flow's background tasks, or a consumer that left its
+group and did not rejoin (:mod:`stream.membership`) ends the process (exit status 1): Faust would restart the agent
+on the same stream, past messages it never finished, while an orchestrator restarts the process from the committed
+offsets.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from postlens.io.deadletter import RawMessage
 from postlens.settings import Settings
 from stream.app import WorkerApp, create_app
 from stream.flow import BatchFlow, Partition
+from stream.membership import GroupMembership
 from stream.metrics import Metrics
 from stream.pipeline import Pipeline
 from stream.stages.index import ElasticsearchSink
@@ -62,8 +64,12 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
         # 503 when work waits and nothing moved for worker_stall_timeout_s (a wedge, a zombie consumer) or the flow
         # broke; a worker still connecting has no work waiting.
         states = [flow.health() for flow in flows]
-        healthy = all(state.healthy for state in states)
-        body = {"healthy": healthy, "flows": [dataclasses.asdict(state) for state in states]}
+        healthy = membership.healthy and all(state.healthy for state in states)
+        body = {
+            "healthy": healthy,
+            "in_group": membership.healthy,
+            "flows": [dataclasses.asdict(state) for state in states],
+        }
         return web.json(body, status=200 if healthy else 503)
 
     crashing: list[asyncio.Future] = []
@@ -72,11 +78,20 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
         metrics.agent_crashes.inc()
         crashing.append(asyncio.ensure_future(app.crash(error)))  # Faust stops the worker, which then exits 1
 
+    membership = GroupMembership(
+        settings.worker_max_poll_interval_s + settings.worker_session_timeout_s, on_lost=end_process
+    )
+
     @app.on_partitions_revoked.connect
     async def on_revoked(_app: faust.App, revoked: set[faust.types.TP], **_kwargs: object) -> None:
+        membership.revoked()
         for flow in flows:
             await flow.commit()  # what finished before the handover need not be done again
             flow.forget(revoked)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(_app: faust.App, _assigned: set[faust.types.TP], **_kwargs: object) -> None:
+        membership.assigned()
 
     async def send_dead_letter(key: bytes | None, value: bytes) -> object:
         return await (await worker_app.dead_letters.send(key=key, value=value))
