@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from postlens.io.deadletter import RawMessage
 from postlens.io.retry import retry_forever
@@ -138,13 +139,13 @@ class BatchFlow:
         return task
 
     def _on_task_done(self, task: asyncio.Task) -> None:
-        if task.cancelled() or task.exception() is None:
+        if task.cancelled() or (error := task.exception()) is None:
             return
-        self._broken = task.exception()
-        log.critical("a background task of the batch flow died: %r", self._broken, exc_info=self._broken)
+        self._broken = error
+        log.critical("a background task of the batch flow died: %r", error, exc_info=error)
         self._metrics.agent_crashes.inc()
         if self._on_broken is not None:
-            self._on_broken(self._broken)
+            self._on_broken(error)
 
     def _progress(self) -> None:
         self._last_progress = time.monotonic()
@@ -167,7 +168,10 @@ class BatchFlow:
             batch = _Batch(messages)
             batch.task = asyncio.create_task(self._run(batch))
             self._batches.add(batch)
-            batch.task.add_done_callback(lambda _task, batch=batch: self._batches.discard(batch))
+            batch.task.add_done_callback(partial(self._ended, batch))
+
+    def _ended(self, batch: _Batch, _task: asyncio.Task) -> None:
+        self._batches.discard(batch)
 
     async def _run(self, batch: _Batch) -> None:
         messages = [raw for raw, _ in batch.messages]

@@ -87,7 +87,7 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
         membership.revoked()
         for flow in flows:
             await flow.commit()  # what finished before the handover need not be done again
-            flow.forget(revoked)
+            flow.forget({(tp.topic, tp.partition) for tp in revoked})
 
     @app.on_partitions_assigned.connect
     async def on_assigned(_app: faust.App, _assigned: set[faust.types.TP], **_kwargs: object) -> None:

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from elasticsearch import ApiError, AsyncElasticsearch, SerializationError, TransportError
@@ -229,7 +230,7 @@ class ElasticsearchSink:
         pending = items
         while pending:
             ids = [item.post.id for item in pending]
-            stored = await self._retry(lambda ids=ids: self._read_posts(ids), "reading posts")
+            stored = await self._retry(partial(self._read_posts, ids), "reading posts")
             tried: list[tuple[ProcessedPost, list[str]]] = []
             actions: list[dict[str, Any]] = []
             for item in pending:
@@ -340,7 +341,7 @@ class ElasticsearchSink:
         while pending := [position for position, outcome in enumerate(outcomes) if outcome is None]:
             batch = [actions[position] for position in pending]
             # Matched by position: the bulk response names the concrete index, not the alias a setting may name.
-            results = await self._retry(lambda batch=batch: self._bulk(batch), "bulk indexing")
+            results = await self._retry(partial(self._bulk, batch), "bulk indexing")
             for position, (op_type, result) in zip(pending, results, strict=True):
                 status = result.get("status", 500)
                 error = result.get("error") or {}

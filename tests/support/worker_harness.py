@@ -64,7 +64,7 @@ class StandInModel:
         if "GARBLE" in request.text:
             return ModelFault(InferFailure.BAD_ANSWER, "the model's answer is not a prediction")
         if "REFUSE" in request.text:
-            return PostPrediction(model=model, error="refused")
+            return PostPrediction(model=model, image_relevance=0.0, error="refused")
         entities = [
             PredictedEntity(text=match.group(), type="PER", start=match.start(), end=match.end(), confidence=0.9)
             for match in re.finditer(r"\b[A-Z][a-z]+\b", request.text)
@@ -72,7 +72,7 @@ class StandInModel:
         if "REGION" in request.text and entities:
             region = Region(image_index=3, box=(0.1, 0.1, 0.5, 0.5), score=0.9)  # an image slot the post lacks
             entities[0] = entities[0].model_copy(update={"regions": [region]})
-        return PostPrediction(entities=entities, model=model)
+        return PostPrediction(entities=entities, image_relevance=0.0, model=model)
 
     async def close(self) -> None:
         pass
