@@ -77,6 +77,7 @@ class BatchFlow:
         self._batches: set[_Batch] = set()
         self._commit_lock = asyncio.Lock()
         self._broken: BaseException | None = None
+        self._forming: asyncio.Task | None = None
         self._last_progress = time.monotonic()
 
     async def put(self, raw: RawMessage) -> None:
@@ -117,21 +118,26 @@ class BatchFlow:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[BatchFlow]:
-        tasks = [self._watched(self._form_batches()), self._watched(self._commit_periodically())]
+        self._forming = self._watched(self._form_batches())
+        committing = self._watched(self._commit_periodically())
         try:
             yield self
         finally:
-            # Messages not yet in a batch stay unfinished; the batches in flight get the grace period to finish.
-            tasks[0].cancel()
-            in_flight = [batch.task for batch in self._batches if batch.task is not None]
-            if in_flight:
-                _done, unfinished = await asyncio.wait(in_flight, timeout=self._settings.worker_shutdown_grace_s)
-                for task in unfinished:  # uncommitted: the next owner of their partitions processes them again
-                    task.cancel()
-                await asyncio.gather(*in_flight, return_exceptions=True)
-            tasks[1].cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.commit()
+            await self.drain()
+            committing.cancel()
+            await asyncio.gather(self._forming, committing, return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Stop forming batches, give the batches in flight ``worker_shutdown_grace_s`` to finish, and commit. Messages
+        not finished by then stay uncommitted: the next owner of their partitions processes them again."""
+        if self._forming is not None:
+            self._forming.cancel()
+        if in_flight := [batch.task for batch in self._batches if batch.task is not None]:
+            _done, unfinished = await asyncio.wait(in_flight, timeout=self._settings.worker_shutdown_grace_s)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        await self.commit()
 
     def _watched(self, work: Awaitable[None]) -> asyncio.Task:
         task = asyncio.ensure_future(work)

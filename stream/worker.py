@@ -89,6 +89,12 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
             await flow.commit()  # what finished before the handover need not be done again
             flow.forget({(tp.topic, tp.partition) for tp in revoked})
 
+    @app.on_before_shutdown.connect
+    async def on_shutdown(_app: faust.App, **_kwargs: object) -> None:
+        # Faust stops fetching, sends this, then cancels the agent: the last moment batches can finish and commit.
+        for flow in flows:
+            await flow.drain()
+
     @app.on_partitions_assigned.connect
     async def on_assigned(_app: faust.App, _assigned: set[faust.types.TP], **_kwargs: object) -> None:
         membership.assigned()

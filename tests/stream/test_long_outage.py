@@ -6,60 +6,37 @@ is indexed and committed."""
 from __future__ import annotations
 
 import json
-import tempfile
-import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
-from postlens.settings import Settings
 from tests.stream.pipeline_run import PipelineRun
 from tests.stream.test_pipeline import wait_for
 from tests.support.tcp_proxy import TcpProxy
-
-if TYPE_CHECKING:
-    from tests.fixtures_model import ServedModel
 
 pytestmark = pytest.mark.integration
 POLL_INTERVAL_S = 20  # short, yet long enough for a fresh worker to start on a backlog between two polls
 
 
-@pytest.fixture
-async def small_pipeline(
-    settings: Settings, faulty_model: ServedModel, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient
-) -> AsyncIterator[PipelineRun]:
-    """A worker with little room (it fills in a few messages) and a short poll interval; the faulty model answers
-    plain posts like any model."""
-    log_dir = Path(tempfile.gettempdir()) / "postlens-stream-tests" / f"long-outage-{time.strftime('%H%M%S')}"
-    run = PipelineRun(
-        settings,
-        faulty_model.url,
-        log_dir,
-        POSTLENS_BATCH_SIZE="4",
-        POSTLENS_WORKER_BATCHES_IN_FLIGHT="1",
-        POSTLENS_WORKER_BUFFER_MAX="8",
-        POSTLENS_WORKER_MAX_POLL_INTERVAL_S=str(POLL_INTERVAL_S),
-        POSTLENS_TOPIC_PARTITIONS="2",
-    )
-    yield run
-    await run.cleanup(es, kafka_admin)
-    print(f"\nworker logs: {log_dir}")
+SMALL = {  # a worker with little room: it fills in a few messages
+    "POSTLENS_BATCH_SIZE": "4",
+    "POSTLENS_WORKER_BATCHES_IN_FLIGHT": "1",
+    "POSTLENS_WORKER_BUFFER_MAX": "8",
+    "POSTLENS_WORKER_MAX_POLL_INTERVAL_S": str(POLL_INTERVAL_S),
+}
 
 
 async def test_an_outage_longer_than_the_poll_interval_leaves_no_zombie(
-    small_pipeline: PipelineRun, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient
+    faulty_pipeline: PipelineRun, es: AsyncElasticsearch, kafka_admin: AIOKafkaAdminClient
 ) -> None:
-    run = small_pipeline
+    run = faulty_pipeline
     posts = [(f"z{n}", json.dumps({"id": f"z{n}", "text": f"Lyon number {n}"}).encode()) for n in range(100)]
     target = urlsplit(run.settings.es_url)
     with TcpProxy(target.hostname or "localhost", target.port or 9200) as proxy:
         await run.create_topics()
-        worker = run.start_worker(POSTLENS_ES_URL=proxy.url)
+        worker = run.start_worker(POSTLENS_ES_URL=proxy.url, **SMALL)
         worker.wait_ready()
         await run.publish(posts[:10])
         await run.wait_indexed(es, 10)
@@ -75,7 +52,7 @@ async def test_an_outage_longer_than_the_poll_interval_leaves_no_zombie(
         assert "did not rejoin" in worker.log() or "none assigned" in worker.log()
         worker.stopped_by_test = True  # what its orchestrator does next: start it again
         proxy.open()
-        replacement = run.start_worker(POSTLENS_ES_URL=proxy.url)
+        replacement = run.start_worker(POSTLENS_ES_URL=proxy.url, **SMALL)
         replacement.wait_ready()
 
         await run.wait_indexed(es, len(posts), timeout_s=180)
