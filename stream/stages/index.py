@@ -308,15 +308,16 @@ class ElasticsearchSink:
         return [failure for _, failure in refused.values()]
 
     async def _remove(self, posts: list[_Written]) -> None:
-        """Take back what this processing wrote of refused posts: their entity documents (at their version) and
-        their post document (only as this processing wrote it)."""
+        """Take back what this processing wrote of refused posts: their entity documents (at their version), those
+        they superseded, and their post document (only as this processing wrote it): a refused post has none left."""
         actions: list[dict[str, Any]] = []
         for post in posts:
             item = post.item
             versioned = {"version": item.version, "version_type": "external_gte"}
             actions += [
                 {"_op_type": "delete", "_index": self._settings.es_index_entities, "_id": id_, **versioned}
-                for id_ in sorted({entity_id(item.post.id, entity) for entity in item.prediction.entities})
+                # With its post document gone, the ids it superseded would be listed nowhere: they go too.
+                for id_ in sorted({entity_id(item.post.id, e) for e in item.prediction.entities} | set(post.superseded))
             ]
             actions.append(
                 {
