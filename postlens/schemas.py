@@ -12,11 +12,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from postlens.failures import IngestFailure
+
 ENTITY_TYPES: tuple[str, ...] = ("PER", "LOC", "ORG", "MISC")
 # Datasets spell the fourth class differently; everything inside PostLens says MISC.
 TYPE_ALIASES: dict[str, str] = {"OTHER": "MISC"}
 MAX_MODEL_IMAGES = 4
 UNKNOWN_SOURCE = "unknown"  # the source of a label that names none
+# Kafka header naming a message's version when its offset does not (python -m stream replay-dlq sets it to the
+# original offset, so a replayed post never overwrites what came after it). A post's own ``version`` comes first.
+VERSION_HEADER = "postlens-version"
+MAX_VERSION = 2**63 - 1  # Elasticsearch's external versions are signed 64-bit
 
 
 def canonical_type(name: str) -> str:
@@ -38,16 +44,16 @@ def validation_summary(error: ValidationError, subject: str) -> str:
     )
 
 
-def text_refusal(text: str, max_chars: int) -> tuple[str, str] | None:
+def text_refusal(text: str, max_chars: int) -> tuple[IngestFailure, str] | None:
     """Why a text cannot go to the model, as ``(kind, message)``, or None when it can.
 
     The one rule the ingest stage, the served model, ``trainer.predict`` and ``trainer.retrain`` all apply, so a
     post is refused the same way wherever it arrives.
     """
     if not text.strip():
-        return "empty_text", "empty text"
+        return IngestFailure.EMPTY_TEXT, "empty text"
     if len(text) > max_chars:
-        return "oversize", f"text of {len(text)} characters is over the limit of {max_chars}"
+        return IngestFailure.OVERSIZE, f"text of {len(text)} characters is over the limit of {max_chars}"
     return None
 
 
@@ -70,6 +76,10 @@ class Post(BaseModel):
     created_at: datetime | None = None
     author: str | None = None
     lang: str | None = None
+    # The producer's version of this post: of two messages about one post id, the larger version wins (an edit
+    # counter, an update time in milliseconds). Absent: the message's offset in its partition decides — so a producer
+    # that sends versions must send them on every message of the post.
+    version: int | None = Field(None, ge=0, le=MAX_VERSION)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -227,15 +237,23 @@ Stage = Literal["ingest", "fetch", "infer", "index", "label"]
 PIPELINE_STAGES: tuple[Stage, ...] = ("ingest", "fetch", "infer", "index")  # the worker's, in flow order
 
 
+# 1: letters before the field existed (no ``schema_version``; index kinds were Elasticsearch error types).
+# 2: kinds are the values of postlens.failures; ``source_version`` added.
+DEAD_LETTER_SCHEMA_VERSION = 2
+
+
 class ErrorInfo(BaseModel):
     stage: Stage
-    kind: str  # short machine-readable reason, e.g. "invalid_json", "schema", "oversize", "mapping"
+    # A value of the stage's enum in postlens.failures (schema 2); any string in letters of schema 1.
+    kind: str
     message: str
 
 
 class DeadLetter(BaseModel):
     """A message PostLens could not process: the original bytes (text or base64), the reason and the time."""
 
+    # Absent in the letters written before it existed: those read as schema 1. Readers refuse a newer schema.
+    schema_version: int = Field(1, ge=1)
     original: str | None = None  # the message value, when it is valid UTF-8
     original_b64: str | None = None  # otherwise, base64 of the raw bytes
     # Set when the whole original would not fit in a Kafka message: ``original``/``original_b64`` then hold only a
@@ -247,5 +265,8 @@ class DeadLetter(BaseModel):
     source_topic: str
     source_partition: int | None = None
     source_offset: int | None = None
+    # The message's version (its VERSION_HEADER, else its offset), re-published with it by replay-dlq; schema 1
+    # letters have none and replay with their source_offset.
+    source_version: int | None = None
     error: ErrorInfo
     failed_at: datetime

@@ -149,6 +149,16 @@ class WorkerSettings(SettingsGroup):
     # At most (worker_batches_in_flight + 1) × batch_size + worker_buffer_max messages are in a worker's memory.
     worker_buffer_max: int = Field(256, ge=1)
     worker_commit_interval_s: float = Field(1.0, gt=0, description="how often finished offsets are committed")
+    # Kafka's max.poll.interval.ms for the worker's consumer (Faust's default, 1000 s): how long the group waits for a
+    # member to rejoin a rebalance. Short only in tests of long outages.
+    worker_max_poll_interval_s: float = Field(1000.0, gt=0)
+    # At shutdown (SIGTERM) the batches in flight get this long to finish and be committed; keep it under the
+    # orchestrator's grace period (Kubernetes: terminationGracePeriodSeconds, 30 s by default).
+    worker_shutdown_grace_s: float = Field(20.0, ge=0)
+    # /healthz fails when messages wait (received and unfinished, or finished and uncommitted) and nothing was
+    # received, finished or committed for this long: a wedged or zombie worker is restarted. Longer than an outage
+    # worth waiting out in place.
+    worker_stall_timeout_s: float = Field(300.0, gt=0)
     retry_backoff_max_s: float = Field(15.0, gt=0, description="cap of the backoff while Triton or ES is unavailable")
 
 

@@ -69,9 +69,10 @@ def create_app(settings: Settings, requested_web_port: int | None = None) -> Wor
         topic_replication_factor=settings.topic_replication,
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
+        broker_max_poll_interval=settings.worker_max_poll_interval_s,
         stream_buffer_maxsize=settings.worker_buffer_max,
-        # Stopping or rebalancing does not wait for the batches in flight (they may be stuck on an outage): only
-        # offsets of finished messages are ever committed, so the next owner processes the unfinished ones again.
+        # Faust's own wait is off: the flow drains its batches in flight itself, within worker_shutdown_grace_s (they
+        # may be stuck on an outage), and commits only finished messages; the next owner processes the others again.
         stream_wait_empty=False,
         consumer_auto_offset_reset="earliest",  # a new consumer group processes what is already on the topic
         producer_acks=-1,  # dead letters survive a broker failover

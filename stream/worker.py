@@ -1,320 +1,50 @@
-"""The worker: one Faust agent feeding micro-batches through ingest → fetch → infer → index, several at once.
+"""The worker: one Faust agent feeding the posts topic through a :class:`stream.flow.BatchFlow` into the
+:class:`stream.pipeline.Pipeline` (Triton for the model, Elasticsearch for the sink), and its web pages
+(``/metrics``, ``/healthz``).
 
-Containment: whatever one post carries stays with that post. Ingest refuses what it cannot read, an image that
-fails leaves its post text-only, the model's or Elasticsearch's refusal of one post dead-letters that post; a fault
-nobody foresaw splits its batch until the post it is about is alone, and that post is dead-lettered with the stage
-it failed in. Outages (Kafka, Elasticsearch, Triton; Redis only costs the cache) are waited out with backoff.
-
-Delivery: offsets are committed in partition order by :class:`stream.commits.CommitLedger`, only across messages
-indexed (Elasticsearch acknowledged) or dead-lettered (Kafka acknowledged); whatever is unfinished when the process
-dies or loses the partition is processed again by the next owner.
+An error nobody foresaw in the agent, the death of one of the flow's background tasks, or a consumer that left its
+group and did not rejoin (:mod:`stream.membership`) ends the process (exit status 1): Faust would restart the agent
+on the same stream, past messages it never finished, while an orchestrator restarts the process from the committed
+offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Mapping
 
 import faust
-from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from postlens.io.connections import es_client
-from postlens.io.deadletter import RawMessage, dead_letter, letter_bytes
-from postlens.io.fetch import FetchedImage, ImageFetcher
-from postlens.io.image_cache import ImageCache
-from postlens.io.retry import retry_forever
-from postlens.schemas import DeadLetter, Post, PostPrediction, Stage
+from postlens.io.deadletter import RawMessage
 from postlens.settings import Settings
 from stream.app import WorkerApp, create_app
-from stream.commits import CommitLedger, Received
+from stream.flow import BatchFlow, Partition
+from stream.membership import GroupMembership
 from stream.metrics import Metrics
-from stream.stages.fetch import FetchStage
-from stream.stages.index import Indexer, ProcessedPost
-from stream.stages.infer import InferenceUnavailable, ModelFault, TritonInferer, grounded_in_post, model_input
-from stream.stages.ingest import InvalidPost, parse_post
+from stream.pipeline import Pipeline
+from stream.stages.index import ElasticsearchSink
+from stream.stages.infer import TritonInferer
 
 log = logging.getLogger(__name__)
-Letter = tuple[RawMessage, DeadLetter]  # a dead letter and the message it is about (for its exact key bytes)
 # The Elasticsearch client logs every request at INFO and each failed node as a warning; the worker's retry loop
 # reports outages itself, once per attempt.
 logging.getLogger("elastic_transport").setLevel(logging.ERROR)
 
 
-class StageFailed(Exception):
-    """An exception nobody foresaw, raised while a batch was in ``stage``."""
-
-    def __init__(self, stage: Stage, message: str) -> None:
-        super().__init__(message)
-        self.stage = stage
-
-
-class Pipeline:
-    """The stages of one worker, connected once at start."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        metrics: Metrics,
-        send: Callable[[bytes | None, bytes], Awaitable[object]],
-        inferer: TritonInferer,
-        fetcher: ImageFetcher,
-        cache: ImageCache,
-        indexer: Indexer,
-    ) -> None:
-        self._settings = settings
-        self._metrics = metrics
-        self._send = send
-        self._inferer = inferer
-        self._fetcher = fetcher
-        self._cache = cache
-        self._fetch = FetchStage(fetcher, metrics)
-        self._indexer = indexer
-
-    @classmethod
-    async def start(
-        cls, settings: Settings, metrics: Metrics, send: Callable[[bytes | None, bytes], Awaitable[object]]
-    ) -> Pipeline:
-        """Connect to Triton and Elasticsearch, waiting while either is unavailable.
-
-        ``send(key, value)`` writes a dead letter and returns once Kafka has it.
-        """
-        inferer = await retry_forever(
-            lambda: TritonInferer.connect(settings),
-            retriable=(InferenceUnavailable,),
-            what="connecting to Triton",
-            max_delay_s=settings.retry_backoff_max_s,
-        )
-        indexer = Indexer(es_client(settings), settings, metrics)
-        await indexer.install_templates()
-        cache = ImageCache(settings, inferer.image_size)
-        fetcher = ImageFetcher(settings, inferer.image_size, cache)
-        log.info("pipeline ready: model %s, image size %d", settings.triton_model, inferer.image_size)
-        return cls(settings, metrics, send, inferer, fetcher, cache, indexer)
-
-    async def close(self) -> None:
-        await self._fetcher.close()
-        await self._cache.close()
-        await self._inferer.close()
-        await self._indexer.close()
-
-    async def process(self, messages: list[RawMessage]) -> None:
-        """Run one micro-batch to the end: every message indexed or dead-lettered."""
-        try:
-            await self._process(messages)
-        except StageFailed as failure:
-            if len(messages) == 1:
-                [raw] = messages
-                await self._send_dead_letters([(raw, dead_letter(raw, failure.stage, "internal_error", str(failure)))])
-                self._metrics.record_finished(indexed=0, dead_lettered=1)
-                return
-            self._metrics.batch_splits.inc()
-            half = len(messages) // 2
-            await self.process(messages[:half])
-            await self.process(messages[half:])
-
-    @contextmanager
-    def _stage(self, name: Stage) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        except Exception as error:
-            log.exception("unforeseen %s in the %s stage of a batch", type(error).__name__, name)
-            raise StageFailed(name, f"{type(error).__name__}: {error}") from error
-        self._metrics.stage_seconds.labels(name).observe(time.perf_counter() - started)
-
-    async def _process(self, messages: list[RawMessage]) -> None:
-        self._metrics.batch_size.observe(len(messages))
-        with self._stage("ingest"):
-            accepted, letters = self._ingest(messages)
-        indexed = 0
-        if accepted:
-            # Read while the batch is fetched and inferred: off the critical path.
-            # `previous` holds the task until it is awaited or cancelled below (ruff's RUF006 misses that here).
-            previous = asyncio.create_task(  # noqa: RUF006
-                self._indexer.previous_entity_ids([post.id for _, post in accepted])
-            )
-            try:
-                with self._stage("fetch"):
-                    fetched = await self._fetch.fetch([post for _, post in accepted])
-                with self._stage("infer"):
-                    processed, refused = await self._infer(accepted, fetched)
-                letters += refused
-                with self._stage("index"):
-                    failures = await self._indexer.index(processed, await previous)
-            finally:
-                previous.cancel()
-            letters += [(f.item.raw, dead_letter(f.item.raw, "index", f.kind, f.message)) for f in failures]
-            indexed = len(processed) - len(failures)
-        await self._send_dead_letters(letters)
-        self._metrics.record_finished(indexed=indexed, dead_lettered=len(letters))
-
-    def _ingest(self, messages: list[RawMessage]) -> tuple[list[tuple[RawMessage, Post]], list[Letter]]:
-        accepted: list[tuple[RawMessage, Post]] = []
-        letters: list[Letter] = []
-        for raw in messages:
-            try:
-                accepted.append((raw, parse_post(raw.value, self._settings)))
-            except InvalidPost as error:
-                letters.append((raw, dead_letter(raw, "ingest", error.kind, str(error))))
-        return accepted, letters
-
-    async def _infer(
-        self, accepted: list[tuple[RawMessage, Post]], fetched: list[list[FetchedImage]]
-    ) -> tuple[list[ProcessedPost], list[Letter]]:
-        """Predictions for the batch (waiting while Triton is unavailable); posts the model failed as letters."""
-        inputs = [
-            model_input(post, images, self._inferer.image_size)
-            for (_, post), images in zip(accepted, fetched, strict=True)
-        ]
-        started = time.perf_counter()
-        results = await retry_forever(
-            lambda: self._inferer.infer([request for request, _ in inputs]),
-            retriable=(InferenceUnavailable,),
-            what="Triton inference",
-            max_delay_s=self._settings.retry_backoff_max_s,
-            on_retry=lambda _error: self._metrics.dependency_retries.labels("triton").inc(),
-        )
-        self._metrics.triton_seconds.observe(time.perf_counter() - started)
-
-        processed: list[ProcessedPost] = []
-        refused: list[Letter] = []
-        for (raw, post), images, (_, fed), result in zip(accepted, fetched, inputs, results, strict=True):
-            if isinstance(result, ModelFault):
-                refused.append((raw, dead_letter(raw, "infer", result.kind, result.message)))
-            elif result.error is not None:
-                refused.append((raw, dead_letter(raw, "infer", "model_refused", result.error)))
-            else:
-                processed.append(self._grounded(raw, post, images, fed, result))
-        return processed, refused
-
-    def _grounded(
-        self, raw: RawMessage, post: Post, images: list[FetchedImage], fed: list[int], prediction: PostPrediction
-    ) -> ProcessedPost:
-        self._metrics.record_model(prediction.model.name, prediction.model.version)
-        grounded = grounded_in_post(prediction, fed, post.images)
-        return ProcessedPost(raw, post, grounded, [image.outcome for image in images])
-
-    async def _send_dead_letters(self, letters: list[Letter]) -> None:
-        """Write the batch's dead letters and wait until Kafka has them (waiting while Kafka is unreachable)."""
-        for _raw, letter in letters:
-            self._metrics.dead_letters.labels(letter.error.stage, letter.error.kind).inc()
-            log.info("dead letter %s/%s: %s", letter.error.stage, letter.error.kind, letter.error.message[:300])
-
-        async def send_all() -> None:
-            await asyncio.gather(
-                *(self._send(raw.key, letter_bytes(letter, self._settings.dlq_max_bytes)) for raw, letter in letters)
-            )
-
-        if letters:
-            await retry_forever(
-                send_all,
-                retriable=(KafkaError,),
-                what="writing dead letters",
-                max_delay_s=self._settings.retry_backoff_max_s,
-                on_retry=lambda _error: self._metrics.dependency_retries.labels("kafka").inc(),
-            )
-
-
-class BatchFlow:
-    """Messages → micro-batches, ``worker_batches_in_flight`` of them through the pipeline at once, and the commits.
-
-    Memory is bounded: the agent waits when a batch is full and every slot is taken, Faust's buffer then fills and
-    its consumer stops fetching; Kafka keeps the rest.
-    """
-
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        settings: Settings,
-        metrics: Metrics,
-        commit: Callable[[dict[faust.types.TP, int]], Awaitable[bool]],
-    ) -> None:
-        self._pipeline = pipeline
-        self._settings = settings
-        self._metrics = metrics
-        self._commit = commit
-        self._ledger: CommitLedger[faust.types.TP] = CommitLedger()
-        self._queue: asyncio.Queue[tuple[RawMessage, Received]] = asyncio.Queue(maxsize=settings.batch_size)
-        self._slots = asyncio.Semaphore(settings.worker_batches_in_flight)
-        self._batches: set[asyncio.Task] = set()
-
-    async def put(self, message: faust.types.Message) -> None:
-        received = self._ledger.received(message.tp, message.offset)
-        raw = RawMessage(
-            value=message.value,
-            key=message.key,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-        )
-        await self._queue.put((raw, received))
-        self._metrics.in_flight.set(self._ledger.in_flight)
-
-    def forget(self, partitions: set[faust.types.TP]) -> None:
-        self._ledger.forget(partitions)
-
-    async def commit(self) -> None:
-        """Commit every partition's finished prefix."""
-        if (offsets := self._ledger.committable()) and await self._commit(offsets):
-            self._ledger.committed(offsets)
-
-    @asynccontextmanager
-    async def running(self) -> AsyncIterator[BatchFlow]:
-        tasks = [asyncio.create_task(self._form_batches()), asyncio.create_task(self._commit_periodically())]
-        try:
-            yield self
-        finally:
-            # Unfinished batches stay uncommitted: the next owner of their partitions processes them again.
-            for task in [*tasks, *self._batches]:
-                task.cancel()
-            await asyncio.gather(*tasks, *self._batches, return_exceptions=True)
-            await self.commit()
-
-    async def _form_batches(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self._settings.batch_wait_s
-            while len(batch) < self._settings.batch_size:
-                if self._queue.empty():
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            batch.append(await self._queue.get())
-                    except TimeoutError:
-                        break
-                else:
-                    batch.append(self._queue.get_nowait())
-            await self._slots.acquire()
-            task = asyncio.create_task(self._run(batch))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
-
-    async def _run(self, batch: list[tuple[RawMessage, Received]]) -> None:
-        messages = [raw for raw, _ in batch]
-        try:
-            # Process raises only on a bug outside the stages (writing its dead letters, say): counted like an agent
-            # crash and retried, so the batch is never skipped and never silently stalls its partitions.
-            await retry_forever(
-                lambda: self._pipeline.process(messages),
-                retriable=(Exception,),
-                what="a micro-batch",
-                max_delay_s=self._settings.retry_backoff_max_s,
-                on_retry=lambda _error: self._metrics.agent_crashes.inc(),
-            )
-            for _, received in batch:
-                self._ledger.finished(received)
-            self._metrics.in_flight.set(self._ledger.in_flight)
-        finally:
-            self._slots.release()
-
-    async def _commit_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.worker_commit_interval_s)
-            await self.commit()
+def raw_message(message: faust.types.Message) -> RawMessage:
+    headers = message.headers.items() if isinstance(message.headers, Mapping) else message.headers or ()
+    return RawMessage(
+        value=message.value,
+        key=message.key,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        headers=tuple((str(name), bytes(value or b"")) for name, value in headers),
+    )
 
 
 def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
@@ -329,37 +59,79 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
         # Passed as a header: the content type carries a charset, which aiohttp refuses as content_type.
         return web.bytes(metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    # Faust types a receiver as (sender, *args); it passes the revoked partitions as the one positional argument.
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    @app.page("/healthz")
+    async def health_page(web: faust.web.View, _request: faust.web.Request) -> faust.web.Response:
+        # 503 when work waits and nothing moved for worker_stall_timeout_s (a wedge, a zombie consumer) or the flow
+        # broke; a worker still connecting has no work waiting.
+        states = [flow.health() for flow in flows]
+        healthy = membership.healthy and all(state.healthy for state in states)
+        body = {
+            "healthy": healthy,
+            "in_group": membership.healthy,
+            "flows": [dataclasses.asdict(state) for state in states],
+        }
+        return web.json(body, status=200 if healthy else 503)
+
+    crashing: list[asyncio.Future] = []
+
+    def end_process(error: BaseException) -> None:
+        metrics.agent_crashes.inc()
+        crashing.append(asyncio.ensure_future(app.crash(error)))  # Faust stops the worker, which then exits 1
+
+    membership = GroupMembership(
+        settings.worker_max_poll_interval_s + settings.worker_session_timeout_s, on_lost=end_process
+    )
+
+    @app.on_partitions_revoked.connect
     async def on_revoked(_app: faust.App, revoked: set[faust.types.TP], **_kwargs: object) -> None:
+        membership.revoked()
         for flow in flows:
             await flow.commit()  # what finished before the handover need not be done again
-            flow.forget(revoked)
+            flow.forget({(tp.topic, tp.partition) for tp in revoked})
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(_app: faust.App, **_kwargs: object) -> None:
+        # Faust stops fetching, sends this, then cancels the agent: the last moment batches can finish and commit.
+        for flow in flows:
+            await flow.drain()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(_app: faust.App, _assigned: set[faust.types.TP], **_kwargs: object) -> None:
+        membership.assigned()
 
     async def send_dead_letter(key: bytes | None, value: bytes) -> object:
         return await (await worker_app.dead_letters.send(key=key, value=value))
 
-    async def commit(offsets: dict[faust.types.TP, int]) -> bool:
+    async def commit(offsets: dict[Partition, int]) -> bool:
         # Faust's own commit path (only partitions still assigned; dead letters flushed first), given our offsets:
         # the posts topic has Faust's acks off (stream.commits explains why).
-        return await app.consumer._commit_offsets(offsets)  # type: ignore[attr-defined]  # noqa: SLF001
+        tps = {faust.types.TP(topic, partition): offset for (topic, partition), offset in offsets.items()}
+        return await app.consumer._commit_offsets(tps)  # noqa: SLF001
 
     @app.agent(worker_app.posts, concurrency=1)
     async def process_posts(stream: faust.StreamT) -> None:
         try:
-            pipeline = await Pipeline.start(settings, metrics, send_dead_letter)
+            pipeline = await Pipeline.start(
+                settings,
+                metrics,
+                send_dead_letter,
+                connect=lambda: TritonInferer.connect(settings),
+                sink=ElasticsearchSink(es_client(settings), settings, metrics),
+            )
             try:
-                async with BatchFlow(pipeline, settings, metrics, commit).running() as flow:
+                batch_flow = BatchFlow(pipeline.process, settings, metrics, commit, on_broken=end_process)
+                async with batch_flow.running() as flow:
                     flows.append(flow)
                     try:
                         async for event in stream.events():
-                            await flow.put(event.message)
+                            await flow.put(raw_message(event.message))
                     finally:
                         flows.remove(flow)
             finally:
                 await pipeline.close()
-        except Exception:
-            metrics.agent_crashes.inc()
+        except Exception as error:
+            log.critical("the agent failed; ending the worker so it restarts from the committed offsets")
+            end_process(error)
             raise
 
     return app

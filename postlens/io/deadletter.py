@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from postlens.schemas import DeadLetter, ErrorInfo, Stage
+from postlens.schemas import DEAD_LETTER_SCHEMA_VERSION, MAX_VERSION, VERSION_HEADER, DeadLetter, ErrorInfo, Stage
 
 # What a dead letter too large for Kafka keeps of its original; with the message bound below the letter stays
 # under 64 KiB even when JSON escaping multiplies every byte by six.
@@ -24,6 +24,21 @@ class RawMessage:
     topic: str
     partition: int | None = None
     offset: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def message_version(raw: RawMessage) -> int | None:
+    """The message's version: its VERSION_HEADER when it holds a valid one, else its offset."""
+    for name, value in raw.headers:
+        if name == VERSION_HEADER:
+            try:
+                version = int(value.decode("ascii"))
+            except (UnicodeDecodeError, ValueError):
+                break  # not a number: the offset decides
+            if 0 <= version <= MAX_VERSION:
+                return version
+            break
+    return raw.offset
 
 
 def _original_fields(value: bytes | None) -> tuple[str | None, str | None]:
@@ -43,6 +58,7 @@ def dead_letter(raw: RawMessage, stage: Stage, kind: str, message: str) -> DeadL
     message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     original, original_b64 = _original_fields(raw.value)
     return DeadLetter(
+        schema_version=DEAD_LETTER_SCHEMA_VERSION,
         original=original,
         original_b64=original_b64,
         original_size=len(raw.value) if raw.value is not None else None,
@@ -50,6 +66,7 @@ def dead_letter(raw: RawMessage, stage: Stage, kind: str, message: str) -> DeadL
         source_topic=raw.topic,
         source_partition=raw.partition,
         source_offset=raw.offset,
+        source_version=message_version(raw),
         error=ErrorInfo(stage=stage, kind=kind, message=message),
         failed_at=datetime.now(UTC),
     )

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 from yarl import URL
 
+from postlens.failures import FetchFailure
 from postlens.io.image_cache import CachedFailure, ImageCache
 from postlens.io.ssrf import AddressPolicy, BlockedAddress, GuardedResolver
 from postlens.runtime.images import to_model_pixels
@@ -52,7 +53,7 @@ class FetchedImage:
 
 
 class FetchError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: FetchFailure, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -72,43 +73,47 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
             # Opening read only the header; refuse before the pixels are decompressed.
             pixels = image.width * image.height
             if pixels > max_pixels:
-                raise FetchError("bomb", f"{image.width}x{image.height} = {pixels} pixels exceeds {max_pixels}")
+                raise FetchError(
+                    FetchFailure.BOMB, f"{image.width}x{image.height} = {pixels} pixels exceeds {max_pixels}"
+                )
             return to_model_pixels(image, size)
         except FetchError:
             raise
         except UnidentifiedImageError as error:
-            raise FetchError("not_image", f"not a {'/'.join(IMAGE_FORMATS)} image ({len(data)} bytes)") from error
+            raise FetchError(
+                FetchFailure.NOT_IMAGE, f"not a {'/'.join(IMAGE_FORMATS)} image ({len(data)} bytes)"
+            ) from error
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise FetchError("bomb", str(error)) from error
+            raise FetchError(FetchFailure.BOMB, str(error)) from error
         except Exception as error:
-            kind = "truncated" if "truncated" in str(error) else "corrupt"
+            kind = FetchFailure.TRUNCATED if "truncated" in str(error) else FetchFailure.CORRUPT
             raise FetchError(kind, f"cannot decode image: {type(error).__name__}: {error}") from error
 
 
-def _http_kind(status: int) -> str:
+def _http_kind(status: int) -> FetchFailure:
     if status == 404:
-        return "http_404"
+        return FetchFailure.HTTP_404
     if status >= 500:
-        return "http_5xx"
+        return FetchFailure.HTTP_5XX
     if status >= 400:
-        return "http_4xx"
-    return "http_error"
+        return FetchFailure.HTTP_4XX
+    return FetchFailure.HTTP_ERROR
 
 
-def _client_error_kind(error: aiohttp.ClientError) -> str:
+def _client_error_kind(error: aiohttp.ClientError) -> FetchFailure:
     if isinstance(error, aiohttp.ClientConnectorError):
         if isinstance(error.os_error, BlockedAddress):  # raised by the guarded resolver
-            return "ssrf_blocked"
+            return FetchFailure.SSRF_BLOCKED
         if isinstance(error, aiohttp.ClientConnectorDNSError):
-            return "dns_error"
-        return "connect_error"
+            return FetchFailure.DNS_ERROR
+        return FetchFailure.CONNECT_ERROR
     if isinstance(error, aiohttp.ClientPayloadError):
-        return "truncated"
+        return FetchFailure.TRUNCATED
     if isinstance(error, aiohttp.InvalidURL):
-        return "invalid_url"
+        return FetchFailure.INVALID_URL
     if isinstance(error, aiohttp.TooManyRedirects):
-        return "too_many_redirects"
-    return "http_error"
+        return FetchFailure.TOO_MANY_REDIRECTS
+    return FetchFailure.HTTP_ERROR
 
 
 class ImageFetcher:
@@ -170,7 +175,7 @@ class ImageFetcher:
             return await self._failed(url, error)
         except Exception as error:
             log.warning("fetching %r failed unexpectedly", url, exc_info=True)
-            return await self._failed(url, FetchError("fetch_error", f"{type(error).__name__}: {error}"))
+            return await self._failed(url, FetchError(FetchFailure.FETCH_ERROR, f"{type(error).__name__}: {error}"))
         if self._cache is not None:
             await self._cache.put_pixels(url, pixels)
         return FetchedImage(FetchOutcome(url=url, status=OK), pixels)
@@ -186,15 +191,15 @@ class ImageFetcher:
             async with asyncio.timeout(settings.fetch_total_timeout_s):
                 data = await self._download(url)
         except TimeoutError as error:  # aiohttp's connect/read timeouts are TimeoutErrors too
-            raise FetchError("timeout", f"{type(error).__name__}: {error or 'no answer in time'}") from error
+            raise FetchError(FetchFailure.TIMEOUT, f"{type(error).__name__}: {error or 'no answer in time'}") from error
         except BlockedAddress as error:
-            raise FetchError("ssrf_blocked", str(error)) from error
+            raise FetchError(FetchFailure.SSRF_BLOCKED, str(error)) from error
         except aiohttp.ClientError as error:
             kind = _client_error_kind(error)
-            reason = error.os_error if kind == "ssrf_blocked" else error  # type: ignore[attr-defined]
+            reason = error.os_error if kind == FetchFailure.SSRF_BLOCKED else error  # type: ignore[attr-defined]
             raise FetchError(kind, f"{type(reason).__name__}: {reason}") from error
         except ValueError as error:  # yarl/aiohttp reject malformed URLs with ValueError subclasses
-            raise FetchError("invalid_url", str(error)) from error
+            raise FetchError(FetchFailure.INVALID_URL, str(error)) from error
         # Decoding is CPU work; a thread keeps the event loop (and the Kafka heartbeat) responsive.
         return await asyncio.to_thread(decode_image, data, self._image_size, settings.fetch_max_pixels)
 
@@ -209,23 +214,25 @@ class ImageFetcher:
                 if response.status in REDIRECT_STATUSES:
                     location = response.headers.get("Location")
                     if not location:
-                        raise FetchError("http_error", f"HTTP {response.status} without a Location header")
+                        raise FetchError(FetchFailure.HTTP_ERROR, f"HTTP {response.status} without a Location header")
                     current = current.join(URL(location))
                     if str(current) in visited:
-                        raise FetchError("redirect_loop", f"redirect back to {current}")
+                        raise FetchError(FetchFailure.REDIRECT_LOOP, f"redirect back to {current}")
                     visited.add(str(current))
                     continue
                 if response.status != 200:
                     raise FetchError(_http_kind(response.status), f"HTTP {response.status} from {current}")
                 if response.content_length is not None and response.content_length > max_bytes:
-                    raise FetchError("too_large", f"Content-Length {response.content_length} exceeds {max_bytes}")
+                    raise FetchError(
+                        FetchFailure.TOO_LARGE, f"Content-Length {response.content_length} exceeds {max_bytes}"
+                    )
                 body = bytearray()
                 async for chunk in response.content.iter_chunked(CHUNK_BYTES):
                     body += chunk
                     if len(body) > max_bytes:
-                        raise FetchError("too_large", f"body exceeds {max_bytes} bytes")
+                        raise FetchError(FetchFailure.TOO_LARGE, f"body exceeds {max_bytes} bytes")
                 return bytes(body)
-        raise FetchError("too_many_redirects", f"more than {self._settings.fetch_max_redirects} redirects")
+        raise FetchError(FetchFailure.TOO_MANY_REDIRECTS, f"more than {self._settings.fetch_max_redirects} redirects")
 
     async def close(self) -> None:
         await self._session.close()

@@ -38,6 +38,7 @@ class OutgoingRecord(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,10 @@ async def deliver_then_commit(
         producer = AIOKafkaProducer(**kafka_client_options(settings), acks="all")
         await producer.start()
         try:
-            deliveries = [await producer.send(record.topic, value=record.value, key=record.key) for record in records]
+            deliveries = [
+                await producer.send(record.topic, value=record.value, key=record.key, headers=list(record.headers))
+                for record in records
+            ]
             await asyncio.gather(*deliveries)
         finally:
             await producer.stop()

@@ -3,7 +3,10 @@
 Progress is kept as the committed offsets of a consumer group per stage filter (``…-dlq-replay-index``,
 ``…-dlq-replay-all``), so a replay resumes where the last one stopped and replaying one stage does not use up the
 dead letters of another. Letters are handled in chunks, each committed only once its posts are on the posts topic.
-Replayed posts are indexed idempotently, so replaying a letter twice is harmless.
+Replayed posts are indexed idempotently, so replaying a letter twice is harmless; each is re-published with its
+original version (header ``postlens-version``), so it never overwrites a newer version of its post. Letters of every
+schema version up to :data:`postlens.schemas.DEAD_LETTER_SCHEMA_VERSION` are read (1: those written before the field
+existed).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pydantic import ValidationError
 
 from postlens.io.deadletter import original_bytes
 from postlens.io.kafka import BacklogReader, ConsumedMessage, OutgoingRecord, deliver_then_commit, ensure_topics
-from postlens.schemas import DeadLetter
+from postlens.schemas import DEAD_LETTER_SCHEMA_VERSION, VERSION_HEADER, DeadLetter
 from postlens.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,7 +31,7 @@ REPLAY_CHUNK = 1000
 class ReplayReport:
     replayed: int = 0
     skipped: int = 0  # another stage, or nothing to replay
-    unreadable: int = 0  # not a dead letter at all
+    unreadable: int = 0  # not a dead letter, or one of a newer schema than this PostLens reads
 
 
 async def replay_dead_letters(settings: Settings, stage: str | None = None) -> ReplayReport:
@@ -54,10 +57,17 @@ def _replayable(
         log.warning("offset %d of %s is not a dead letter; skipped", message.raw.offset, message.raw.topic)
         report.unreadable += 1
         return None
+    if letter.schema_version > DEAD_LETTER_SCHEMA_VERSION:  # written by a newer PostLens: its shape is unknown here
+        log.warning("offset %d is a dead letter of schema %d; skipped", message.raw.offset, letter.schema_version)
+        report.unreadable += 1
+        return None
     value = original_bytes(letter)
     if (stage and letter.error.stage != stage) or value is None:
         report.skipped += 1
         return None
     report.replayed += 1
     key = letter.key.encode("utf-8") if letter.key is not None else None
-    return OutgoingRecord(settings.topic_posts, key, value)
+    # The original version, so the replayed post never overwrites one that came after it.
+    version = letter.source_version if letter.source_version is not None else letter.source_offset
+    headers = ((VERSION_HEADER, str(version).encode("ascii")),) if version is not None else ()
+    return OutgoingRecord(settings.topic_posts, key, value, headers)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 
 from postlens.io.fetch import OK, SKIPPED, FetchedImage, ImageFetcher
-from postlens.schemas import Post
 from stream.metrics import Metrics
+from stream.results import Accepted, Fetched, StageResult
 
 
 class FetchStage:
@@ -18,12 +18,12 @@ class FetchStage:
         self._fetcher = fetcher
         self._metrics = metrics
 
-    async def fetch(self, posts: list[Post]) -> list[list[FetchedImage]]:
-        """Per post, one result per image URL, in order."""
-        fetched = await asyncio.gather(*(self._fetcher.fetch_post_images(post.images) for post in posts))
+    async def fetch(self, posts: list[Accepted]) -> StageResult[Fetched]:
+        """Every post goes on, with one result per image URL, in order (never a letter)."""
+        fetched = await asyncio.gather(*(self._fetcher.fetch_post_images(item.post.images) for item in posts))
         for images in fetched:
             self._record(images)
-        return fetched
+        return StageResult(done=[Fetched(item, images) for item, images in zip(posts, fetched, strict=True)])
 
     def _record(self, images: list[FetchedImage]) -> None:
         for image in images:

@@ -21,6 +21,7 @@ ENTITIES_MAPPINGS: dict[str, Any] = {
     "dynamic": "strict",
     "properties": {
         "post_id": _KEYWORD,
+        "post_version": {"type": "long"},  # the version of the post this entity was found in
         "text": _SEARCHABLE_NAME,
         "type": _KEYWORD,
         "start": {"type": "integer"},
@@ -58,6 +59,7 @@ POSTS_MAPPINGS: dict[str, Any] = {
         "created_at": {"type": "date"},
         "author": _KEYWORD,
         "lang": _KEYWORD,
+        "version": {"type": "long"},  # the producer's, when it gave one
         "meta": {"type": "object", "enabled": False},  # producers' extra fields: kept, not indexed
         "entity_count": {"type": "integer"},
         "entities": {
@@ -72,6 +74,11 @@ POSTS_MAPPINGS: dict[str, Any] = {
         },
         # The _ids of this post's documents in the entities index, so a re-processing can delete stale ones.
         "entity_ids": _KEYWORD,
+        # The version that stands (the producer's, else the Kafka offset): an older one never replaces it.
+        "post_version": {"type": "long"},
+        # Entity ids an earlier version listed and this one does not: deleted after this document is written, kept
+        # so a processing interrupted in between finishes the deletes (stream.stages.index).
+        "superseded_entity_ids": {"type": "keyword", "index": False, "doc_values": False},
         "image_fetch": {
             "type": "nested",
             "properties": {

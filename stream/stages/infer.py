@@ -5,9 +5,12 @@ posts from every worker share a model execution. A post the model refuses (empty
 image tensor) comes back as a :class:`PostPrediction` with ``error`` set; a server that cannot answer raises
 :class:`InferenceUnavailable` after the retries, so the caller keeps the posts and tries again later.
 
-A request failing with any other status (``INTERNAL``…) may be the fault of one post that shared its model
-execution with others, so every such post is asked again alone, one at a time: a post that still fails alone, while
-the model is ready, comes back as a :class:`ModelFault` (the worker dead-letters it); the others are answered.
+A request failing with any other status (``INTERNAL``…) or timing out may be the fault of one post that shared its
+model execution with others, so every such post is asked again alone, one at a time. A post that still fails alone
+is blamed only once the model has shown it answers (a circuit breaker: a plain post is asked, patiently; when that
+fails too — a version that is ready but fails every request, a server too slow for anything — the batch raises
+:class:`InferenceUnavailable` and waits like any outage), and after one last try alone it comes back as a
+:class:`ModelFault` (the worker dead-letters it); the others are answered.
 
 Torch-free on purpose: the stream worker imports it.
 """
@@ -19,6 +22,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -26,6 +30,7 @@ from tritonclient.grpc import InferInput, InferResult
 from tritonclient.grpc import aio as grpc_aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from postlens.failures import InferFailure
 from postlens.io.fetch import FetchedImage
 from postlens.runtime.images import empty_images
 from postlens.schemas import MAX_MODEL_IMAGES, ModelRef, Post, PostPrediction, Region
@@ -35,8 +40,13 @@ from postlens.settings import Settings
 _PER_POST_CODES = frozenset({"StatusCode.INVALID_ARGUMENT"})
 # Status codes that mean "the server is (re)starting or the model is between versions": worth waiting for.
 _TRANSIENT_CODES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND"})
-# A timed-out request says nothing about the post: Triton is overloaded or gone.
-_AVAILABILITY_CODES = _TRANSIENT_CODES | {"StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"}
+# A timed-out request: the post (asked again alone) or the server (when it answers nothing else either).
+_TIMEOUT_CODE = "StatusCode.DEADLINE_EXCEEDED"
+_AVAILABILITY_CODES = _TRANSIENT_CODES | {"StatusCode.CANCELLED"}
+# Faults that may be another post's (a shared execution) or the server's: asked again alone, then judged.
+_ASK_ALONE = frozenset({InferFailure.MODEL_ERROR, InferFailure.TIMEOUT})
+_CANARY_TEXT = "PostLens checks that the model answers"
+_CANARY_PATIENCE = 3  # × triton_timeout_s
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
 
@@ -49,7 +59,7 @@ class InferenceUnavailable(RuntimeError):
 class ModelFault:
     """Triton failed this one post (even alone, with the model ready), or answered it with something unreadable."""
 
-    kind: str  # "model_error" (a gRPC status) or "bad_answer"
+    kind: InferFailure  # MODEL_ERROR (a gRPC status), TIMEOUT or BAD_ANSWER
     message: str
 
 
@@ -72,6 +82,17 @@ class InferRequest(BaseModel):
         if images.shape[0] > MAX_MODEL_IMAGES:
             raise ValueError(f"at most {MAX_MODEL_IMAGES} images per post, got {images.shape[0]}")
         return images
+
+
+class Model(Protocol):
+    """What the pipeline needs of a model: :class:`TritonInferer`, or a stand-in in tests."""
+
+    image_size: int  # pixels of each side of the images it takes
+
+    async def infer(self, batch: Sequence[InferRequest]) -> list[InferOutcome]:
+        """One outcome per request, in order; raises :class:`InferenceUnavailable` when it cannot answer now."""
+
+    async def close(self) -> None: ...
 
 
 class TritonInferer:
@@ -117,12 +138,17 @@ class TritonInferer:
         for posts Triton fails alone. Raises :class:`InferenceUnavailable` (and stops the batch's other requests)
         when Triton cannot answer."""
         results: list[InferOutcome] = await self._all_at_once(batch)
-        for position, result in enumerate(results):
-            if isinstance(result, ModelFault) and result.kind == "model_error":
-                # Alone, so the dynamic batcher cannot put it in one execution with another post.
-                results[position] = await self._infer_one(batch[position])
-        if any(isinstance(result, ModelFault) and result.kind == "model_error" for result in results):
-            await self._ensure_ready()  # a failing server is an outage, not the posts' fault
+        for position in _failing(results):
+            # Alone, so the dynamic batcher cannot put it in one execution with another post.
+            results[position] = await self._infer_one(batch[position])
+        if still := _failing(results):
+            # The posts are to blame only if the model answers a plain one; then each gets a last try alone (it may
+            # have failed only behind another's slow execution), the model free of a timed-out one's before the next.
+            await self._ensure_answers(results[still[0]])
+            for position in still:
+                results[position] = outcome = await self._infer_one(batch[position])
+                if position != still[-1] and isinstance(outcome, ModelFault) and outcome.kind == InferFailure.TIMEOUT:
+                    await self._ensure_answers(outcome)
         return results
 
     async def _all_at_once(self, batch: Sequence[InferRequest]) -> list[InferOutcome]:
@@ -135,18 +161,28 @@ class TritonInferer:
             await asyncio.gather(*requests, return_exceptions=True)
             raise
 
-    async def _ensure_ready(self) -> None:
+    async def _ensure_answers(self, fault: InferOutcome) -> None:
+        """Raise :class:`InferenceUnavailable` unless the model is ready and answers a plain post (a circuit
+        breaker: a version that fails every request, or a server too slow for any, is an outage, not the posts')."""
         try:
             ready = await self._client.is_model_ready(self._model, client_timeout=self._timeout_s)
         except InferenceServerException as error:
             raise InferenceUnavailable(f"Triton model {self._model!r}: {error.message()}") from error
         if not ready:
             raise InferenceUnavailable(f"Triton model {self._model!r} is not ready")
+        plain = InferRequest(text=_CANARY_TEXT, images=empty_images(0, self.image_size))
+        # Patient: it may queue behind an execution the timed-out posts still hold.
+        canary = await self._infer_one(plain, timeout_s=self._timeout_s * _CANARY_PATIENCE)
+        if isinstance(canary, ModelFault):
+            raise InferenceUnavailable(
+                f"Triton model {self._model!r} answers no post ({canary.message}); posts failed with: {fault}"
+            )
 
     async def close(self) -> None:
         await self._client.close()
 
-    async def _infer_one(self, request: InferRequest) -> InferOutcome:
+    async def _infer_one(self, request: InferRequest, timeout_s: float | None = None) -> InferOutcome:
+        timeout_s = timeout_s or self._timeout_s
         try:
             inputs = self._inputs(request)
         except UnicodeEncodeError as error:  # lone surrogates, e.g. from a "\ud800" JSON escape
@@ -155,13 +191,15 @@ class TritonInferer:
         attempt = 1
         while True:
             try:
-                result = await self._client.infer(self._model, inputs, client_timeout=self._timeout_s)
+                result = await self._client.infer(self._model, inputs, client_timeout=timeout_s)
             except InferenceServerException as error:
                 status = error.status()
                 if status in _PER_POST_CODES:
                     return self._refused(error.message())
+                if status == _TIMEOUT_CODE:
+                    return ModelFault(InferFailure.TIMEOUT, f"no answer in {timeout_s:g} s: {error.message()}")
                 if status not in _AVAILABILITY_CODES:
-                    return ModelFault("model_error", f"{status} {error.message()}")
+                    return ModelFault(InferFailure.MODEL_ERROR, f"{status} {error.message()}")
                 if status not in _TRANSIENT_CODES or attempt > self._retries:
                     raise InferenceUnavailable(
                         f"Triton model {self._model!r} failed after {attempt} attempt(s): {status} {error.message()}"
@@ -178,7 +216,7 @@ class TritonInferer:
         try:
             return PostPrediction.model_validate_json(result.as_numpy("RESULT")[0][0])
         except (ValueError, TypeError, IndexError) as error:  # pydantic's ValidationError is a ValueError
-            return ModelFault("bad_answer", f"the model's answer is not a prediction: {error}")
+            return ModelFault(InferFailure.BAD_ANSWER, f"the model's answer is not a prediction: {error}")
 
     def _refused(self, reason: str) -> PostPrediction:
         return PostPrediction(model=ModelRef(name=self._model, version=self._version), error=reason)
@@ -203,6 +241,11 @@ class TritonInferer:
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         return inputs
+
+
+def _failing(results: list[InferOutcome]) -> list[int]:
+    """Positions of the posts to ask again alone."""
+    return [position for position, r in enumerate(results) if isinstance(r, ModelFault) and r.kind in _ASK_ALONE]
 
 
 def model_input(post: Post, images: list[FetchedImage], image_size: int) -> tuple[InferRequest, list[int]]:

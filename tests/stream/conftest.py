@@ -56,3 +56,20 @@ def faulty_model(tmp_path_factory: pytest.TempPathFactory, start_triton: Callabl
     (repo / "postlens" / "1").mkdir()
     shutil.copy(Path(__file__).parent / "faulty_model" / "model.py", repo / "postlens" / "1" / "model.py")
     return start_triton(repo)
+
+
+@pytest.fixture
+async def faulty_pipeline(
+    request: pytest.FixtureRequest,
+    settings: Settings,
+    faulty_model: ServedModel,
+    es: AsyncElasticsearch,
+    kafka_admin: AIOKafkaAdminClient,
+) -> AsyncIterator[PipelineRun]:
+    """A pipeline world whose workers use the faulty model (no training needed; it answers plain posts like any
+    model, SLOW ones after 2.5 s), on two partitions."""
+    log_dir = Path(tempfile.gettempdir()) / "postlens-stream-tests" / f"{request.node.name}-{time.strftime('%H%M%S')}"
+    run = PipelineRun(settings, faulty_model.url, log_dir, POSTLENS_TOPIC_PARTITIONS="2")
+    yield run
+    await run.cleanup(es, kafka_admin)
+    print(f"\nworker logs: {log_dir}")

@@ -14,12 +14,15 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from elasticsearch import AsyncElasticsearch
 
+from postlens.io.connections import es_client
 from postlens.io.deadletter import RawMessage
 from postlens.io.kafka import ensure_topics
 from postlens.schemas import DeadLetter
 from postlens.settings import Settings
 from stream.metrics import Metrics
-from stream.worker import Pipeline
+from stream.pipeline import Pipeline
+from stream.stages.index import ElasticsearchSink
+from stream.stages.infer import TritonInferer
 from tests.support.kafka_io import read_topic
 
 if TYPE_CHECKING:
@@ -67,7 +70,13 @@ async def test_each_fault_costs_only_its_post(world: Settings, es: AsyncElastics
     ]
     messages.append(RawMessage(value=b'{"id": "cut', key=b"cut", topic="posts", partition=0, offset=len(messages)))
     metrics = Metrics()
-    pipeline = await Pipeline.start(world, metrics, send)
+    pipeline = await Pipeline.start(
+        world,
+        metrics,
+        send,
+        connect=lambda: TritonInferer.connect(world),
+        sink=ElasticsearchSink(es_client(world), world, metrics),
+    )
     try:
         await pipeline.process(messages)
     finally:

@@ -155,6 +155,7 @@ async def test_end_to_end_with_kcat(
     assert worker.metric("postlens_posts_total", outcome="dead_lettered") == len(invalid)
     assert worker.metric("postlens_model_info", name="postlens", version=model_version) == 1
     assert worker.metric("postlens_agent_crashes_total") == 0
+    assert worker.health()[0] == 200
     for kind in FAULTS.values():
         assert worker.metric("postlens_image_fetch_failures_total", kind=kind) >= 1, kind
 

@@ -3,11 +3,13 @@ that is kept (under the test's tmp directory) for debugging."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -63,6 +65,14 @@ class WorkerProcess:
             for family in text_string_to_metric_families(text)
             for sample in family.samples
         }
+
+    def health(self) -> tuple[int, dict]:
+        """The status and body of the worker's /healthz page."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/healthz", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
 
     def metric(self, sample: str, /, **labels: str) -> float:
         return self.metrics().get((sample, tuple(sorted(labels.items()))), 0.0)

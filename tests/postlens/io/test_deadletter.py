@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 
 from postlens.io.deadletter import KEPT_PREFIX_BYTES, RawMessage, dead_letter, letter_bytes, original_bytes
-from postlens.schemas import DeadLetter
+from postlens.schemas import DEAD_LETTER_SCHEMA_VERSION, DeadLetter
 
 
 def test_utf8_message_is_kept_as_text() -> None:
@@ -48,3 +48,16 @@ def test_a_letter_that_fits_is_kept_whole() -> None:
     letter = dead_letter(RawMessage(value=b"{}", key=None, topic="posts"), "ingest", "schema", "\ud800 quoted")
     kept = DeadLetter.model_validate_json(letter_bytes(letter, max_bytes=900_000))
     assert not kept.original_truncated and original_bytes(kept) == b"{}"
+
+
+def test_letters_carry_their_schema_version_and_old_letters_read_as_the_first() -> None:
+    letter = dead_letter(RawMessage(value=b"{", key=b"k", topic="posts"), "ingest", "invalid_json", "cut")
+    assert DeadLetter.model_validate_json(letter_bytes(letter, 900_000)).schema_version == DEAD_LETTER_SCHEMA_VERSION
+    old = {
+        "original": "{}",
+        "key": "k",
+        "source_topic": "posts",
+        "error": {"stage": "index", "kind": "mapper_parsing_exception", "message": "m"},
+        "failed_at": "2026-11-22T10:00:00Z",
+    }
+    assert DeadLetter.model_validate(old).schema_version == 1

@@ -8,7 +8,8 @@ from typing import Any
 from postlens.io.deadletter import RawMessage
 from postlens.io.fetch import FetchOutcome
 from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
-from stream.stages.index import ProcessedPost, entity_document, entity_id, post_document
+from stream.results import ProcessedPost
+from stream.stages.index import entity_document, entity_id, post_document
 from stream.stages.index_templates import ENTITIES_MAPPINGS, POSTS_MAPPINGS
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)

@@ -140,3 +140,30 @@ async def test_a_post_that_fails_its_model_execution_is_isolated_and_the_others_
     faults = {texts[i]: result.kind for i, result in enumerate(results) if isinstance(result, ModelFault)}
     assert faults == {"POISON pill": "model_error", "GARBLE me": "bad_answer"}
     assert all(result.error is None for result in results if not isinstance(result, ModelFault))
+
+
+@pytest.mark.integration
+async def test_a_post_that_times_out_alone_is_its_fault_not_an_outage(faulty_model: ServedModel) -> None:
+    inferer = await TritonInferer.connect(faulty_model.settings(triton_timeout_s=1.0))
+    try:
+        texts = ["Lyon is a city", "SLOW post", "Rome"]
+        batch = [InferRequest(text=text, images=empty_images(0, inferer.image_size)) for text in texts]
+        results = await inferer.infer(batch)  # the slow one holds up the others' shared execution at first
+    finally:
+        await inferer.close()
+    faults = {texts[i]: result.kind for i, result in enumerate(results) if isinstance(result, ModelFault)}
+    assert faults == {"SLOW post": "timeout"}
+
+
+@pytest.mark.integration
+async def test_a_model_that_fails_every_request_is_an_outage_not_the_posts_fault(faulty_model: ServedModel) -> None:
+    inferer = await TritonInferer.connect(faulty_model.settings())
+    plain = InferRequest(text="HEAL Lyon is a city", images=empty_images(0, inferer.image_size))
+    try:
+        batch = [InferRequest(text=text, images=empty_images(0, inferer.image_size)) for text in ("BREAK", "Lyon")]
+        with pytest.raises(InferenceUnavailable, match="answers no post"):
+            await inferer.infer(batch)  # no dead letters: the caller keeps the batch and waits
+    finally:
+        healed = await inferer.infer([plain])  # the model's state is shared by the session's other tests
+        await inferer.close()
+    assert not isinstance(healed[0], ModelFault)

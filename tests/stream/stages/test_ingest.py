@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from postlens.io.deadletter import RawMessage
+from postlens.schemas import VERSION_HEADER
 from postlens.settings import Settings
-from stream.stages.ingest import InvalidPost, parse_post
+from stream.stages.ingest import InvalidPost, ingest, parse_post
 
 
 @pytest.fixture
@@ -89,3 +91,18 @@ def test_text_over_the_character_limit_is_refused(limits: Settings) -> None:
     with pytest.raises(InvalidPost, match="101 characters") as refused:
         parse_post(encode({"id": "p", "text": "a" * 101}), limits)
     assert refused.value.kind == "oversize"
+
+
+def test_the_version_is_the_producers_else_a_replays_header_else_the_offset(limits: Settings) -> None:
+    def version(document: dict[str, object], headers: tuple[tuple[str, bytes], ...] = ()) -> int:
+        raw = RawMessage(encode(document), b"k", "posts", 0, 40, headers)
+        [accepted] = ingest([raw], limits).done
+        return accepted.version
+
+    assert version({"id": "a", "text": "x"}) == 40
+    assert version({"id": "a", "text": "x"}, ((VERSION_HEADER, b"7"),)) == 7
+    assert version({"id": "a", "text": "x", "version": 9}, ((VERSION_HEADER, b"7"),)) == 9
+    assert version({"id": "a", "text": "x"}, ((VERSION_HEADER, b"-3"),)) == 40  # not a version: the offset decides
+    assert version({"id": "a", "text": "x"}, ((VERSION_HEADER, b"\xff"),)) == 40
+    refused = ingest([RawMessage(encode({"id": "a", "text": "x", "version": -1}), b"k", "posts", 0, 1)], limits)
+    assert [letter.error.kind for _, letter in refused.letters] == ["schema"]

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, example, given, settings
 from postlens.io.deadletter import RawMessage
 from postlens.schemas import ModelRef, PostPrediction
 from postlens.settings import Settings
-from stream.stages.index import ProcessedPost, post_document
+from stream.results import ProcessedPost
+from stream.stages.index import post_document
 from stream.stages.ingest import InvalidPost, parse_post
 from tests.support.hostile_posts import payloads
 
