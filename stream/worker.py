@@ -82,20 +82,20 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
         settings.worker_max_poll_interval_s + settings.worker_session_timeout_s, on_lost=end_process
     )
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust's stubs want a sync signature
     async def on_revoked(_app: faust.App, revoked: set[faust.types.TP], **_kwargs: object) -> None:
         membership.revoked()
         for flow in flows:
             await flow.commit()  # what finished before the handover need not be done again
             flow.forget({(tp.topic, tp.partition) for tp in revoked})
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust's stubs want a sync signature
     async def on_shutdown(_app: faust.App, **_kwargs: object) -> None:
         # Faust stops fetching, sends this, then cancels the agent: the last moment batches can finish and commit.
         for flow in flows:
             await flow.drain()
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's stubs want a sync signature
     async def on_assigned(_app: faust.App, _assigned: set[faust.types.TP], **_kwargs: object) -> None:
         membership.assigned()
 
@@ -106,7 +106,7 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
         # Faust's own commit path (only partitions still assigned; dead letters flushed first), given our offsets:
         # the posts topic has Faust's acks off (stream.commits explains why).
         tps = {faust.types.TP(topic, partition): offset for (topic, partition), offset in offsets.items()}
-        return await app.consumer._commit_offsets(tps)  # noqa: SLF001
+        return await app.consumer._commit_offsets(tps)  # type: ignore[attr-defined]  # noqa: SLF001
 
     @app.agent(worker_app.posts, concurrency=1)
     async def process_posts(stream: faust.StreamT) -> None:

@@ -138,7 +138,7 @@ def _cell(value: object) -> str:
 
 
 def history_table(rows: list[HistoryRow], served: int | None) -> str:
-    header = f"{'version':>7}  {'exported (UTC)':<20} {'made by':<16} {'parent':>6}  {'labels':>6} {'quar.':>5}  "
+    header = f"{'version':>7}  {'exported (UTC)':<20} {'made by':<26} {'parent':>6}  {'labels':>6} {'quar.':>5}  "
     header += f"{'new-labels gate':<16} {'reference gate':<16} {'commit':<8}  notes"
     lines = [header]
     for row in rows:
@@ -149,7 +149,7 @@ def history_table(rows: list[HistoryRow], served: int | None) -> str:
         if row.version == served:
             notes.append("SERVED")
         lines.append(
-            f"{row.version:>7}  {_cell(row.exported_at)[:19]:<20} {_cell(row.made_by):<16} "
+            f"{row.version:>7}  {_cell(row.exported_at)[:19]:<20} {_cell(row.made_by):<26} "
             f"{_cell(row.parent_version):>6}  {_cell(row.labels_used):>6} {_cell(row.quarantined):>5}  "
             f"{gates.get('new_labels', '—'):<16} {gates.get('reference', '—'):<16} {_cell(row.commit)[:8]:<8}  "
             + "; ".join(notes)
