@@ -69,9 +69,8 @@ class WatchMetrics:
             self.served_version.set(summary.served_version)
         if summary.audit is not None and summary.offsets_committed:
             for group in summary.audit.groups:
-                if group.findings:
-                    for finding in group.findings:
-                        self.quarantined.labels(finding.split(":", 1)[0]).inc(group.labels)
+                for reason in {finding.split(":", 1)[0] for finding in group.findings}:  # "type swap", "unlabeled"
+                    self.quarantined.labels(reason).inc(group.labels)
 
 
 async def labels_waiting(settings: Settings) -> int:
