@@ -16,7 +16,7 @@ UV_VERSION := 0.13.9
 UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
 
-.PHONY: setup system-packages deploy-tools test test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
+.PHONY: setup system-packages deploy-tools deploy-gpu-requirements test test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -94,6 +94,14 @@ $(DEPLOY_TOOLS)/.keda-$(KEDA_VERSION):
 	mkdir -p $(DEPLOY_TOOLS)/keda && cp "$$src"/config/crd/bases/keda.sh_*.yaml $(DEPLOY_TOOLS)/keda/ && \
 	cp "$$src"/pkg/scalers/kafka_scaler.go $(DEPLOY_TOOLS)/keda/  # the trigger metadata names KEDA reads
 	touch $@
+
+# The Triton image's onnxruntime-gpu: the version uv.lock pins onnxruntime at, with its wheels' hashes.
+deploy-gpu-requirements:
+	version=$$(sed -n '/^name = "onnxruntime"$$/{n;s/^version = "\(.*\)"/\1/p}' uv.lock) && test -n "$$version" && \
+	{ sed -n '1,3p' deploy/docker/onnxruntime-gpu.txt; echo "onnxruntime-gpu==$$version" | \
+	  $(UV) pip compile - --no-deps --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --no-header --quiet | grep -v '^ *# via'; } > deploy/docker/onnxruntime-gpu.txt.new && \
+	mv deploy/docker/onnxruntime-gpu.txt.new deploy/docker/onnxruntime-gpu.txt
 
 $(DEPLOY_TOOLS)/.kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION): | .venv/.synced
 	UV_TOOL_DIR=$(DEPLOY_TOOLS)/uv-tools UV_TOOL_BIN_DIR=$(DEPLOY_TOOLS)/bin \

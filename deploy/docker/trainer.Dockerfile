@@ -17,12 +17,19 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 COPY pyproject.toml uv.lock README.md ./
 COPY postlens/ postlens/
 COPY trainer/ trainer/
+COPY model_repository/ model_repository/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-default-groups --extra trainer --no-editable
 
 FROM ${PYTHON_IMAGE}
-RUN useradd --system --uid 10001 --home-dir /home/postlens --create-home postlens
+# uid 10001 in every image (and the chart's podUser): one owner of the model and checkpoint volumes. The mount points
+# exist, owned by it, so a fresh named volume mounted there starts out writable (Docker and podman copy them up).
+RUN groupadd --system --gid 10001 postlens \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/postlens --create-home postlens \
+ && install -d -o postlens -g postlens /models /home/postlens/.cache /home/postlens/.cache/postlens \
+      /home/postlens/.cache/postlens/checkpoints
 COPY --from=build /opt/venv /opt/venv
+COPY deploy/docker/bootstrap-model.sh /usr/local/bin/postlens-bootstrap-model
 # /models: the model repository Triton serves, mounted read-write (new versions are exported into it).
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 POSTLENS_HOME=/home/postlens/.cache/postlens \
     POSTLENS_MODEL_REPOSITORY=/models

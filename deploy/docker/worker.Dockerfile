@@ -22,7 +22,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-default-groups --extra worker --no-editable
 
 FROM ${PYTHON_IMAGE}
-RUN useradd --system --uid 10001 --home-dir /home/postlens --create-home postlens
+RUN groupadd --system --gid 10001 postlens \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/postlens --create-home postlens
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 POSTLENS_HOME=/home/postlens/.cache/postlens
 USER postlens
