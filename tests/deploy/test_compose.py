@@ -116,7 +116,7 @@ def test_long_running_services_have_health_checks_that_dependents_wait_for(confi
 
 def test_redis_is_a_bounded_evicting_cache(config: dict[str, Any]) -> None:
     command = config["services"]["redis"]["command"]
-    options = dict(zip(command[1::2], command[2::2]))
+    options = dict(zip(command[1::2], command[2::2], strict=False))
     assert options["--maxmemory"] and options["--maxmemory"] != "0"
     assert options["--maxmemory-policy"] != "noeviction"
 

@@ -129,7 +129,10 @@ def test_objects_validate_against_the_kubernetes_schemas(manifest: str, kubernet
     path = tmp_path / "manifest.yaml"
     path.write_text(manifest)
     report = output_of([installed(KUBERNETES_VALIDATE), "--strict", "-k", kubernetes, path])
-    core = [obj for obj in objects(manifest) if "keda.sh" not in obj["apiVersion"]]
+    # Custom resources are not in these schemas: KEDA's are checked below, ServiceMonitors by their references.
+    core = [
+        obj for obj in objects(manifest) if obj["apiVersion"].split("/")[0] not in {"keda.sh", "monitoring.coreos.com"}
+    ]
     assert report.count(" passed for resource ") == len(core)
 
 
