@@ -16,7 +16,7 @@ UV_VERSION := 0.13.9
 UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
 
-.PHONY: setup system-packages deploy-tools deploy-gpu-requirements k8s-check test test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
+.PHONY: setup system-packages deploy-tools deploy-gpu-requirements k8s-check images test test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -94,6 +94,10 @@ $(DEPLOY_TOOLS)/.keda-$(KEDA_VERSION):
 	mkdir -p $(DEPLOY_TOOLS)/keda && cp "$$src"/config/crd/bases/keda.sh_*.yaml $(DEPLOY_TOOLS)/keda/ && \
 	cp "$$src"/pkg/scalers/kafka_scaler.go $(DEPLOY_TOOLS)/keda/  # the trigger metadata names KEDA reads
 	touch $@
+
+# The images, built with podman on a Debian base made here (deploy/images.sh; needs root; not part of `make test`).
+images:
+	deploy/images.sh
 
 # The chart against a real API server and KEDA scaling on real lag (deploy/k8s/check.sh; not part of `make test`).
 ETCD_VERSION := v3.7.3

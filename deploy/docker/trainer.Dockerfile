@@ -2,17 +2,20 @@
 # Training, export and periodic retraining (`python -m trainer.retrain`): the core and the `trainer` extra
 # (torch, open_clip) from uv.lock. Build from the repository root:
 #   docker build -f deploy/docker/trainer.Dockerfile -t postlens-trainer .
+# PYTHON_IMAGE: where no registry is reachable, the Debian-built base of deploy/docker/debian-python.Dockerfile.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-
-FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+ARG UV_VERSION=0.13.9
 
 FROM ${PYTHON_IMAGE} AS build
-COPY --from=uv /uv /usr/local/bin/uv
+# uv from PyPI, the version the Makefile's UV_VERSION installs (tests/deploy/test_images.py checks).
+ARG UV_VERSION
+RUN python -m venv /opt/uv && /opt/uv/bin/pip install --no-cache-dir "uv==${UV_VERSION}" \
+ && ln -s /opt/uv/bin/uv /usr/local/bin/uv
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
 WORKDIR /src
 RUN --mount=type=cache,target=/root/.cache/uv \
-    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    --mount=type=bind,source=uv.lock,target=uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=/src/pyproject.toml \
+    --mount=type=bind,source=uv.lock,target=/src/uv.lock \
     uv sync --frozen --no-default-groups --extra trainer --no-install-project
 COPY pyproject.toml uv.lock README.md ./
 COPY postlens/ postlens/

@@ -7,19 +7,20 @@
 # Python is 3.10 while PostLens needs 3.11, so the image gets a relocatable CPython 3.11 (uv-managed) and the
 # Python-backend stub built for 3.11, which that same wheel ships for the same Triton version.
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
-
-FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+ARG UV_VERSION=0.13.9
 
 FROM ${TRITON_IMAGE} AS build
-COPY --from=uv /uv /usr/local/bin/uv
+# uv from PyPI, the version the Makefile's UV_VERSION installs (tests/deploy/test_images.py checks).
+ARG UV_VERSION
+RUN python3 -m pip install --no-cache-dir --target /opt/uv "uv==${UV_VERSION}" && ln -s /opt/uv/bin/uv /usr/local/bin/uv
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_INSTALL_DIR=/opt/python UV_PYTHON_PREFERENCE=only-managed \
     UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
 RUN uv python install 3.11 \
  && ln -s "$(dirname "$(dirname "$(uv python find 3.11)")")" /opt/python/current
 WORKDIR /src
 RUN --mount=type=cache,target=/root/.cache/uv \
-    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    --mount=type=bind,source=uv.lock,target=uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=/src/pyproject.toml \
+    --mount=type=bind,source=uv.lock,target=/src/uv.lock \
     uv sync --frozen --no-default-groups --extra serving --no-install-project
 COPY pyproject.toml uv.lock README.md ./
 COPY postlens/ postlens/
