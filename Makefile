@@ -16,7 +16,7 @@ UV_VERSION := 0.13.9
 UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
 
-.PHONY: setup system-packages deploy-tools deploy-gpu-requirements k8s-check images test test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
+.PHONY: setup system-packages deploy-tools deploy-gpu-requirements k8s-check images test test-images test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -45,7 +45,12 @@ down:
 
 test: setup deploy-tools
 	$(PY) -m deploy.local up
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not images"
+
+# The images built and run (deploy/images.sh: podman, as root); kept out of `make test` until they build in minutes.
+test-images: setup images
+	$(PY) -m deploy.local up
+	$(PY) -m pytest -m images
 
 test-unit: setup deploy-tools
 	$(PY) -m pytest -m "not integration and not slow"
