@@ -2,8 +2,8 @@
 # `make images`: the PostLens images built with podman where no image registry is reachable (this machine).
 # Once: podman, runc and debootstrap from Debian, and podman's system-wide settings this machine needs
 # (default_ulimits = []: raising RLIMIT_NPROC is not allowed; runc: crun refuses the hybrid cgroup layout). Then a
-# Debian 12 base by debootstrap + podman import, the Python base on it (deploy/docker/debian-python.Dockerfile), and
-# the images on that base, worker first. Builds use the host's network (PyPI, Debian).
+# Debian 12 base by debootstrap + podman import, the Python base on it (deploy/docker/base/), and the images on
+# that base, worker first. Builds use the host's network (PyPI, Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 images="${IMAGES:-worker trainer}"   # the Triton image needs NVIDIA's base (not reachable here)
@@ -24,7 +24,7 @@ if ! podman image exists localhost/debian:bookworm; then
 fi
 context="$(mktemp -d)"; mkdir "$context/ca"
 cp /usr/local/share/ca-certificates/*.crt "$context/ca/" 2>/dev/null || true   # the host's extra CAs, if any
-timed podman build --network host -q -f deploy/docker/debian-python.Dockerfile -t localhost/postlens-python:3.11-bookworm "$context"
+timed podman build --network host -q -f deploy/docker/base/debian-python.Dockerfile -t localhost/postlens-python:3.11-bookworm "$context"
 rm -rf "$context"
 for image in $images; do
   timed podman build --network host -q --build-arg PYTHON_IMAGE=localhost/postlens-python:3.11-bookworm \

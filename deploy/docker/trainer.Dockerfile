@@ -2,7 +2,7 @@
 # Training, export and periodic retraining (`python -m trainer.retrain`): the core and the `trainer` extra
 # (torch, open_clip) from uv.lock. Build from the repository root:
 #   docker build -f deploy/docker/trainer.Dockerfile -t postlens-trainer .
-# PYTHON_IMAGE: where no registry is reachable, the Debian-built base of deploy/docker/debian-python.Dockerfile.
+# PYTHON_IMAGE: where no registry is reachable, the Debian-built base (deploy/docker/base/).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG UV_VERSION=0.13.9
 

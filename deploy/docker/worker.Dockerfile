@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1.7
 # The stream worker: `python -m stream worker`. Installs the core and the `worker` extra from uv.lock — no torch.
 # Build from the repository root:  docker build -f deploy/docker/worker.Dockerfile -t postlens-worker .
-# Base tags are pinned; uv's tag is the Makefile's UV_VERSION (tests/deploy/test_images.py checks both).
-# PYTHON_IMAGE: where no registry is reachable, the Debian-built base of deploy/docker/debian-python.Dockerfile.
+# Base tags are pinned; uv's version is the Makefile's UV_VERSION (tests/deploy/test_images.py checks both).
+# PYTHON_IMAGE: where no registry is reachable, the Debian-built base (deploy/docker/base/).
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG UV_VERSION=0.13.9
 

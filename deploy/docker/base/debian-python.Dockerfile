@@ -1,5 +1,6 @@
-# Where no registry is reachable: the Python base the PostLens images build on (their PYTHON_IMAGE build argument),
-# from a Debian 12 made by debootstrap and imported into podman as localhost/debian:bookworm (deploy/images.sh).
+# Not an image of its own but their base where no registry is reachable: the Python the PostLens images build on
+# (their PYTHON_IMAGE build argument), on a Debian 12 made by debootstrap and imported into podman as
+# localhost/debian:bookworm (deploy/images.sh).
 # Debian 12's Python is 3.11, the version pyproject.toml requires. The build context's ca/ holds the host's extra CA
 # certificates (a TLS-inspecting proxy's), which pip and uv must trust to reach PyPI from inside a build.
 ARG DEBIAN_IMAGE=localhost/debian:bookworm
