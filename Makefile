@@ -18,8 +18,8 @@ UV_VERSION := 0.13.9
 UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
 
-.PHONY: setup system-packages deploy-tools lint test test-fast demo bench bench-model bench-serving bench-stream up down status \
-        clean-cache
+.PHONY: setup system-packages deploy-tools deploy-gpu-requirements k8s-check images lint test test-fast \
+        test-images demo bench bench-model bench-serving bench-stream up down status clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -48,7 +48,12 @@ down:
 
 test: setup deploy-tools
 	$(PY) -m deploy.local up
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not images"
+
+# The images built and run (deploy/images.sh: podman, as root); kept out of `make test` until they build in minutes.
+test-images: setup images
+	$(PY) -m deploy.local up
+	$(PY) -m pytest -m images
 
 test-fast: setup deploy-tools
 	$(PY) -m pytest -m "not integration and not slow"
@@ -110,6 +115,27 @@ $(DEPLOY_TOOLS)/.keda-$(KEDA_VERSION):
 	mkdir -p $(DEPLOY_TOOLS)/keda && cp "$$src"/config/crd/bases/keda.sh_*.yaml $(DEPLOY_TOOLS)/keda/ && \
 	cp "$$src"/pkg/scalers/kafka_scaler.go $(DEPLOY_TOOLS)/keda/  # the trigger metadata names KEDA reads
 	touch $@
+
+# The images, built with podman on a Debian base made here (deploy/images.sh; needs root; not part of `make test`).
+images:
+	deploy/images.sh
+
+# The chart against a real API server and KEDA scaling on real lag (deploy/k8s/check.sh; not part of `make test`).
+ETCD_VERSION := v3.7.3
+KUBERNETES_VERSION := v1.37.2
+KWOK_VERSION := v0.8.0
+k8s-check: deploy-tools
+	$(PY) -m deploy.local up
+	PATH=$(CURDIR)/.venv/bin:$$PATH POSTLENS_HOME=$(POSTLENS_HOME) ETCD_VERSION=$(ETCD_VERSION) \
+	  KUBERNETES_VERSION=$(KUBERNETES_VERSION) KWOK_VERSION=$(KWOK_VERSION) KEDA_VERSION=$(KEDA_VERSION) deploy/k8s/check.sh
+
+# The Triton image's onnxruntime-gpu: the version uv.lock pins onnxruntime at, with its wheels' hashes.
+deploy-gpu-requirements:
+	version=$$(sed -n '/^name = "onnxruntime"$$/{n;s/^version = "\(.*\)"/\1/p}' uv.lock) && test -n "$$version" && \
+	{ sed -n '1,3p' deploy/docker/onnxruntime-gpu.txt; echo "onnxruntime-gpu==$$version" | \
+	  $(UV) pip compile - --no-deps --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --no-header --quiet | grep -v '^ *# via'; } > deploy/docker/onnxruntime-gpu.txt.new && \
+	mv deploy/docker/onnxruntime-gpu.txt.new deploy/docker/onnxruntime-gpu.txt
 
 $(DEPLOY_TOOLS)/.kubernetes-validate-$(KUBERNETES_VALIDATE_VERSION): | .venv/.synced
 	UV_TOOL_DIR=$(DEPLOY_TOOLS)/uv-tools UV_TOOL_BIN_DIR=$(DEPLOY_TOOLS)/bin \

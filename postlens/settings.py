@@ -122,6 +122,10 @@ class ElasticsearchSettings(SettingsGroup):
     es_ca_certs: Path | None = None  # CA bundle for an https es_url with a private CA (None: system CAs)
     es_index_entities: str = "postlens-entities"
     es_index_posts: str = "postlens-posts"
+    # Index settings of both templates: primaries, and Elasticsearch's auto_expand_replicas range ("0-1": a replica as
+    # soon as a second node exists, so a node loss loses no data; a single node stays green).
+    es_shards: int = Field(1, ge=1)
+    es_replicas: str = Field("0-1", pattern=r"^\d+-(\d+|all)$")
     es_request_timeout_s: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")

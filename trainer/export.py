@@ -12,6 +12,7 @@ the old one keeps answering (version policy "latest 1").
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import os
 import re
@@ -55,11 +56,18 @@ from trainer.model.checkpoint import load_checkpoint
 from trainer.model.network import NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
 
-MODEL_SOURCE = Path(__file__).resolve().parent.parent / "model_repository" / "postlens"
+# The entry model's committed source (config.pbtxt, model.py): installed with the project (pyproject.toml packages
+# model_repository as a namespace package, no __init__.py that would leave a __pycache__ model folder behind), so a
+# non-editable install finds it as a clone does.
+MODEL_SOURCE = Path(str(importlib.resources.files("model_repository") / "postlens"))
 # ONNX Runtime and PyTorch sum in different orders; float32 round-off stays far below this.
 PARITY_TOLERANCE = 1e-4
 _MODEL_NAME = re.compile(r'^name:\s*"[^"]*"', re.MULTILINE)
 _IMAGES_DIMS = re.compile(r'(name:\s*"IMAGES"[^}]*?dims:\s*\[\s*4\s*,\s*)(\d+)(\s*,\s*)(\d+)(\s*,\s*3\s*\])')
+
+
+# What a Triton in poll mode answers a load request with (it loads new versions itself).
+_POLLING_REFUSAL = "explicit model load / unload is not allowed if polling is enabled"
 
 
 class ExportError(RuntimeError):
@@ -346,15 +354,31 @@ def load_in_triton(http_url: str, model_name: str, version: int, timeout_s: floa
     except OSError:
         return f"no Triton answers at {http_url}; it will serve version {version} once it (re)loads {model_name}"
     load = urllib.request.Request(f"{http_url}/v2/repository/models/{model_name}/load", data=b"{}", method="POST")
+    ready = f"{http_url}/v2/models/{model_name}/versions/{version}/ready"
     try:
         urllib.request.urlopen(load, timeout=timeout_s).close()
-        urllib.request.urlopen(f"{http_url}/v2/models/{model_name}/versions/{version}/ready", timeout=10).close()
+        urllib.request.urlopen(ready, timeout=10).close()
     except urllib.error.HTTPError as error:
         detail = error.read().decode(errors="replace")
-        raise ExportError(
-            f"version {version} is written, but Triton at {http_url} did not load it: {detail}"
-        ) from error
+        if _POLLING_REFUSAL not in detail:
+            raise ExportError(
+                f"version {version} is written, but Triton at {http_url} did not load it: {detail}"
+            ) from error
+        # A Triton polling its repository (compose, the Helm chart) loads the new version by itself: wait for it.
+        deadline = time.monotonic() + timeout_s
+        while not _answers(ready):
+            if time.monotonic() > deadline:
+                raise ExportError(f"version {version} is written, but Triton at {http_url} did not load it") from None
+            time.sleep(1.0)
     return f"Triton at {http_url} now serves {model_name} version {version}"
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=10).close()
+    except OSError:  # HTTPError included: not ready yet
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> None:

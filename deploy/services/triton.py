@@ -81,6 +81,7 @@ def triton_command(
     http_port: int,
     metrics_port: int,
     settings: Settings | None = None,
+    poll_seconds: int | None = None,
 ) -> LaunchSpec:
     """How to serve ``repository`` on the given ports (tests start a second server on a temporary repository).
 
@@ -88,15 +89,22 @@ def triton_command(
     without a restart. A model that fails to load is logged but does not stop the server
     (``--exit-on-error=false``), and readiness means "the server answers" rather than "every model loaded"
     (``--strict-readiness=false``), so one broken model cannot take the serving of the others down.
+
+    ``poll_seconds``: poll mode instead, as compose and the chart run Triton (every replica loads a new newest version
+    of the shared repository by itself; no load API).
     """
+    control = (
+        ["--model-control-mode=explicit", "--load-model=*"]
+        if poll_seconds is None
+        else ["--model-control-mode=poll", f"--repository-poll-secs={poll_seconds}"]
+    )
     backends = prepare_backends(settings or get_settings())
     venv_bin = Path(sys.prefix) / "bin"
     return LaunchSpec(
         argv=[
             str(WHEEL_SERVER / "bin" / "tritonserver"),
             f"--model-repository={repository}",
-            "--model-control-mode=explicit",
-            "--load-model=*",
+            *control,
             f"--backend-directory={backends}",
             f"--grpc-port={grpc_port}",
             f"--http-port={http_port}",

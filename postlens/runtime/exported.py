@@ -24,6 +24,7 @@ import onnxruntime as ort
 import yaml
 
 from postlens.runtime.config import ModelConfig
+from postlens.runtime.cpus import available_cpus
 from postlens.runtime.decode import CrfParams, Decoder
 from postlens.runtime.preprocess import Preprocessor, SubwordTokenizer
 from postlens.runtime.word_features import feature_input_names
@@ -83,7 +84,8 @@ class ExportedModel:
         config = read_model_config(version_dir)
         tokenizer = SubwordTokenizer.load(version_dir / TOKENIZER_DIR)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
+        # 0: the CPUs the container may use, where ONNX Runtime would take every core of the node.
+        options.intra_op_num_threads = intra_op_threads or available_cpus()
         options.inter_op_num_threads = 1
         # Idle ONNX Runtime threads would spin for the next batch on cores that the tokenizer, the decoder and
         # other model instances need.

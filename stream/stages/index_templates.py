@@ -11,7 +11,6 @@ from typing import Any
 
 from postlens.settings import Settings
 
-_SINGLE_NODE = {"number_of_shards": 1, "number_of_replicas": 0}  # the local stack is one node
 _KEYWORD = {"type": "keyword"}
 _MODEL = {"properties": {"name": _KEYWORD, "version": _KEYWORD}}
 # Full-text search on the mention, plus an exact keyword for aggregations ("top entities") and filters.
@@ -101,7 +100,10 @@ def index_templates(settings: Settings) -> dict[str, dict[str, Any]]:
         f"{index}-template": {
             "index_patterns": [index],
             "priority": 200,
-            "template": {"settings": _SINGLE_NODE, "mappings": mappings},
+            "template": {
+                "settings": {"number_of_shards": settings.es_shards, "auto_expand_replicas": settings.es_replicas},
+                "mappings": mappings,
+            },
             "_meta": {"description": f"PostLens {kind} (docs/contracts.md)"},
         }
         for index, kind, mappings in (

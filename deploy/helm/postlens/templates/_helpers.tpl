@@ -108,3 +108,39 @@ env:
       {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* Pod security of every PostLens pod: one unprivileged uid/gid, the owner of everything written to the volumes. */}}
+{{- define "postlens.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podUser.uid }}
+runAsGroup: {{ .Values.podUser.gid }}
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{/*
+A PodDisruptionBudget's limit for a component whose replica floor is `floor`: the only replica is never evicted
+(a drain waits until it is scaled up), several go one at a time. Include with (dict "floor" N).
+*/}}
+{{- define "postlens.disruptionLimit" -}}
+{{- if le (int .floor) 1 -}}
+minAvailable: 1
+{{- else -}}
+maxUnavailable: 1
+{{- end -}}
+{{- end -}}
+
+{{/* The port of a URL (scheme default when it names none). */}}
+{{- define "postlens.urlPort" -}}
+{{- $url := urlParse . -}}
+{{- $hostPort := splitList ":" $url.host -}}
+{{- if gt (len $hostPort) 1 }}{{ last $hostPort }}{{ else }}{{ ternary 443 80 (eq $url.scheme "https") }}{{ end -}}
+{{- end -}}
+
+{{- define "postlens.checkpointsClaim" -}}
+{{- .Values.retrain.checkpoints.existingClaim | default (printf "%s-checkpoints" (include "postlens.fullname" .)) -}}
+{{- end -}}
+
+{{/* Where the trainer image keeps checkpoints (POSTLENS_HOME/checkpoints, created by deploy/docker/trainer.Dockerfile). */}}
+{{- define "postlens.checkpointsPath" -}}
+/home/postlens/.cache/postlens/checkpoints
+{{- end -}}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# `make images`: the PostLens images built with podman where no image registry is reachable (this machine).
+# Once: podman, runc and debootstrap from Debian, and podman's system-wide settings this machine needs
+# (default_ulimits = []: raising RLIMIT_NPROC is not allowed; runc: crun refuses the hybrid cgroup layout). Then a
+# Debian 12 base by debootstrap + podman import, the Python base on it (deploy/docker/base/), and the images on
+# that base, worker first. Builds use the host's network (PyPI, Debian).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+images="${IMAGES:-worker trainer}"   # the Triton image needs NVIDIA's base (not reachable here)
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap
+fi
+if ! grep -qs '^default_ulimits = \[\]' /etc/containers/containers.conf; then
+  mkdir -p /etc/containers
+  printf '%s\n' '# PostLens (deploy/images.sh): RLIMIT_NPROC cannot be raised here; crun refuses the hybrid cgroups.' \
+    '[containers]' 'default_ulimits = []' '' '[engine]' 'runtime = "runc"' >/etc/containers/containers.conf
+fi
+timed() { local start; start=$(date +%s); "$@"; echo "$* — $(( $(date +%s) - start )) s" >&2; }
+if ! podman image exists localhost/debian:bookworm; then
+  root="$(mktemp -d)"
+  timed debootstrap --variant=minbase bookworm "$root" >/dev/null
+  tar -C "$root" -c . | timed podman import - localhost/debian:bookworm >/dev/null
+  rm -rf "$root"
+fi
+context="$(mktemp -d)"; mkdir "$context/ca"
+cp /usr/local/share/ca-certificates/*.crt "$context/ca/" 2>/dev/null || true   # the host's extra CAs, if any
+timed podman build --network host -q -f deploy/docker/base/debian-python.Dockerfile -t localhost/postlens-python:3.11-bookworm "$context"
+rm -rf "$context"
+for image in $images; do
+  timed podman build --network host -q --build-arg PYTHON_IMAGE=localhost/postlens-python:3.11-bookworm \
+    -f "deploy/docker/$image.Dockerfile" -t "localhost/postlens-$image:local" .
+done
