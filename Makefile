@@ -14,7 +14,11 @@ PY := .venv/bin/python
 UV_VERSION := 0.13.9
 # uv in a folder of its own: no dependence on which Python owns pip, or on a system install PEP 668 refuses.
 UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
-SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
+# deploy.local builds Label Studio's own virtualenv with it.
+POSTLENS_UV ?= $(UV)
+export POSTLENS_UV
+# chromium: the labeling page test (Playwright drives it; it downloads no browser of its own).
+SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip chromium
 
 .PHONY: setup system-packages deploy-tools test test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
 

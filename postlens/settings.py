@@ -7,6 +7,7 @@ fields they need from :func:`get_settings`; nothing else reads the environment.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -115,6 +116,20 @@ class Settings(BaseSettings):
     retrain_min_labels: int = Field(20, ge=3, description="fewer valid new labels → no retraining")
     checkpoints_dir: Path | None = None  # retrained checkpoints; None = POSTLENS_HOME/checkpoints
 
+    # --- Labeling (python -m trainer.label: Label Studio push / pull) -----------------------------------------
+    # None: the local stack's Label Studio (http://localhost:label_studio_port) and the token deploy.local gave it.
+    label_studio_url: str | None = None
+    label_studio_token: SecretStr | None = None  # a Label Studio legacy API token ("Token …" auth)
+    label_project: str = "PostLens entities"  # the project push creates or updates (found by this title)
+    label_batch: int = Field(100, ge=1, description="posts one push sends")
+    # Candidates read from Elasticsearch per push, of which the most uncertain and diverse label_batch are sent.
+    label_pool: int = Field(2000, ge=1)
+    label_diversity: float = Field(0.5, ge=0, le=1, description="weight of similarity to posts already chosen")
+    # Where push and pull remember what they did (posts sent, annotations turned into labels); None = under home.
+    label_state: Path | None = None
+    label_webhook_host: str = "127.0.0.1"
+    label_webhook_port: int = Field(6070, ge=1, le=65535)
+
     # --- Local stack (python -m deploy.local) ----------------------------------------------------------
     home: Path = Path("~/.cache/postlens").expanduser()
     kafka_version: str = "4.3.1"
@@ -139,6 +154,10 @@ class Settings(BaseSettings):
     triton_http_url: str | None = None
     triton_metrics_port: int = 8002
     model_repository: Path = Path(__file__).resolve().parent.parent / "model_repository"
+    label_studio_version: str = "1.23.2"
+    label_studio_port: int = 8080
+    label_studio_username: str = "admin@postlens.local"  # the local server's first (admin) user
+    uv: Path | None = None  # the uv that builds Label Studio's own virtualenv; None: the one on PATH (make sets it)
 
     # --- Benchmarks (make bench) ---------------------------------------------------------------------
     # Read-only shared data beside the clone (twitter2015/, twitter2017/ in CoNLL layout); never copied in.
@@ -157,6 +176,8 @@ class Settings(BaseSettings):
     def _paths_under_home(self) -> Settings:
         if self.checkpoints_dir is None:
             self.checkpoints_dir = self.home / "checkpoints"
+        if self.label_state is None:
+            self.label_state = self.home / "label" / "state.sqlite"
         return self
 
     def triton_load_url(self, repository: Path) -> str | None:
@@ -166,6 +187,24 @@ class Settings(BaseSettings):
         if repository.resolve() == self.model_repository.resolve():
             return f"http://localhost:{self.triton_http_port}"
         return None
+
+    @property
+    def label_studio_credentials(self) -> Path:
+        """The local Label Studio's admin password and API token, written by deploy.local (mode 0600)."""
+        return self.home / "label-studio" / "credentials.json"
+
+    def label_studio_endpoint(self) -> tuple[str, str]:
+        """(base URL, API token) of the Label Studio to use: the configured one, else the local stack's."""
+        url = (self.label_studio_url or f"http://localhost:{self.label_studio_port}").rstrip("/")
+        if self.label_studio_token is not None:
+            return url, self.label_studio_token.get_secret_value()
+        try:
+            return url, json.loads(self.label_studio_credentials.read_text())["token"]
+        except (OSError, ValueError, KeyError) as error:
+            raise RuntimeError(
+                f"no Label Studio token: set POSTLENS_LABEL_STUDIO_TOKEN, or start the local one "
+                f"(python -m deploy.local up --only label-studio), which writes {self.label_studio_credentials}"
+            ) from error
 
 
 @lru_cache(maxsize=1)

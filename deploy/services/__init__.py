@@ -18,6 +18,7 @@ from postlens.settings import Settings
 
 class Service(ABC):
     name: str
+    on_demand = False  # started only when named (``up --only NAME``), not by a plain ``up``
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
