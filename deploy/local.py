@@ -128,7 +128,7 @@ class Stack:
             prepare_s = round(time.monotonic() - t0, 1)
             pid = spawn(svc.launch_spec(), svc.log_path, svc.pid_path)
         t0 = time.monotonic()
-        deadline = t0 + self.settings.service_start_timeout_s
+        deadline = t0 + svc.start_timeout_s
         while time.monotonic() < deadline:
             if not is_alive(pid):
                 svc.pid_path.unlink(missing_ok=True)
@@ -139,7 +139,7 @@ class Stack:
                     update={"started": started, "start_s": round(time.monotonic() - t0, 1), "prepare_s": prepare_s}
                 )
             await asyncio.sleep(PROBE_INTERVAL_S)
-        raise StartError(svc, f"not healthy after {self.settings.service_start_timeout_s:.0f}s (pid {pid} still runs)")
+        raise StartError(svc, f"not healthy after {svc.start_timeout_s:.0f}s (pid {pid} still runs)")
 
     def _status(self, svc: Service, version: str | None, pid: int | None) -> ServiceStatus:
         return ServiceStatus(

@@ -45,6 +45,11 @@ class Service(ABC):
         """The server's version when it answers a real client request and is ready, else None."""
 
     @property
+    def start_timeout_s(self) -> float:
+        """How long a start may take, launch to healthy."""
+        return self.settings.service_start_timeout_s
+
+    @property
     def log_path(self) -> Path:
         return self.settings.home / "logs" / f"{self.name}.log"
 

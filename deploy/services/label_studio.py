@@ -48,6 +48,10 @@ class LabelStudio(Service):
         return f"http://localhost:{self.port}"
 
     @property
+    def start_timeout_s(self) -> float:
+        return self.settings.label_studio_start_timeout_s
+
+    @property
     def venv(self) -> Path:
         return self.home / f"venv-{self.settings.label_studio_version}"
 

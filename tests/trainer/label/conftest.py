@@ -3,7 +3,6 @@ an annotator who works through Label Studio's API as the browser does (invite li
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,34 +16,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from deploy.local import ServiceStatus, Stack, StackError
+from deploy.local import ServiceStatus
 from postlens.io.deadletter import RawMessage
 from postlens.io.fetch import FetchOutcome
 from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
 from postlens.settings import Settings
 from stream.stages.index import ProcessedPost, entity_document, entity_id, post_document
 from stream.stages.index_templates import index_templates
-from tests.conftest import in_thread
 from tests.support.image_server import ImageServer
-
-LABEL_STUDIO = "label-studio"
-
-
-@pytest.fixture(scope="session")
-def label_studio(stack: dict[str, ServiceStatus], settings: Settings) -> Iterator[ServiceStatus]:
-    """Label Studio of the local stack, started if it does not run (and then stopped at the end)."""
-    local = Stack(settings)
-    try:
-        status = in_thread(lambda: local.up([LABEL_STUDIO]))[LABEL_STUDIO]
-    except StackError as exc:
-        failure = str(exc)
-    else:
-        failure = None
-    if failure:
-        pytest.fail(f"Label Studio (python -m deploy.local up --only label-studio) did not start:\n{failure}", False)
-    yield status
-    if status.started and os.environ.get("POSTLENS_KEEP_STACK") != "1":
-        local.down([LABEL_STUDIO])
 
 
 @pytest.fixture(scope="session")
