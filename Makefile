@@ -20,7 +20,7 @@ export POSTLENS_UV
 # chromium: the labeling page test (Playwright drives it; it downloads no browser of its own).
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip chromium
 
-.PHONY: setup system-packages deploy-tools test test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
+.PHONY: setup system-packages deploy-tools test test-unit demo bench bench-model bench-serving bench-stream bench-label up down status clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -57,7 +57,7 @@ test-unit: setup deploy-tools
 demo: setup
 	$(PY) -m deploy.demo
 
-bench: bench-model bench-serving bench-stream
+bench: bench-model bench-serving bench-stream bench-label
 
 bench-model: setup
 	$(PY) -m bench.model
@@ -69,6 +69,11 @@ bench-serving: setup
 bench-stream: setup
 	$(PY) -m deploy.local up
 	$(PY) -m bench.stream
+
+bench-label: setup
+	$(PY) -m deploy.local up
+	$(PY) -m deploy.local up --only label-studio
+	$(PY) -m bench.label
 
 # Tools the deploy/ checks drive (tests/deploy): helm and the Docker Compose CLI plugin built from their Go modules
 # (Go >= 1.26.8 on PATH), kubernetes-validate (Kubernetes schemas bundled, works offline) and KEDA's CRDs from its Go
