@@ -59,18 +59,13 @@ def label_id(project_id: int, annotation_id: int) -> str:
 
 
 def _span_offsets(value: dict[str, Any], text: str) -> tuple[int, int]:
-    """Code-point offsets of a span; Label Studio's browser side counts UTF-16 units, so when the span's own text
-    says so (characters outside the BMP before it), its offsets are converted."""
+    """A span's character offsets, checked against the text it quotes (Label Studio counts code points, as Python
+    does: checked in the browser, tests/trainer/label/test_labeling_page.py)."""
     start, end = int(value["start"]), int(value["end"])
     quoted = value.get("text")
-    if quoted is None or text[start:end] == quoted:
-        return start, end
-    units = text.encode("utf-16-le")
-    start16 = len(units[: 2 * start].decode("utf-16-le", errors="ignore"))
-    end16 = len(units[: 2 * end].decode("utf-16-le", errors="ignore"))
-    if text[start16:end16] == quoted:
-        return start16, end16
-    raise Refused("span_mismatch", f"span [{start}, {end}) is {text[start:end]!r} in the text, not {quoted!r}")
+    if quoted is not None and text[start:end] != quoted:
+        raise Refused("span_mismatch", f"span [{start}, {end}) is {text[start:end]!r} in the text, not {quoted!r}")
+    return start, end
 
 
 def to_label(annotation: Annotation) -> Label:

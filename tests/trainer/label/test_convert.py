@@ -51,13 +51,6 @@ def test_spans_and_linked_boxes_become_the_label_with_its_lineage() -> None:
     assert label.meta["task_id"] == 7 and label.meta["model_version"] == "postlens/3"
 
 
-def test_offsets_counted_in_utf16_units_are_read_as_characters() -> None:
-    # The browser counts the goat emoji as two units: "Miami" starts one unit later than in Python.
-    miami = TEXT_OF_POST.index("Miami")
-    label = to_label(annotation(span("m", miami + 1, miami + 6, "LOC", text="Miami")))
-    assert [(e.start, e.end) for e in label.entities] == [(miami, miami + 5)]
-
-
 def test_an_unlinked_box_goes_to_the_only_entity_of_its_type() -> None:
     label = to_label(annotation(span("p", 0, 5, "PER"), box("b", "PER")))
     assert label.boxes[0].entity == 0
