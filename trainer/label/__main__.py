@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     hook_parser.add_argument("--no-register", action="store_true", help="do not add the webhook to the project")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    for noisy in ("aiokafka", "elastic_transport"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     if args.command == "webhook":
         asyncio.run(run_webhook(settings, not args.no_register))

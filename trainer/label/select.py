@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from elasticsearch import AsyncElasticsearch
+from elasticsearch import AsyncElasticsearch, NotFoundError
 
 from postlens.schemas import PredictedEntity
 from postlens.settings import Settings
@@ -69,10 +69,13 @@ def diverse(candidates: list[Candidate], count: int, diversity: float) -> list[C
 
 
 async def type_shares(es: AsyncElasticsearch, settings: Settings) -> dict[str, float]:
-    """Each entity type's share of the indexed entity mentions."""
-    response = await es.search(
-        index=settings.es_index_entities, size=0, aggs={"types": {"terms": {"field": "type", "size": 100}}}
-    )
+    """Each entity type's share of the indexed entity mentions (none before the worker indexed anything)."""
+    try:
+        response = await es.search(
+            index=settings.es_index_entities, size=0, aggs={"types": {"terms": {"field": "type", "size": 100}}}
+        )
+    except NotFoundError:
+        return {}
     counts = {b["key"]: b["doc_count"] for b in response["aggregations"]["types"]["buckets"]}
     total = sum(counts.values()) or 1
     return {name: count / total for name, count in counts.items()}
