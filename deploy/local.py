@@ -223,11 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "status", "down"):
         command = commands.add_parser(name)
-        command.add_argument(
-            "--only",
-            help=f"comma-separated subset of {','.join(SERVICES)} (default: all but the on-demand "
-            f"{','.join(name for name, cls in SERVICES.items() if cls.on_demand)})",
-        )
+        on_demand = ",".join(service for service, cls in SERVICES.items() if cls.on_demand)
+        default = "every service" if name == "down" else f"all but the on-demand {on_demand}"
+        command.add_argument("--only", help=f"comma-separated subset of {','.join(SERVICES)} (default: {default})")
     commands.choices["status"].add_argument("--json", action="store_true", help="machine-readable status")
     args = parser.parse_args(argv)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # probing a broker that is still starting fails
