@@ -83,7 +83,7 @@ def seeded(post_id: str, text: str, spans: list[tuple[str, str, float]], images:
     entities = []
     for number, (mention, type_, confidence) in enumerate(spans):
         start = text.index(mention)
-        regions = [Region(image_index=0, box=(0.1 * number, 0.1, 0.1 * number + 0.3, 0.5), score=0.7,
+        regions = [Region(image_index=0, box=(0.33 * number, 0.1, 0.33 * number + 0.3, 0.5), score=0.7,
                           image_url=images[0])] if images else []  # fmt: skip
         entities.append(PredictedEntity(text=mention, type=type_, start=start, end=start + len(mention),
                                         confidence=confidence, regions=regions))  # fmt: skip
