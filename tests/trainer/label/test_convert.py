@@ -114,3 +114,11 @@ def test_any_result_list_gives_a_label_or_a_refusal(results: list[dict[str, Any]
     except Refused:
         return
     assert label.text == TEXT_OF_POST
+
+
+def test_two_annotators_of_one_post_give_two_labels_of_that_post() -> None:
+    first = to_label(annotation(span("p", 0, 5, "PER")))
+    bobs = {"id": 43, "updated_at": "2026-12-07T11:00:00Z", "result": [span("p", 0, 5, "ORG")]}
+    second = to_label(Annotation(bobs, TASK, project_id=3, annotator="bob@x"))
+    assert first.id == second.id == "p1"
+    assert first.label_id != second.label_id and second.source == "annotator:bob@x@label-studio"
