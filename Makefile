@@ -16,10 +16,14 @@ PY := .venv/bin/python
 UV_VERSION := 0.13.9
 # uv in a folder of its own: no dependence on which Python owns pip, or on a system install PEP 668 refuses.
 UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
-SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
+# deploy.local builds Label Studio's own virtualenv with it.
+POSTLENS_UV ?= $(UV)
+export POSTLENS_UV
+# chromium: the labeling page test (Playwright drives it; it downloads no browser of its own).
+SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip chromium
 
 .PHONY: setup system-packages deploy-tools deploy-gpu-requirements k8s-check images lint test test-fast \
-        test-images demo bench bench-model bench-serving bench-stream up down status clean-cache
+        test-images demo bench bench-model bench-serving bench-stream bench-label up down status clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -74,7 +78,7 @@ clean-cache:
 demo: setup
 	$(PY) -m deploy.demo
 
-bench: bench-model bench-serving bench-stream
+bench: bench-model bench-serving bench-stream bench-label
 
 bench-model: setup
 	$(PY) -m bench.model
@@ -86,6 +90,11 @@ bench-serving: setup
 bench-stream: setup
 	$(PY) -m deploy.local up
 	$(PY) -m bench.stream
+
+bench-label: setup
+	$(PY) -m deploy.local up
+	$(PY) -m deploy.local up --only label-studio
+	$(PY) -m bench.label
 
 # Tools the deploy/ checks drive (tests/deploy): helm and the Docker Compose CLI plugin built from their Go modules
 # (Go >= 1.26.8 on PATH), kubernetes-validate (Kubernetes schemas bundled, works offline) and KEDA's CRDs from its Go

@@ -1,6 +1,7 @@
 """The local stack: ``python -m deploy.local up [--only kafka,redis] | status [--json] | down [--only …]``.
 
-Kafka, Elasticsearch, Redis and Triton run as detached processes with their data, logs and downloads under
+Kafka, Elasticsearch, Redis and Triton run as detached processes (Label Studio too, on demand: ``up --only
+label-studio``) with their data, logs and downloads under
 ``settings.home`` (default ``~/.cache/postlens``). ``up`` reuses whatever already answers on a service's port and
 records (pid file) only what it started itself; ``down`` stops only those.
 """
@@ -20,6 +21,7 @@ from deploy.process import is_alive, port_open, read_pid, rss_mb, spawn, stop, t
 from deploy.services import Service
 from deploy.services.elasticsearch import Elasticsearch
 from deploy.services.kafka import Kafka
+from deploy.services.label_studio import LabelStudio
 from deploy.services.redis import Redis
 from deploy.services.triton import Triton, triton_command, triton_probe
 from postlens.settings import Settings, get_settings
@@ -31,6 +33,7 @@ SERVICES: dict[str, type[Service]] = {
     "elasticsearch": Elasticsearch,
     "redis": Redis,
     "triton": Triton,
+    "label-studio": LabelStudio,
 }
 PROBE_INTERVAL_S = 0.5
 PROBE_TIMEOUT_S = 10.0
@@ -77,24 +80,28 @@ class Stack:
         self.settings = settings or get_settings()
         self.services = {name: cls(self.settings) for name, cls in SERVICES.items()}
 
-    def _select(self, names: list[str] | None) -> list[Service]:
+    def _select(self, names: list[str] | None, on_demand: bool = True) -> list[Service]:
+        """The services named (all when None; without the on-demand ones unless ``on_demand``)."""
         unknown = set(names or []) - set(self.services)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; choose from {list(self.services)}")
-        return [svc for name, svc in self.services.items() if names is None or name in names]
+        if names is None:
+            return [svc for svc in self.services.values() if on_demand or not svc.on_demand]
+        return [svc for name, svc in self.services.items() if name in names]
 
     def prepare(self, services: list[str] | None = None) -> None:
         """Download, install and configure the selected services without starting any (idempotent): a caller that
         needs the machine's CPU first, as the demo's training does, gets the downloads done meanwhile."""
-        for svc in self._select(services):
+        for svc in self._select(services, on_demand=False):
             svc.prepare()
 
     def up(self, services: list[str] | None = None) -> dict[str, ServiceStatus]:
-        """Start (or reuse) the services concurrently; raises StackError naming every one that failed."""
+        """Start (or reuse) the services concurrently (None: all but the on-demand ones); raises StackError naming
+        every one that failed."""
         return asyncio.run(self.up_async(services))
 
     async def up_async(self, services: list[str] | None = None) -> dict[str, ServiceStatus]:
-        selected = self._select(services)
+        selected = self._select(services, on_demand=False)
         results = await asyncio.gather(*(self._up_one(svc) for svc in selected), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if unexpected := [f for f in failures if not isinstance(f, StartError)]:
@@ -121,7 +128,7 @@ class Stack:
             prepare_s = round(time.monotonic() - t0, 1)
             pid = spawn(svc.launch_spec(), svc.log_path, svc.pid_path)
         t0 = time.monotonic()
-        deadline = t0 + self.settings.service_start_timeout_s
+        deadline = t0 + svc.start_timeout_s
         while time.monotonic() < deadline:
             if not is_alive(pid):
                 svc.pid_path.unlink(missing_ok=True)
@@ -132,7 +139,7 @@ class Stack:
                     update={"started": started, "start_s": round(time.monotonic() - t0, 1), "prepare_s": prepare_s}
                 )
             await asyncio.sleep(PROBE_INTERVAL_S)
-        raise StartError(svc, f"not healthy after {self.settings.service_start_timeout_s:.0f}s (pid {pid} still runs)")
+        raise StartError(svc, f"not healthy after {svc.start_timeout_s:.0f}s (pid {pid} still runs)")
 
     def _status(self, svc: Service, version: str | None, pid: int | None) -> ServiceStatus:
         return ServiceStatus(
@@ -148,7 +155,7 @@ class Stack:
 
     def status(self, services: list[str] | None = None) -> dict[str, ServiceStatus]:
         async def probe_all() -> list[ServiceStatus]:
-            selected = self._select(services)
+            selected = self._select(services, on_demand=False)
             versions = await asyncio.gather(*(_probe(svc) for svc in selected))
             return [self._status(svc, v, read_pid(svc.pid_path)) for svc, v in zip(selected, versions, strict=True)]
 
@@ -216,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("up", "status", "down"):
         command = commands.add_parser(name)
-        command.add_argument("--only", help=f"comma-separated subset of {','.join(SERVICES)}")
+        on_demand = ",".join(service for service, cls in SERVICES.items() if cls.on_demand)
+        default = "every service" if name == "down" else f"all but the on-demand {on_demand}"
+        command.add_argument("--only", help=f"comma-separated subset of {','.join(SERVICES)} (default: {default})")
     commands.choices["status"].add_argument("--json", action="store_true", help="machine-readable status")
     args = parser.parse_args(argv)
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # probing a broker that is still starting fails

@@ -150,6 +150,9 @@ class Label(BaseModel):
     tags: list[str] | None = None
     boxes: list[Box] = Field(default_factory=list)
     subsets: list[str] = Field(default_factory=list)
+    # Lineage, not used for training: e.g. the annotation tool's task and annotation ids and the model version whose
+    # predictions the annotator corrected.
+    meta: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_consistent_form(self) -> Label:

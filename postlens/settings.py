@@ -8,6 +8,7 @@ take the fields they need from :func:`get_settings`; nothing else reads the envi
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -233,6 +234,12 @@ class LocalStackSettings(SettingsGroup):
     triton_http_url: str | None = None
     triton_metrics_port: int = 8002
     model_repository: Path = _REPOSITORY / "model_repository"
+    # Label Studio (python -m deploy.local up --only label-studio), in a virtualenv of its own under home.
+    label_studio_version: str = "1.23.2"  # its port: label_studio_port (LabelingSettings)
+    label_studio_username: str = "admin@postlens.local"  # the local server's first (admin) user
+    # Its first start migrates a new SQLite database: 41 s of CPU, 13.5 min wall clock on a 2-core machine at load 13.
+    label_studio_start_timeout_s: float = Field(1200.0, gt=0)
+    uv: Path | None = None  # the uv that builds Label Studio's own virtualenv; None: the one on PATH (make sets it)
 
     def triton_load_url(self, repository: Path) -> str | None:
         """The Triton HTTP endpoint to tell about a new version written to ``repository``, or None for none."""
@@ -241,6 +248,43 @@ class LocalStackSettings(SettingsGroup):
         if repository.resolve() == self.model_repository.resolve():
             return f"http://localhost:{self.triton_http_port}"
         return None
+
+
+class LabelingSettings(SettingsGroup):
+    """The Label Studio loop (python -m trainer.label: push, pull, webhook)."""
+
+    # --- Labeling (python -m trainer.label: Label Studio push / pull) -----------------------------------------
+    # None: the local stack's Label Studio (http://localhost:label_studio_port) and the token deploy.local gave it.
+    label_studio_url: str | None = None
+    label_studio_token: SecretStr | None = None  # a Label Studio legacy API token ("Token …" auth)
+    label_project: str = "PostLens entities"  # the project push creates or updates (found by this title)
+    label_batch: int = Field(100, ge=1, description="posts one push sends")
+    # Candidates read from Elasticsearch per push, of which the most uncertain and diverse label_batch are sent.
+    label_pool: int = Field(2000, ge=1)
+    label_diversity: float = Field(0.5, ge=0, le=1, description="weight of similarity to posts already chosen")
+    # Where push and pull remember what they did (posts sent, annotations turned into labels).
+    label_state: Path = Field(default_factory=lambda data: data["home"] / "label" / "state.sqlite")
+    label_webhook_host: str = "127.0.0.1"
+    label_webhook_port: int = Field(6070, ge=1, le=65535)
+    label_studio_port: int = 8080  # the local Label Studio's (deploy.local starts it)
+
+    @property
+    def label_studio_credentials(self) -> Path:
+        """The local Label Studio's admin password and API token, written by deploy.local (mode 0600)."""
+        return self.home / "label-studio" / "credentials.json"
+
+    def label_studio_endpoint(self) -> tuple[str, str]:
+        """(base URL, API token) of the Label Studio to use: the configured one, else the local stack's."""
+        url = (self.label_studio_url or f"http://localhost:{self.label_studio_port}").rstrip("/")
+        if self.label_studio_token is not None:
+            return url, self.label_studio_token.get_secret_value()
+        try:
+            return url, json.loads(self.label_studio_credentials.read_text())["token"]
+        except (OSError, ValueError, KeyError) as error:
+            raise RuntimeError(
+                f"no Label Studio token: set POSTLENS_LABEL_STUDIO_TOKEN, or start the local one "
+                f"(python -m deploy.local up --only label-studio), which writes {self.label_studio_credentials}"
+            ) from error
 
 
 class BenchmarkSettings(SettingsGroup):
@@ -259,6 +303,7 @@ class Settings(
     ElasticsearchSettings,
     WorkerSettings,
     RetrainSettings,
+    LabelingSettings,
     LocalStackSettings,
     BenchmarkSettings,
 ):

@@ -1,7 +1,8 @@
 """Session fixtures: the real local stack (Kafka, Elasticsearch, Redis, Triton) and thin clients for it.
 
 Integration tests request ``stack`` (tests marked ``integration`` get it automatically, and tests that use it are
-marked ``integration``), so ``-m "not integration"`` runs the unit tests without starting anything. The session
+marked ``integration``), so ``-m "not integration"`` runs the unit tests without starting anything. Label Studio, on
+demand in the stack, is started by the ``label_studio`` fixture for the tests that use it. The session
 stops only the services it started itself, unless ``POSTLENS_KEEP_STACK=1``.
 """
 
@@ -95,3 +96,23 @@ async def redis_client(stack: dict[str, ServiceStatus], settings: Settings) -> A
 def triton_url(stack: dict[str, ServiceStatus], settings: Settings) -> str:
     """gRPC address of the stack's Triton (serving ``settings.model_repository``)."""
     return settings.triton_url
+
+
+LABEL_STUDIO = "label-studio"
+
+
+@pytest.fixture(scope="session")
+def label_studio(stack: dict[str, ServiceStatus], settings: Settings) -> Iterator[ServiceStatus]:
+    """Label Studio of the local stack, started if it does not run (and then stopped at the end)."""
+    local = Stack(settings)
+    try:
+        status = in_thread(lambda: local.up([LABEL_STUDIO]))[LABEL_STUDIO]
+    except StackError as exc:
+        failure = str(exc)
+    else:
+        failure = None
+    if failure:
+        pytest.fail(f"Label Studio (python -m deploy.local up --only label-studio) did not start:\n{failure}", False)
+    yield status
+    if status.started and os.environ.get("POSTLENS_KEEP_STACK") != "1":
+        local.down([LABEL_STUDIO])

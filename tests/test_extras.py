@@ -105,6 +105,7 @@ def test_trainer_extra_runs_training_and_retraining(tmp_path: Path) -> None:
     python = build_venv("trainer", tmp_path / "trainer")
     assert "--preset" in run(python, "-m", "trainer.train", "--help").stdout
     run(python, "-m", "trainer.retrain", "--help")
+    run(python, "-m", "trainer.label", "--help")
     run(python, "-m", "trainer.export", "--help")
 
 

@@ -12,7 +12,6 @@ the old one keeps answering (version policy "latest 1").
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import json
 import os
 import re
@@ -34,6 +33,7 @@ import onnxruntime as ort
 import torch
 from torch.export import Dim
 
+import model_repository
 from postlens.runtime.config import ModelConfig
 from postlens.runtime.exported import (
     CARD_FILE,
@@ -59,7 +59,11 @@ from trainer.model.tokenizer import subword_tokenizer
 # The entry model's committed source (config.pbtxt, model.py): installed with the project (pyproject.toml packages
 # model_repository as a namespace package, no __init__.py that would leave a __pycache__ model folder behind), so a
 # non-editable install finds it as a clone does.
-MODEL_SOURCE = Path(str(importlib.resources.files("model_repository") / "postlens"))
+# Found through the namespace package's own path, not importlib.resources: an editable install adds a path-hook
+# entry to that path, which importlib.resources refuses on Python 3.11 ("MultiplexedPath only supports directories").
+MODEL_SOURCE = next(
+    Path(entry) / "postlens" for entry in model_repository.__path__ if (Path(entry) / "postlens").is_dir()
+)
 # ONNX Runtime and PyTorch sum in different orders; float32 round-off stays far below this.
 PARITY_TOLERANCE = 1e-4
 _MODEL_NAME = re.compile(r'^name:\s*"[^"]*"', re.MULTILINE)

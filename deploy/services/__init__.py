@@ -18,6 +18,7 @@ from postlens.settings import Settings
 
 class Service(ABC):
     name: str
+    on_demand = False  # started only when named (``up --only NAME``), not by a plain ``up``
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -42,6 +43,11 @@ class Service(ABC):
     @abstractmethod
     async def probe(self) -> str | None:
         """The server's version when it answers a real client request and is ready, else None."""
+
+    @property
+    def start_timeout_s(self) -> float:
+        """How long a start may take, launch to healthy."""
+        return self.settings.service_start_timeout_s
 
     @property
     def log_path(self) -> Path:
