@@ -11,11 +11,13 @@ import re
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from postlens.settings import Settings
 from stream.metrics import Metrics
 from stream.stages.index_templates import ENTITIES_MAPPINGS, POSTS_MAPPINGS
+from trainer.retrain.watch import WatchMetrics
 from tests.deploy.test_compose import env_file
 from tests.deploy.tools import DEPLOY
 
@@ -30,7 +32,9 @@ GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 
 
 def worker_metrics() -> list[MetricWrapperBase]:
-    return [metric for metric in vars(Metrics()).values() if isinstance(metric, MetricWrapperBase)]
+    """The workers' metrics and those of ``python -m trainer.retrain --watch``."""
+    exposed = [*vars(Metrics()).values(), *vars(WatchMetrics(CollectorRegistry())).values()]
+    return [metric for metric in exposed if isinstance(metric, MetricWrapperBase)]
 
 
 def declared(metric: MetricWrapperBase) -> tuple[str, str, set[str]]:
