@@ -69,6 +69,34 @@ class InternalFailure(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
+class LabelFailure(StrEnum):
+    """Why a label is not trained on (stage ``label``, topic ``postlens.labels.rejected``): refused by
+    ``trainer.retrain`` or, for an annotation that does not convert, by ``trainer.label``. A label whose image cannot be
+    used says ``image_`` + its :class:`FetchFailure` (or ``image_outside_root``, ``image_missing``); a text refused as a
+    post's would be says the :class:`IngestFailure` (``empty_text``, ``oversize``)."""
+
+    EMPTY = "empty"  # no value
+    INVALID_JSON = "invalid_json"
+    SCHEMA = "schema"
+    CONVERSION = "conversion"  # spans that cover no word, or overlap once mapped to words
+    IMAGE_OUTSIDE_ROOT = "image_outside_root"
+    IMAGE_MISSING = "image_missing"
+    QUARANTINED = "quarantined"  # the audit: the source's labels contradict the model systematically
+    # trainer.label: an annotation that does not make a label
+    SPAN_MISMATCH = "span_mismatch"
+    NOT_A_POSTLENS_TASK = "not_a_postlens_task"
+    BOX_IMAGE = "box_image"
+    BOX_ROTATED = "box_rotated"
+    RESULT = "result"
+    BOX_UNLINKED = "box_unlinked"
+    BOX_LINK = "box_link"
+
+
+def image_failure(kind: FetchFailure | str) -> str:
+    """The label-refusal kind of an image that could not be used."""
+    return f"image_{kind}"
+
+
 FailureKind = IngestFailure | FetchFailure | InferFailure | IndexFailure | InternalFailure
 DEAD_LETTER_KINDS: frozenset[str] = frozenset(
     kind for kinds in (IngestFailure, InferFailure, IndexFailure, InternalFailure) for kind in kinds

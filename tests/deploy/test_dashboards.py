@@ -17,9 +17,9 @@ from prometheus_client.metrics import MetricWrapperBase
 from postlens.settings import Settings
 from stream.metrics import Metrics
 from stream.stages.index_templates import ENTITIES_MAPPINGS, POSTS_MAPPINGS
-from trainer.retrain.watch import WatchMetrics
 from tests.deploy.test_compose import env_file
 from tests.deploy.tools import DEPLOY
+from trainer.retrain.watch import WatchMetrics
 
 GRAFANA_DASHBOARDS = sorted((DEPLOY / "grafana").glob("*.json"))
 KIBANA_OBJECTS = DEPLOY / "kibana" / "postlens.ndjson"

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from postlens.failures import LabelFailure
 from postlens.schemas import Box, EntitySpan, Label, validation_summary
 from trainer.label.config import BOXES, SPANS
 
@@ -64,7 +65,9 @@ def _span_offsets(value: dict[str, Any], text: str) -> tuple[int, int]:
     start, end = int(value["start"]), int(value["end"])
     quoted = value.get("text")
     if quoted is not None and text[start:end] != quoted:
-        raise Refused("span_mismatch", f"span [{start}, {end}) is {text[start:end]!r} in the text, not {quoted!r}")
+        raise Refused(
+            LabelFailure.SPAN_MISMATCH, f"span [{start}, {end}) is {text[start:end]!r} in the text, not {quoted!r}"
+        )
     return start, end
 
 
@@ -72,7 +75,9 @@ def to_label(annotation: Annotation) -> Label:
     data = annotation.task.get("data") or {}
     text, images, post_id = data.get("text"), list(data.get("images") or []), annotation.post_id
     if not isinstance(text, str) or not post_id:
-        raise Refused("not_a_postlens_task", f"task {annotation.task.get('id')} has no PostLens post (text, post_id)")
+        raise Refused(
+            LabelFailure.NOT_A_POSTLENS_TASK, f"task {annotation.task.get('id')} has no PostLens post (text, post_id)"
+        )
     results = annotation.raw.get("result") or []
     spans: dict[str, tuple[int, int, str]] = {}
     boxes: dict[str, tuple[int, tuple[float, float, float, float], str]] = {}
@@ -87,15 +92,17 @@ def to_label(annotation: Annotation) -> Label:
                 (name,) = value["rectanglelabels"]
                 image = int(result.get("item_index") or 0)
                 if image >= len(images):
-                    raise Refused("box_image", f"box {result['id']} is on image {image}; the task has {len(images)}")
+                    raise Refused(
+                        LabelFailure.BOX_IMAGE, f"box {result['id']} is on image {image}; the task has {len(images)}"
+                    )
                 x, y, w, h = (float(value[key]) / 100 for key in ("x", "y", "width", "height"))
                 if value.get("rotation"):
-                    raise Refused("box_rotated", f"box {result['id']} is rotated; boxes must be upright")
+                    raise Refused(LabelFailure.BOX_ROTATED, f"box {result['id']} is rotated; boxes must be upright")
                 boxes[result["id"]] = (image, (max(x, 0.0), max(y, 0.0), min(x + w, 1.0), min(y + h, 1.0)), name)
             elif kind == "relation":
                 links[result["to_id"]] = result["from_id"]
         except (KeyError, ValueError, TypeError) as error:
-            raise Refused("result", f"result {result.get('id')} of type {kind}: {error!r}") from error
+            raise Refused(LabelFailure.RESULT, f"result {result.get('id')} of type {kind}: {error!r}") from error
     order = sorted(spans, key=lambda key: spans[key][:2])
     index = {key: i for i, key in enumerate(order)}
     label_boxes = []
@@ -104,10 +111,12 @@ def to_label(annotation: Annotation) -> Label:
         if span is None:
             same_type = [key for key in order if spans[key][2] == name]
             if len(same_type) != 1:
-                raise Refused("box_unlinked", f"box {box_id} ({name}) is linked to no entity ({len(same_type)} {name})")
+                raise Refused(
+                    LabelFailure.BOX_UNLINKED, f"box {box_id} ({name}) is linked to no entity ({len(same_type)} {name})"
+                )
             span = same_type[0]
         if span not in index:
-            raise Refused("box_link", f"box {box_id} is linked to {span}, which is not an entity span")
+            raise Refused(LabelFailure.BOX_LINK, f"box {box_id} is linked to {span}, which is not an entity span")
         label_boxes.append(Box(entity=index[span], image_index=image, box=box))
     try:
         return Label(
@@ -128,4 +137,4 @@ def to_label(annotation: Annotation) -> Label:
             },
         )
     except ValidationError as error:
-        raise Refused("schema", validation_summary(error, "label")) from error
+        raise Refused(LabelFailure.SCHEMA, validation_summary(error, "label")) from error

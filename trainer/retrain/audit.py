@@ -23,11 +23,12 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
+from postlens.failures import LabelFailure
 from postlens.schemas import PostPrediction, canonical_type
 from trainer.retrain.labels import NewLabel
 
 NO_PREDICTION = "none"  # the model predicts no entity of exactly that span
-QUARANTINE_KIND = "quarantined"  # the dead-letter kind of a quarantined label
+QUARANTINE_KIND = LabelFailure.QUARANTINED  # the dead-letter kind of a quarantined label
 
 
 class AuditThresholds(BaseModel):

@@ -20,6 +20,7 @@ from PIL import Image
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from postlens.failures import LabelFailure, image_failure
 from postlens.io.deadletter import dead_letter, letter_bytes
 from postlens.io.fetch import OK, FetchError, ImageFetcher, decode_image
 from postlens.io.image_cache import ImageCache
@@ -53,11 +54,12 @@ def parse_label(value: bytes | None) -> Label:
     """A message value → a :class:`Label`, or :class:`InvalidLabel` (``invalid_json`` — not UTF-8 JSON — or
     ``schema``)."""
     if value is None:
-        raise InvalidLabel("empty", "the message has no value")
+        raise InvalidLabel(LabelFailure.EMPTY, "the message has no value")
     try:
         return Label.model_validate_json(value)
     except ValidationError as error:
-        kind = "invalid_json" if any(item["type"] == "json_invalid" for item in error.errors()) else "schema"
+        invalid = any(item["type"] == "json_invalid" for item in error.errors())
+        kind = LabelFailure.INVALID_JSON if invalid else LabelFailure.SCHEMA
         raise InvalidLabel(kind, validation_summary(error, "label")) from error
 
 
@@ -66,7 +68,7 @@ def label_example(label: Label, image_root: Path, max_text_chars: int) -> tuple[
     try:
         example, notes = example_from_label(label, image_root)
     except ValueError as error:  # pydantic's ValidationError is a ValueError
-        raise InvalidLabel("conversion", str(error)) from error
+        raise InvalidLabel(LabelFailure.CONVERSION, str(error)) from error
     if refusal := text_refusal(example.text, max_text_chars):
         raise InvalidLabel(*refusal)
     return example, notes
@@ -124,20 +126,20 @@ class LabelImages:
             self._fetcher = ImageFetcher(self._settings, self._image_size, cache=self._cache)
         fetched = await self._fetcher.fetch(url)
         if fetched.outcome.status != OK or fetched.pixels is None:
-            raise InvalidLabel(f"image_{fetched.outcome.status}", f"image {url}: {fetched.outcome.message}")
+            raise InvalidLabel(image_failure(fetched.outcome.status), f"image {url}: {fetched.outcome.message}")
         return fetched.pixels
 
     async def _read(self, path: Path) -> np.ndarray:
         resolved = path.resolve()
         if not resolved.is_relative_to(self._root):
-            raise InvalidLabel("image_outside_root", f"image {path} is outside the image root {self._root}")
+            raise InvalidLabel(LabelFailure.IMAGE_OUTSIDE_ROOT, f"image {path} is outside the image root {self._root}")
         if not resolved.is_file():
-            raise InvalidLabel("image_missing", f"image {path} does not exist")
+            raise InvalidLabel(LabelFailure.IMAGE_MISSING, f"image {path} does not exist")
         try:
             data = await asyncio.to_thread(resolved.read_bytes)
             return await asyncio.to_thread(decode_image, data, self._image_size, self._settings.fetch_max_pixels)
         except FetchError as error:
-            raise InvalidLabel(f"image_{error.kind}", f"image {path}: {error}") from error
+            raise InvalidLabel(image_failure(error.kind), f"image {path}: {error}") from error
 
     async def close(self) -> None:
         if self._fetcher is not None:
