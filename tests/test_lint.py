@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# The first mypy run checks the whole tree (and the stubs of torch & co.) from a cold cache: minutes on a busy machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parent.parent
 VICTIM = Path("postlens/schemas.py")  # the ground floor: every other part imports it
