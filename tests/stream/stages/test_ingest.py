@@ -89,3 +89,18 @@ def test_text_over_the_character_limit_is_refused(limits: Settings) -> None:
     with pytest.raises(InvalidPost, match="101 characters") as refused:
         parse_post(encode({"id": "p", "text": "a" * 101}), limits)
     assert refused.value.kind == "oversize"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"id": "p", "text": "x", "retweets": ' + b"7" * 4301 + b"}",
+        b'{"id": ' + b"9" * 5000 + b', "text": "a huge numeric id"}',
+    ],
+)
+def test_an_integer_cpython_refuses_to_convert_is_invalid_input(value: bytes) -> None:
+    # Over 4,300 digits, int() raises a bare ValueError: it must be refused at ingest, not fail the batch.
+    with pytest.raises(InvalidPost) as refused:
+        parse_post(value, Settings())
+    assert refused.value.kind == "invalid_number"
+    assert "digits" in str(refused.value)
