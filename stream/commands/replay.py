@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from postlens.io.deadletter import original_bytes
+from postlens.io.deadletter import original_bytes, original_key
 from postlens.io.kafka import BacklogReader, ConsumedMessage, OutgoingRecord, deliver_then_commit, ensure_topics
 from postlens.schemas import DeadLetter
 from postlens.settings import Settings
@@ -59,5 +59,4 @@ def _replayable(
         report.skipped += 1
         return None
     report.replayed += 1
-    key = letter.key.encode("utf-8") if letter.key is not None else None
-    return OutgoingRecord(settings.topic_posts, key, value)
+    return OutgoingRecord(settings.topic_posts, original_key(letter), value)
