@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # Messages a worker holds beyond its batches in flight; when indexing stalls, Kafka keeps the rest (backpressure).
     # At most (worker_batches_in_flight + 1) × batch_size + worker_buffer_max messages are in a worker's memory.
     worker_buffer_max: int = Field(256, ge=1)
+    # Kafka's max.poll.interval: a consumer that does not poll for this long leaves its group (bench.chaos shortens
+    # it to reach the outage-longer-than-the-poll-interval case in minutes).
+    worker_max_poll_interval_s: float = Field(1000.0, gt=0)
     worker_commit_interval_s: float = Field(1.0, gt=0, description="how often finished offsets are committed")
     retry_backoff_max_s: float = Field(15.0, gt=0, description="cap of the backoff while Triton or ES is unavailable")
 

@@ -69,6 +69,7 @@ def create_app(settings: Settings, requested_web_port: int | None = None) -> Wor
         topic_replication_factor=settings.topic_replication,
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
+        broker_max_poll_interval=settings.worker_max_poll_interval_s,
         stream_buffer_maxsize=settings.worker_buffer_max,
         # Stopping or rebalancing does not wait for the batches in flight (they may be stuck on an outage): only
         # offsets of finished messages are ever committed, so the next owner processes the unfinished ones again.
