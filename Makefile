@@ -2,6 +2,7 @@
 #   make demo    the pipeline end to end on the local stack (synthetic posts → Kafka → Triton → Elasticsearch)
 #   make test    every test, against the real local stack
 #   make bench   benchmarks: print figures, write reports/ (markdown + PNG)
+#   make chaos   one fault at a time under a steady load of real tweets → reports/chaos.md (+ PNG); ~40 min
 
 SHELL := /bin/bash
 POSTLENS_HOME ?= $(HOME)/.cache/postlens
@@ -16,7 +17,7 @@ UV_VERSION := 0.13.9
 UV := $(POSTLENS_HOME)/uv-$(UV_VERSION)/bin/uv
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip
 
-.PHONY: setup system-packages deploy-tools test test-unit demo bench bench-model bench-serving bench-stream up down status clean-cache
+.PHONY: setup system-packages deploy-tools test test-unit demo bench bench-model bench-serving bench-stream chaos up down status clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -65,6 +66,12 @@ bench-serving: setup
 bench-stream: setup
 	$(PY) -m deploy.local up
 	$(PY) -m bench.stream
+
+# Starts its own Kafka, Redis and Triton on free ports and reaches the stack's Elasticsearch through proxies: it never
+# stops a shared service, so it may run beside the tests (only slower: it loads the machine for its whole run).
+chaos: setup
+	$(PY) -m deploy.local up --only elasticsearch
+	$(PY) -m bench.chaos
 
 # Tools the deploy/ checks drive (tests/deploy): helm and the Docker Compose CLI plugin built from their Go modules
 # (Go >= 1.26.8 on PATH), kubernetes-validate (Kubernetes schemas bundled, works offline) and KEDA's CRDs from its Go
