@@ -542,7 +542,8 @@ async def same_id_twice(phase: Phase) -> tuple[float, float]:
     async def twice(number: int) -> None:
         post_id = f"{phase.fault}-dup-{number:03d}"
         phase.publish(post_id, 1, texts[number])
-        await asyncio.sleep(0.3)  # the first is in a batch by now
+        # 0 to 0.39 s later: the same batch, the next batch while the first is in flight, or after it finished.
+        await asyncio.sleep(0.01 * number)
         phase.publish(post_id, 2, texts[-1 - number])
 
     await asyncio.gather(phase.load(20), *(_later(0.5 * n, twice(n)) for n in range(40)))
@@ -569,7 +570,7 @@ FAULTS: dict[str, tuple[Fault, str]] = {
     "kafka_restart": (kafka_restart, "the Kafka broker stopped (SIGTERM) and started again while posts arrive"),
     "dlq_refusing": (dlq_refusing_writes, "dead-letter topic max.message.bytes 64 for 30 s, then restored"),
     "es_401": (es_401_until_restored, "Elasticsearch answers 401 for 30 s, then the key is restored"),
-    "same_id_twice": (same_id_twice, "40 post ids published twice (v1, v2 0.3 s later, same key)"),
+    "same_id_twice": (same_id_twice, "40 post ids published twice (v1, then v2 0–0.39 s later, same key)"),
 }
 
 
