@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -205,6 +206,7 @@ class Row:
     lost: int = 0
     older_version_won: int = 0
     recovery_s: float | None = None  # None: not every post settled within the settle time
+    worst_s: float = 0.0  # the longest any post took from publish to settled
     fault_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (published − fault start, settle latency)
@@ -230,6 +232,7 @@ class Phase:
         self.es_url = world.es_relay.url
         self.published: dict[str, Published] = {}
         self._sends: set[asyncio.Task] = set()
+        self._publisher: asyncio.Future | None = None
         self._count = 0
 
     # --- workers --------------------------------------------------------------------------------------------
@@ -305,14 +308,23 @@ class Phase:
         task.add_done_callback(self._sends.discard)
 
     async def load(self, seconds: float) -> None:
-        """Publish new posts at the world's rate for ``seconds``."""
-        started = time.perf_counter()
-        rate = self.world.rate
-        for n in range(int(rate * seconds)):
+        """Let ``seconds`` pass under the steady load; the first call starts it, :meth:`stop_load` ends it, so the
+        load goes on meanwhile whatever the fault waits for (a worker or a broker starting)."""
+        if self._publisher is None:
+            self._publisher = asyncio.ensure_future(self._publish_steadily())
+        await asyncio.sleep(seconds)
+
+    async def _publish_steadily(self) -> None:
+        started, rate, texts = time.perf_counter(), self.world.rate, self.world.texts
+        for n in itertools.count():
             await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
             number = len(self.published)
-            texts = self.world.texts
             self.publish(f"{self.fault}-{number:06d}", 1, texts[number % len(texts)], valid=number % 50 != 49)
+
+    async def stop_load(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
 
     async def sent(self) -> None:
         while self._sends:
@@ -353,6 +365,7 @@ class Phase:
             if published.at <= fault_end:
                 settled_at.append(done)
             row.latencies.append((published.at - fault_start, done - published.at))
+        row.worst_s = max((latency for _, latency in row.latencies), default=0.0)
         if not unsettled:
             row.recovery_s = max(0.0, max(settled_at, default=fault_end) - fault_end)
 
@@ -386,6 +399,7 @@ class Phase:
         return letters
 
     async def cleanup(self) -> None:
+        await self.stop_load()
         for pid in list(self.workers):
             await asyncio.to_thread(stop, pid)
         self.workers.clear()
@@ -612,6 +626,7 @@ async def run_row(world: World, run_id: str, fault: str, settle_s: float) -> Row
         start, end = await inject(phase)
         row.fault_s = end - start
         await phase.load(15)  # the load goes on after the fault
+        await phase.stop_load()
         await phase.settle(row, start, end, settle_s)
         for pid in phase.workers:
             if not is_alive(pid):
@@ -657,17 +672,18 @@ def markdown(figures: dict, rows: list[Row]) -> str:
         "Counts come from the posts index (each text tagged with its version) and a scan of the dead-letter topic "
         "against the ids published, never from the workers' metrics. *lost*: neither indexed nor dead-lettered when "
         f"the row's settle time ({figures['settle_s']:.0f} s after the load) ran out. *recovery*: fault end → every "
-        "post published before it settled (unsettled: some never did within the settle time).",
+        "post published before it settled (unsettled: some never did within the settle time). The load runs through "
+        "the whole row, also while a worker, Triton or the broker starts.",
         "",
         "| fault | what was done | fault s | published | indexed | dead-lettered | lost | older version won | "
-        "recovery |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "recovery | worst publish → settled |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         recovery = "unsettled" if row.recovery_s is None else f"{row.recovery_s:.1f} s"
         lines.append(
             f"| {row.fault} | {FAULTS[row.fault][1]} | {row.fault_s:.0f} | {row.published} | {row.indexed} | "
-            f"{row.dead_lettered} | {row.lost} | {row.older_version_won} | {recovery} |"
+            f"{row.dead_lettered} | {row.lost} | {row.older_version_won} | {recovery} | {row.worst_s:.1f} s |"
         )
     notes = [f"- {row.fault}: {note}" for row in rows for note in row.notes]
     expected_letters = "one in fifty posts is not JSON: about 2 % dead-lettered is the expected figure"
@@ -710,6 +726,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[Row]]
     if not version_dir.is_dir():
         print(f"exporting {checkpoint} …", flush=True)
         export_model(checkpoint, exported, version=1)
+    figures: dict = {"commit": commit(args.worker_checkout)}  # what the workers run: HEAD now, archived below
     checkout = workdir / "checkout"
     checkout.mkdir()
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=args.worker_checkout, capture_output=True, check=True)
@@ -732,7 +749,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[Row]]
     await producer.start()
     run_id = uuid.uuid4().hex[:6]
     rows: list[Row] = []
-    figures: dict = {}
     try:
         with TcpProxy(es_host, int(es_port)) as relay:
             async with AuthProxy(shared.es_url) as auth, ImageSource() as images:
@@ -772,7 +788,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         figures, rows = asyncio.run(run(args, Path(tmp)))
     figures.update(
         command=" ".join(["python -m bench.chaos", *(argv if argv is not None else sys.argv[1:])]),
-        commit=commit(args.worker_checkout),
         machine=machine(),
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         minutes=(time.monotonic() - started) / 60,
