@@ -4,6 +4,7 @@
 #   make test-fast  the tests marked neither integration nor slow: no services
 #   make lint       ruff (lint and format) and mypy, configured in pyproject.toml
 #   make bench      benchmarks: print figures, write reports/ (markdown + PNG)
+#   make chaos      one fault at a time under a steady load of real tweets → reports/chaos.md (+ PNG); ~40 min
 
 SHELL := /bin/bash
 POSTLENS_HOME ?= $(HOME)/.cache/postlens
@@ -23,7 +24,7 @@ export POSTLENS_UV
 SYSTEM_PACKAGES := python3.11 libpython3.11 redis-server kcat curl unzip chromium
 
 .PHONY: setup system-packages deploy-tools deploy-gpu-requirements k8s-check images lint test test-fast \
-        test-images demo bench bench-model bench-serving bench-stream bench-label up down status clean-cache
+        test-images demo bench bench-model bench-serving bench-stream bench-label chaos up down status clean-cache
 
 setup: system-packages .venv/.synced
 
@@ -95,6 +96,12 @@ bench-label: setup
 	$(PY) -m deploy.local up
 	$(PY) -m deploy.local up --only label-studio
 	$(PY) -m bench.label
+
+# Starts its own Kafka, Redis and Triton on free ports and reaches the stack's Elasticsearch through proxies: it never
+# stops a shared service, so it may run beside the tests (only slower: it loads the machine for its whole run).
+chaos: setup
+	$(PY) -m deploy.local up --only elasticsearch
+	$(PY) -m bench.chaos
 
 # Tools the deploy/ checks drive (tests/deploy): helm and the Docker Compose CLI plugin built from their Go modules
 # (Go >= 1.26.8 on PATH), kubernetes-validate (Kubernetes schemas bundled, works offline) and KEDA's CRDs from its Go

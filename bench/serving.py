@@ -229,30 +229,69 @@ def write_config(source: Path, target: Path, config: ServingConfig) -> None:
     target.write_text(text_format.MessageToString(model))
 
 
+class TritonServer:
+    """A Triton on free ports serving ``version_dir`` as ``postlens`` version 1 under ``config``; it can be stopped
+    and started again on the same ports, and asked to unload and load the model (bench.chaos)."""
+
+    def __init__(self, version_dir: Path, config: ServingConfig, workdir: Path) -> None:
+        self.repo = Path(tempfile.mkdtemp(prefix="repo-", dir=workdir))
+        model_root = self.repo / "postlens"
+        model_root.mkdir()
+        (model_root / "1").symlink_to(version_dir.resolve(), target_is_directory=True)
+        write_config(version_dir.parent / "config.pbtxt", model_root / "config.pbtxt", config)
+        self.label = config.label
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.log = self.repo / "tritonserver.log"
+        self.pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    def start(self) -> None:
+        """Start and wait until ``postlens`` is ready."""
+        spec = triton_command(
+            self.repo, grpc_port=self.grpc_port, http_port=self.http_port, metrics_port=self.metrics_port
+        )
+        self.pid = pid = spawn(spec, self.log)
+        deadline = time.monotonic() + 600
+        while not self.model_ready():
+            if not is_alive(pid) or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Triton did not serve postlens ({self.label}); log {self.log}:\n{tail(self.log, 40)}"
+                )
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            stop(self.pid)
+            self.pid = None
+
+    def model_ready(self) -> bool:
+        try:
+            urllib.request.urlopen(f"http://localhost:{self.http_port}/v2/models/postlens/ready", timeout=2).close()
+        except OSError:
+            return False
+        return True
+
+    def control(self, action: str) -> None:
+        """``load`` or ``unload`` the model (the server runs with explicit model control)."""
+        request = urllib.request.Request(
+            f"http://localhost:{self.http_port}/v2/repository/models/postlens/{action}", data=b"{}", method="POST"
+        )
+        urllib.request.urlopen(request, timeout=120).close()
+
+
 @contextmanager
 def triton_serving(version_dir: Path, config: ServingConfig, workdir: Path) -> Iterator[tuple[str, int]]:
-    """A Triton on free ports serving ``version_dir`` as version 1 under ``config``; yields its gRPC address and pid."""
-    repo = Path(tempfile.mkdtemp(prefix="repo-", dir=workdir))
-    model_root = repo / "postlens"
-    model_root.mkdir()
-    (model_root / "1").symlink_to(version_dir.resolve(), target_is_directory=True)
-    write_config(version_dir.parent / "config.pbtxt", model_root / "config.pbtxt", config)
-    grpc_port, http_port = free_port(), free_port()
-    log = repo / "tritonserver.log"
-    pid = spawn(triton_command(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=free_port()), log)
+    """A :class:`TritonServer` for the block; yields its gRPC address and pid."""
+    server = TritonServer(version_dir, config, workdir)
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if not is_alive(pid) or time.monotonic() > deadline:
-                raise RuntimeError(f"Triton did not serve postlens ({config.label}); log {log}:\n{tail(log, 40)}")
-            try:
-                urllib.request.urlopen(f"http://localhost:{http_port}/v2/models/postlens/ready", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(1.0)
-        yield f"localhost:{grpc_port}", pid
+        server.start()
+        assert server.pid is not None
+        yield server.url, server.pid
     finally:
-        stop(pid)
+        server.stop()
 
 
 async def _counts(client: grpc_aio.InferenceServerClient) -> tuple[int, int]:

@@ -18,6 +18,7 @@ class IngestFailure(StrEnum):
     OVERSIZE = "oversize"  # over max_post_bytes, or text over max_text_chars
     INVALID_UTF8 = "invalid_utf8"
     INVALID_JSON = "invalid_json"
+    INVALID_NUMBER = "invalid_number"  # an integer of more digits than CPython converts (4,300)
     INVALID_UNICODE = "invalid_unicode"  # lone surrogates
     TOO_DEEP = "too_deep"
     SCHEMA = "schema"
@@ -43,6 +44,7 @@ class FetchFailure(StrEnum):
     BOMB = "bomb"
     TRUNCATED = "truncated"
     CORRUPT = "corrupt"
+    POISON = "poison"  # workers died decoding it (the decode marker, postlens.io.image_cache): never decoded again
     FETCH_ERROR = "fetch_error"  # anything else, unforeseen
 
 

@@ -264,7 +264,9 @@ class DeadLetter(BaseModel):
     original_truncated: bool = False
     original_size: int | None = None
     original_sha256: str | None = None
-    key: str | None = None
+    key: str | None = None  # the message key, when it is valid UTF-8
+    key_b64: str | None = None  # otherwise, base64 of its bytes
+    key_truncated: bool = False  # the key was over postlens.io.deadletter.KEPT_KEY_BYTES: only a prefix is kept
     source_topic: str
     source_partition: int | None = None
     source_offset: int | None = None

@@ -91,6 +91,14 @@ class FetchSettings(SettingsGroup):
     fetch_total_timeout_s: float = Field(20.0, gt=0)
     fetch_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     fetch_max_pixels: int = Field(40_000_000, ge=1)
+    # Decoding runs on threads of its own within a budget of pixels decoded at once (postlens.io.decode_pool): about
+    # 3-4 bytes a pixel while Pillow decodes and converts, so 40 MP keep decoding near 150-300 MB of a 1 GiB worker.
+    fetch_decode_threads: int = Field(2, ge=1)
+    fetch_decode_budget_pixels: int = Field(40_000_000, ge=1)
+    # An image whose decoding was under way when this many workers died is not decoded again (kind "poison") until
+    # its marker in Redis expires; one that was under way once is decoded alone, so only the culprit is blamed twice.
+    fetch_poison_strikes: int = Field(2, ge=1)
+    fetch_decode_marker_ttl_s: int = Field(24 * 3600, ge=60)
     fetch_max_redirects: int = Field(3, ge=0)
     # Hosts or CIDRs that may be fetched even though they are private/loopback (the demo's image server).
     fetch_allowlist: list[str] = Field(default_factory=list)
@@ -155,7 +163,7 @@ class WorkerSettings(SettingsGroup):
     worker_buffer_max: int = Field(256, ge=1)
     worker_commit_interval_s: float = Field(1.0, gt=0, description="how often finished offsets are committed")
     # Kafka's max.poll.interval.ms for the worker's consumer (Faust's default, 1000 s): how long the group waits for a
-    # member to rejoin a rebalance. Short only in tests of long outages.
+    # member to rejoin a rebalance. Short only in tests of long outages and in bench.chaos (that case in minutes).
     worker_max_poll_interval_s: float = Field(1000.0, gt=0)
     # At shutdown (SIGTERM) the batches in flight get this long to finish and be committed; keep it under the
     # orchestrator's grace period (Kubernetes: terminationGracePeriodSeconds, 30 s by default).

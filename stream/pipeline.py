@@ -13,16 +13,13 @@ that do not. The pipeline knows its model and its sink only by their interfaces 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
-from aiokafka.errors import KafkaError
-
 from postlens.failures import InferFailure, InternalFailure
-from postlens.io.deadletter import RawMessage, dead_letter, letter_bytes
+from postlens.io.deadletter import DeadLetterWriter, RawMessage, dead_letter
 from postlens.io.fetch import ImageFetcher
 from postlens.io.image_cache import ImageCache
 from postlens.io.retry import retry_forever
@@ -62,7 +59,12 @@ class Pipeline:
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._send = send
+        self._letters = DeadLetterWriter(
+            send,
+            settings.dlq_max_bytes,
+            settings.retry_backoff_max_s,
+            on_outage=lambda _error: metrics.dependency_retries.labels("kafka").inc(),
+        )
         self._model = model
         self._fetcher = fetcher
         self._cache = cache
@@ -187,21 +189,9 @@ class Pipeline:
         )
 
     async def _send_dead_letters(self, letters: list[Letter]) -> None:
-        """Write the batch's dead letters and wait until Kafka has them (waiting while Kafka is unreachable)."""
+        """Write the batch's dead letters and wait until Kafka has them (postlens.io.deadletter: never wedged by a
+        letter Kafka refuses; waiting while Kafka is unreachable)."""
         for _raw, letter in letters:
             self._metrics.dead_letters.labels(letter.error.stage, letter.error.kind).inc()
             log.info("dead letter %s/%s: %s", letter.error.stage, letter.error.kind, letter.error.message[:300])
-
-        async def send_all() -> None:
-            await asyncio.gather(
-                *(self._send(raw.key, letter_bytes(letter, self._settings.dlq_max_bytes)) for raw, letter in letters)
-            )
-
-        if letters:
-            await retry_forever(
-                send_all,
-                retriable=(KafkaError,),
-                what="writing dead letters",
-                max_delay_s=self._settings.retry_backoff_max_s,
-                on_retry=lambda _error: self._metrics.dependency_retries.labels("kafka").inc(),
-            )
+        await self._letters.write(letters)

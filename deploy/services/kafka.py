@@ -102,7 +102,15 @@ class Kafka(Service):
 
     def _format_storage(self) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        command = [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_path)]
+        # One argument: an id may start with "-", which argparse would read as an option.
+        command = [
+            *self._java(),
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(self.config_path),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"kafka storage format failed:\n{result.stdout}{result.stderr}")

@@ -4,7 +4,9 @@ Every URL gets a :class:`FetchOutcome` (``ok`` or why not); a failed image never
 processed with the images that did load. Limits, in the order a fetch meets them: the SSRF policy (every hop),
 concurrency (global and per host, via the connection pool), connect/read/total timeouts, redirects (followed by
 hand so each hop is re-checked), response size, content sniffing by Pillow (the Content-Type header is ignored),
-pixel count before decoding (decompression bombs), then EXIF orientation and resizing to the model's input.
+pixel count before decoding (decompression bombs), a decode marker in Redis (an image a worker died decoding is
+decoded alone; after ``fetch_poison_strikes`` deaths, never again: kind ``poison``), the decode pool's pixel budget,
+then EXIF orientation and resizing to the model's input.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import asyncio
 import io
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,6 +27,7 @@ from pydantic import BaseModel
 from yarl import URL
 
 from postlens.failures import FetchFailure
+from postlens.io.decode_pool import DecodePool
 from postlens.io.image_cache import CachedFailure, ImageCache
 from postlens.io.ssrf import AddressPolicy, BlockedAddress, GuardedResolver
 from postlens.runtime.images import to_model_pixels
@@ -58,25 +63,18 @@ class FetchError(Exception):
         self.kind = kind
 
 
-def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
-    """Image bytes → upright ``size``×``size`` RGB pixels, refusing non-images and decompression bombs.
+@contextmanager
+def _refusals(data: bytes) -> Iterator[None]:
+    """Whatever Pillow raises about ``data`` → :class:`FetchError`.
 
-    Raises only :class:`FetchError`: Pillow's decoders raise nearly anything on crafted files (``OSError``,
-    ``SyntaxError``, ``struct.error``, ``IndexError``, ``ZeroDivisionError``, ``MemoryError``…), and a bad image must
-    cost only that image.
+    Pillow's decoders raise nearly anything on crafted files (``OSError``, ``SyntaxError``, ``struct.error``,
+    ``IndexError``, ``ZeroDivisionError``, ``MemoryError``…), and a bad image must cost only that image.
     """
     with warnings.catch_warnings():
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a bomb is an error here at any size.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-            # Opening read only the header; refuse before the pixels are decompressed.
-            pixels = image.width * image.height
-            if pixels > max_pixels:
-                raise FetchError(
-                    FetchFailure.BOMB, f"{image.width}x{image.height} = {pixels} pixels exceeds {max_pixels}"
-                )
-            return to_model_pixels(image, size)
+            yield
         except FetchError:
             raise
         except UnidentifiedImageError as error:
@@ -88,6 +86,31 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
         except Exception as error:
             kind = FetchFailure.TRUNCATED if "truncated" in str(error) else FetchFailure.CORRUPT
             raise FetchError(kind, f"cannot decode image: {type(error).__name__}: {error}") from error
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    # Opening read only the header; refuse before the pixels are decompressed.
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        raise FetchError(FetchFailure.BOMB, f"{image.width}x{image.height} = {pixels} pixels exceeds {max_pixels}")
+    return image
+
+
+def image_pixels(data: bytes, max_pixels: int) -> int:
+    """Width × height, from the header alone; raises :class:`FetchError` as :func:`decode_image` would."""
+    with _refusals(data):
+        image = _open(data, max_pixels)
+        return image.width * image.height
+
+
+def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Image bytes → upright ``size``×``size`` RGB pixels, refusing non-images and decompression bombs.
+
+    Raises only :class:`FetchError`.
+    """
+    with _refusals(data):
+        return to_model_pixels(_open(data, max_pixels), size)
 
 
 def _http_kind(status: int) -> FetchFailure:
@@ -130,6 +153,7 @@ class ImageFetcher:
         self._image_size = image_size
         self._cache = cache
         self._policy = AddressPolicy.from_allowlist(settings.fetch_allowlist)
+        self._decoder = DecodePool(settings.fetch_decode_threads, settings.fetch_decode_budget_pixels)
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(self._policy, resolver),
             # The pool's limits are the fetch concurrency limits: a request waits for a free connection.
@@ -200,8 +224,27 @@ class ImageFetcher:
             raise FetchError(kind, f"{type(reason).__name__}: {reason}") from error
         except ValueError as error:  # yarl/aiohttp reject malformed URLs with ValueError subclasses
             raise FetchError(FetchFailure.INVALID_URL, str(error)) from error
-        # Decoding is CPU work; a thread keeps the event loop (and the Kafka heartbeat) responsive.
-        return await asyncio.to_thread(decode_image, data, self._image_size, settings.fetch_max_pixels)
+        return await self._decode(url, data)
+
+    async def _decode(self, url: str, data: bytes) -> np.ndarray:
+        """Decode on the pool (CPU work off the event loop, so the Kafka heartbeat goes on) within its pixel budget,
+        behind the decode marker that stops a crash loop (postlens.io.image_cache)."""
+        settings = self._settings
+        pixels = image_pixels(data, settings.fetch_max_pixels)
+        deaths = await self._cache.start_decoding(url) if self._cache is not None else None
+        if deaths is not None and deaths >= settings.fetch_poison_strikes:
+            raise FetchError(
+                FetchFailure.POISON, f"{deaths} workers died while decoding this image; it is not decoded again"
+            )
+        if deaths:
+            log.warning("a worker died while decoding %r; decoding it alone", url)
+        try:
+            # A suspect takes the whole budget: if it kills this worker too, no innocent image is blamed with it.
+            cost = self._decoder.budget_pixels if deaths else pixels
+            return await self._decoder.run(cost, decode_image, data, self._image_size, settings.fetch_max_pixels)
+        finally:
+            if self._cache is not None:
+                await asyncio.shield(self._cache.end_decoding(url))  # also when cancelled: the worker lives on
 
     async def _download(self, url: str) -> bytes:
         """The body at ``url``, following redirects by hand so the SSRF policy sees every hop."""
@@ -236,3 +279,4 @@ class ImageFetcher:
 
     async def close(self) -> None:
         await self._session.close()
+        self._decoder.close()

@@ -1,7 +1,14 @@
-"""Redis cache of preprocessed image pixels, and a short negative cache of fetch failures.
+"""Redis cache of preprocessed image pixels, a short negative cache of fetch failures, and decode markers.
 
-The cache is an optimisation, never a dependency: when Redis is unreachable every call answers "not cached" at
-once, the worker fetches uncached, and Redis is tried again after ``redis_retry_after_s`` (the client reconnects).
+The cache is an optimisation, never a dependency: when Redis is unreachable, or answers with something that is not
+Redis (a client error that is not a ``RedisError``), every call answers "not cached" at once, the worker fetches
+uncached, and Redis is tried again after ``redis_retry_after_s`` (the client reconnects).
+
+Decode markers are how a worker that died while decoding an image tells the next one: a counter per image URL is
+incremented before its decoding starts and deleted once it ended (well or not); a counter found above zero counts
+the workers that died meanwhile. They live in the same Redis, with a TTL of ``fetch_decode_marker_ttl_s``, so they
+survive the worker's restart and reach whichever worker owns the partition next. While Redis is unavailable no
+marker is read or written: decoding goes on, bounded only by the decode pool's pixel budget.
 """
 
 from __future__ import annotations
@@ -9,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -20,6 +29,7 @@ from postlens.settings import Settings
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "postlens:image"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class ImageCache:
         self._ttl_s = settings.image_cache_ttl_s
         self._negative_ttl_s = settings.image_negative_ttl_s
         self._retry_after_s = settings.redis_retry_after_s
+        self._marker_ttl_s = settings.fetch_decode_marker_ttl_s
         self._unavailable_until = 0.0
 
     def _pixels_key(self, url: str) -> str:
@@ -54,30 +65,42 @@ class ImageCache:
     def _failure_key(url: str) -> str:
         return f"{KEY_PREFIX}:fail:{_url_digest(url)}"
 
+    @staticmethod
+    def _decoding_key(url: str) -> str:
+        return f"{KEY_PREFIX}:decoding:{_url_digest(url)}"
+
     @property
     def available(self) -> bool:
         return time.monotonic() >= self._unavailable_until
 
-    def _mark_unavailable(self, error: RedisError) -> None:
+    def _mark_unavailable(self, error: Exception) -> None:
         if self.available:
-            log.warning("Redis unavailable (%s); fetching uncached for %.0f s", error, self._retry_after_s)
+            # Not a RedisError: something else answers at redis_url (a parser's ValueError), or a client bug.
+            unexpected = not isinstance(error, RedisError)
+            log.warning(
+                "Redis unavailable (%s: %s); fetching uncached for %.0f s",
+                type(error).__name__,
+                error,
+                self._retry_after_s,
+                exc_info=unexpected,
+            )
         self._unavailable_until = time.monotonic() + self._retry_after_s
 
     async def get(self, url: str) -> np.ndarray | CachedFailure | None:
         """Cached pixels, a remembered failure, or None (not cached, or Redis down)."""
-        if not self.available:
+        found = await self._call(lambda: self._client.mget(self._pixels_key(url), self._failure_key(url)))
+        if found is None:
             return None
-        try:
-            pixels, failure = await self._client.mget(self._pixels_key(url), self._failure_key(url))
-        except RedisError as error:
-            self._mark_unavailable(error)
-            return None
+        pixels, failure = found
         size = self._image_size
         # The client returns bytes (no decode_responses); anything else is not ours: treat it as a miss.
         if isinstance(pixels, bytes) and len(pixels) == size * size * 3:
             return np.frombuffer(pixels, dtype=np.uint8).reshape(size, size, 3)
         if isinstance(failure, bytes):
-            kind, _, message = failure.decode("utf-8").partition("\n")
+            try:
+                kind, _, message = failure.decode("utf-8").partition("\n")
+            except UnicodeDecodeError:  # not written by us: a miss, like pixels of the wrong size
+                return None
             return CachedFailure(kind, message)
         return None
 
@@ -88,12 +111,35 @@ class ImageCache:
         await self._set(self._failure_key(url), f"{failure.kind}\n{failure.message}".encode(), self._negative_ttl_s)
 
     async def _set(self, key: str, value: bytes, ttl_s: int) -> None:
+        await self._call(lambda: self._client.set(key, value, ex=ttl_s))
+
+    async def start_decoding(self, url: str) -> int | None:
+        """Record that decoding ``url`` starts; how many earlier decodes of it never ended (workers that died while
+        decoding it), or None when Redis is unavailable."""
+        key = self._decoding_key(url)
+
+        async def increment() -> int:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, self._marker_ttl_s)
+                started, _ = await pipe.execute()
+            return int(started) - 1
+
+        return await self._call(increment)
+
+    async def end_decoding(self, url: str) -> None:
+        """Decoding ``url`` ended (with pixels or a refusal): the worker survived it."""
+        await self._call(lambda: self._client.delete(self._decoding_key(url)))
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T | None:
+        """``operation``'s answer, or None at once while Redis is unavailable or when it fails."""
         if not self.available:
-            return
+            return None
         try:
-            await self._client.set(key, value, ex=ttl_s)
-        except RedisError as error:
+            return await operation()
+        except Exception as error:  # noqa: BLE001 — a cache must never fail a fetch, whatever its client raises
             self._mark_unavailable(error)
+            return None
 
     async def close(self) -> None:
         await self._client.aclose()

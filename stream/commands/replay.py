@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from postlens.io.deadletter import original_bytes
+from postlens.io.deadletter import original_bytes, original_key
 from postlens.io.kafka import BacklogReader, ConsumedMessage, OutgoingRecord, deliver_then_commit, ensure_topics
 from postlens.schemas import DEAD_LETTER_SCHEMA_VERSION, VERSION_HEADER, DeadLetter
 from postlens.settings import Settings
@@ -66,8 +66,7 @@ def _replayable(
         report.skipped += 1
         return None
     report.replayed += 1
-    key = letter.key.encode("utf-8") if letter.key is not None else None
     # The original version, so the replayed post never overwrites one that came after it.
     version = letter.source_version if letter.source_version is not None else letter.source_offset
     headers = ((VERSION_HEADER, str(version).encode("ascii")),) if version is not None else ()
-    return OutgoingRecord(settings.topic_posts, key, value, headers)
+    return OutgoingRecord(settings.topic_posts, original_key(letter), value, headers)

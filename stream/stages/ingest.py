@@ -1,9 +1,9 @@
 """Ingest: a Kafka message's bytes → a validated :class:`postlens.schemas.Post`, or the reason it is refused.
 
 Everything the model or Elasticsearch must never see is refused here (the worker dead-letters it): messages over
-the size limit, bytes that are not strict UTF-8 JSON objects (no NaN/Infinity/1e400, no lone surrogates from ``\\ud800``
-escapes, nesting within ``max_post_depth``), posts that do not match the schema, ids Elasticsearch cannot take,
-empty or over-long text.
+the size limit, bytes that are not strict UTF-8 JSON objects (no NaN/Infinity/1e400, no integer of over 4,300 digits,
+which CPython refuses to convert, no lone surrogates from ``\\ud800`` escapes, nesting within ``max_post_depth``),
+posts that do not match the schema, ids Elasticsearch cannot take, empty or over-long text.
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ def _refuse_constant(name: str) -> Any:
     raise InvalidPost(IngestFailure.INVALID_JSON, f"{name} is not JSON")
 
 
+def _integer(literal: str) -> int:
+    try:
+        return int(literal)
+    except ValueError as error:  # over sys.get_int_max_str_digits (4,300) digits: CPython refuses the conversion
+        raise InvalidPost(IngestFailure.INVALID_NUMBER, f"integer of {len(literal)} digits is out of range") from error
+
+
 def _finite(literal: str) -> float:
     number = float(literal)
     if not math.isfinite(number):  # 1e400: valid JSON, but an infinity no JSON encoder writes back
@@ -60,7 +67,7 @@ def _load_json(value: bytes, max_depth: int) -> Any:
     except UnicodeDecodeError as error:
         raise InvalidPost(IngestFailure.INVALID_UTF8, f"message is not UTF-8: {error}") from error
     try:
-        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite, parse_int=_integer)
     except json.JSONDecodeError as error:
         raise InvalidPost(IngestFailure.INVALID_JSON, f"message is not JSON: {error}") from error
     except RecursionError as error:

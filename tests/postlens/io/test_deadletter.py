@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import hashlib
 
-from postlens.io.deadletter import KEPT_PREFIX_BYTES, RawMessage, dead_letter, letter_bytes, original_bytes
+from postlens.io.deadletter import (
+    KEPT_PREFIX_BYTES,
+    RawMessage,
+    dead_letter,
+    letter_bytes,
+    letter_key,
+    minimal_letter,
+    original_bytes,
+    original_key,
+)
 from postlens.schemas import DEAD_LETTER_SCHEMA_VERSION, DeadLetter
 
 
@@ -61,3 +70,33 @@ def test_letters_carry_their_schema_version_and_old_letters_read_as_the_first() 
         "failed_at": "2026-11-22T10:00:00Z",
     }
     assert DeadLetter.model_validate(old).schema_version == 1
+
+
+def test_a_binary_key_is_kept_exactly_as_base64_not_escaped() -> None:
+    key = bytes(range(256)) * 3  # backslashreplace would have made each byte four characters
+    letter = dead_letter(RawMessage(value=b"{}", key=key, topic="posts"), "ingest", "schema", "bad")
+    assert letter.key is None and letter.key_b64 and not letter.key_truncated
+    assert original_key(letter) == key
+    assert letter_key(key) == key
+
+
+def test_a_huge_key_is_bounded_in_the_letter_and_its_kafka_key() -> None:
+    key = b"\xff" * 1_000_000
+    letter = dead_letter(RawMessage(value=b"{}", key=key, topic="posts"), "ingest", "schema", "bad")
+    encoded = letter_bytes(letter, max_bytes=900_000)
+    assert len(encoded) < 8 * 1024
+    kept = DeadLetter.model_validate_json(encoded)
+    assert kept.key_truncated and original_key(kept) is None  # not kept whole: never replayed with a wrong key
+    assert letter_key(key) == hashlib.sha256(key).hexdigest().encode()
+
+
+def test_a_minimal_letter_keeps_the_reason_and_where_the_original_is() -> None:
+    value = b'{"id": "p1", "text": "' + b"x" * 50_000 + b'"}'
+    raw = RawMessage(value=value, key=b"p1", topic="posts", partition=3, offset=77)
+    minimal = minimal_letter(dead_letter(raw, "index", "mapping", "refused " * 1000))
+    encoded = minimal.model_dump_json().encode()
+    assert len(encoded) < 1024
+    assert (minimal.source_topic, minimal.source_partition, minimal.source_offset) == ("posts", 3, 77)
+    assert minimal.original_size == len(value) and minimal.original_sha256 == hashlib.sha256(value).hexdigest()
+    assert (minimal.error.stage, minimal.error.kind) == ("index", "mapping")
+    assert original_bytes(minimal) is None and original_key(minimal) is None

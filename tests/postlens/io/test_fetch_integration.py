@@ -117,3 +117,40 @@ async def test_redis_down_costs_only_the_cache(server: ImageServer, tmp_path: Pa
         finally:
             await fetcher.close()
             await cache.close()
+
+
+async def _garbage_server() -> tuple[asyncio.Server, str]:
+    """Something that is not Redis on the Redis URL: it answers every command with a reply redis-py's parser cannot
+    read (``$abc``), on which the client raises a ValueError, not a RedisError."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            writer.write(b"$abc\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+
+
+async def test_a_cache_that_answers_garbage_costs_only_the_cache(server: ImageServer) -> None:
+    garbage, url = await _garbage_server()
+    fetch_settings = limits(url)
+    cache = ImageCache(fetch_settings, SIZE)
+    fetcher = ImageFetcher(fetch_settings, SIZE, cache)
+    try:
+        outcomes = [(await fetcher.fetch(fresh(server, "/img/garbage.png"))).outcome for _ in range(2)]
+        assert [(o.status, o.cached) for o in outcomes] == [("ok", False), ("ok", False)]
+    finally:
+        await fetcher.close()
+        await cache.close()
+        garbage.close()
+
+
+async def test_a_cached_failure_that_is_not_utf8_is_a_miss(
+    fetcher: ImageFetcher, server: ImageServer, redis_client
+) -> None:
+    url = fresh(server, "/img/not-utf8.png")
+    await redis_client.set(ImageCache._failure_key(url), b"\xff\xfe timeout\nnot ours", ex=60)  # noqa: SLF001
+    fetched = await fetcher.fetch(url)
+    assert (fetched.outcome.status, fetched.outcome.cached) == ("ok", False)

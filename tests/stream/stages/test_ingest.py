@@ -106,3 +106,18 @@ def test_the_version_is_the_producers_else_a_replays_header_else_the_offset(limi
     assert version({"id": "a", "text": "x"}, ((VERSION_HEADER, b"\xff"),)) == 40
     refused = ingest([RawMessage(encode({"id": "a", "text": "x", "version": -1}), b"k", "posts", 0, 1)], limits)
     assert [letter.error.kind for _, letter in refused.letters] == ["schema"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"id": "p", "text": "x", "retweets": ' + b"7" * 4301 + b"}",
+        b'{"id": ' + b"9" * 5000 + b', "text": "a huge numeric id"}',
+    ],
+)
+def test_an_integer_cpython_refuses_to_convert_is_invalid_input(value: bytes) -> None:
+    # Over 4,300 digits, int() raises a bare ValueError: it must be refused at ingest, not fail the batch.
+    with pytest.raises(InvalidPost) as refused:
+        parse_post(value, Settings())
+    assert refused.value.kind == "invalid_number"
+    assert "digits" in str(refused.value)
