@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from elasticsearch import ApiError, AsyncElasticsearch, SerializationError, TransportError
+from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, SerializationError, TransportError
 from elasticsearch.helpers import async_streaming_bulk
 
 from postlens.failures import IndexFailure
@@ -189,7 +189,11 @@ class ElasticsearchSink:
                     await self._es.indices.put_index_template(name=name, **body)
                 for index in (self._settings.es_index_entities, self._settings.es_index_posts):
                     if not await self._es.indices.exists(index=index):
-                        await self._es.indices.create(index=index)
+                        try:
+                            await self._es.indices.create(index=index)
+                        except BadRequestError as error:  # workers starting together race: one of them creates it
+                            if error.error != "resource_already_exists_exception":
+                                raise
 
         await self._retry(install, "installing Elasticsearch index templates")
 

@@ -1,4 +1,4 @@
-"""A Label Studio annotation → a BRIEF §2 label, or a refusal with its reason.
+"""A Label Studio annotation → a label (docs/contracts.md#label), or a refusal with its reason.
 
 Spans become ``entities`` (character offsets on the post's text), boxes linked to a span (a relation from the span to
 the box) become ``boxes`` of that entity on the image they are drawn on. A box with no link belongs to the only span
