@@ -38,6 +38,7 @@ from postlens.runtime.exported import (
     CONFIG_FILE,
     CRF_FILE,
     INPUT_NAMES,
+    INT8_ONNX_FILE,
     ONNX_FILE,
     OUTPUT_NAMES,
     TOKENIZER_DIR,
@@ -52,6 +53,8 @@ from postlens.settings import get_settings
 from trainer.model.checkpoint import load_checkpoint
 from trainer.model.network import NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
+from trainer.quantize import DEFAULT_PRECISION, quantize_network
+from trainer.serving_config import with_parameter, write_gpu_config
 
 MODEL_SOURCE = Path(__file__).resolve().parent.parent / "model_repository" / "postlens"
 # ONNX Runtime and PyTorch sum in different orders; float32 round-off stays far below this.
@@ -87,9 +90,22 @@ def next_version(model_root: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_model(model_dir: Path, repo: Path, version: int | None = None, name: str | None = None) -> Path:
+def export_model(
+    model_dir: Path,
+    repo: Path,
+    version: int | None = None,
+    name: str | None = None,
+    *,
+    precision: str = DEFAULT_PRECISION,
+    device: str = "cpu",
+) -> Path:
     """Export checkpoint ``model_dir`` as a new version of Triton model ``name`` (default: the entry model the workers
-    ask, ``POSTLENS_TRITON_MODEL``) in ``repo``; returns the version folder."""
+    ask, ``POSTLENS_TRITON_MODEL``) in ``repo``; returns the version folder.
+
+    ``precision`` "int8" also writes the quantized network and has the CPU config serve it ("fp32": the network as
+    trained); ``device`` "gpu" also writes the GPU config (:mod:`trainer.serving_config`)."""
+    if precision not in ("fp32", "int8"):
+        raise ExportError(f"precision is fp32 or int8 (a GPU runs fp16 from the fp32 network), not {precision!r}")
     model_root = repo / (name or get_settings().triton_model)
     version = version if version is not None else next_version(model_root)
     target = model_root / str(version)
@@ -99,7 +115,7 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None, name: 
         raise ExportError(f"{target} exists already; versions are never overwritten (omit --version for the next one)")
     network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
     model_root.mkdir(parents=True, exist_ok=True)
-    triton_config = _triton_config(model_root, config.vision_encoder.image_size)
+    triton_config = with_parameter(_triton_config(model_root, config.vision_encoder.image_size), "precision", precision)
 
     # A hidden name: Triton only treats all-digit folders as versions.
     staging = model_root / f".staging-{version}-{os.getpid()}"
@@ -120,11 +136,16 @@ def export_model(model_dir: Path, repo: Path, version: int | None = None, name: 
         shutil.copy2(model_dir / CONFIG_FILE, staging / CONFIG_FILE)
         shutil.copy2(MODEL_SOURCE / TRITON_CODE_FILE, staging / TRITON_CODE_FILE)
         cases = verify_parity(network, staging)
+        if precision == "int8":
+            quantize_network(staging / ONNX_FILE, staging / INT8_ONNX_FILE)
         card = _model_card(
             model_dir, model_root.name, checkpoint_version, version, config, cases, time.perf_counter() - started
         )
+        card["precision"] = precision
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (model_root / TRITON_CONFIG_FILE).write_text(triton_config)
+        if device == "gpu":
+            write_gpu_config(model_root, triton_config)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -328,10 +349,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         "repository it serves)",
     )
     parser.add_argument("--no-load", action="store_true", help="only write the version; do not contact Triton")
+    parser.add_argument(
+        "--precision",
+        choices=("int8", "fp32"),
+        default=DEFAULT_PRECISION,
+        help=f"the network the CPU config serves (default {DEFAULT_PRECISION}; fp32 is always written too)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: also write configs/gpu.pbtxt (KIND_GPU, TensorRT fp16) for tritonserver --model-config-name gpu",
+    )
     args = parser.parse_args(argv)
 
     try:
-        target = export_model(args.model, args.repo, args.version, args.name)
+        target = export_model(
+            args.model, args.repo, args.version, args.name, precision=args.precision, device=args.device
+        )
     except ExportError as error:
         raise SystemExit(f"export refused: {error}") from None
     card = json.loads((target / CARD_FILE).read_text())
