@@ -25,7 +25,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 from tqdm import tqdm
 
+from bench.machine import machine
 from bench.serving import ServingConfig, default_checkpoint, triton_serving
 from deploy.process import LaunchSpec, descendants, free_port, is_alive, rss_mb, spawn, stop, tail
 from postlens.io.connections import es_client, kafka_client_options
@@ -326,27 +326,6 @@ class ImageSource:
 # --------------------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, object]:
-    cpu_model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    memory_kb = next(
-        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
-    )
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gb": round(memory_kb / 2**20, 1),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-    }
 
 
 def commit(checkout: Path) -> str:
