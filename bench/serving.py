@@ -14,6 +14,8 @@ The model is the default served one (the ``twitter`` preset's checkpoint that ``
 2. In-process, the same version through ``ExportedModel.predict`` (tokenize, network, decode) on batches of 32 with
    the cores this process may use — the ceiling Triton's figures are divided by; the padding each batching leaves;
    each stage's time per post; and the network alone (ONNX Runtime fp32, int8, PyTorch; one thread each).
+3. Quality: entity F1 of fp32 and int8 as served on the Twitter-2015 and 2017 valid splits, and the share of
+   entities both precisions find (``--no-quality`` skips it).
 
 ``--device gpu`` (a machine with a GPU, onnxruntime-gpu installed): the version exported with its GPU config,
 served by Triton with ``--model-config-name gpu``; posts/s and latency at 1, 8, 32 and 64 posts in flight.
@@ -54,10 +56,12 @@ from postlens.schemas import ModelRef
 from postlens.settings import Settings, get_settings
 from stream.stages.infer import InferRequest, TritonInferer
 from trainer.data.conll import read_conll
+from trainer.data.load import load_examples
+from trainer.evaluate import build_report, predict_all
 from trainer.export import MODEL_SOURCE, export_model
 from trainer.model.checkpoint import load_checkpoint
 from trainer.plots import LoadFigures, plot_serving
-from trainer.predict import read_posts
+from trainer.predict import ExportedPredictor, read_posts
 from trainer.serving_config import GPU_CONFIG, GPU_CONFIG_NAME
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
@@ -522,6 +526,31 @@ def ceilings(version_dir: Path, requests: Sequence[InferRequest], seconds: float
 
 
 @dataclass(frozen=True)
+class Quality:
+    """Entity F1 of the served network at each precision on one valid split, and how many entities they share."""
+
+    split: str
+    f1: dict[str, float]  # by precision
+    agreement: float  # entities both find ÷ entities either finds
+
+
+def quality(version_dir: Path, settings: Settings) -> list[Quality]:
+    """fp32 against int8, as served (``trainer.evaluate --model VERSION --precision P``), on both valid splits."""
+    results = []
+    for split in VALID_SPLITS:
+        examples = load_examples(settings.shared_data_dir / split / "valid.txt")
+        f1, found = {}, {}
+        for precision in ("fp32", "int8"):
+            predictions = predict_all(ExportedPredictor.load(version_dir, precision), examples, 32)
+            f1[precision] = build_report(examples, predictions).report.entity.f1
+            found[precision] = [{(e.start, e.end, e.type) for e in p.entities} for p in predictions]
+        pairs = list(zip(found["fp32"], found["int8"], strict=True))
+        agreement = sum(len(a & b) for a, b in pairs) / max(sum(len(a | b) for a, b in pairs), 1)
+        results.append(Quality(split, f1, agreement))
+    return results
+
+
+@dataclass(frozen=True)
 class Padding:
     """Sub-tokens per post the encoder computes, by how batches of ``batch`` posts are formed, and the posts' own
     lengths (the model's cap ``max_subtokens`` beside them)."""
@@ -597,6 +626,7 @@ def report(
     local: list[InProcessResult],
     roofs: list[Ceiling],
     pads: Padding,
+    scores: list[Quality],
     checkpoint: Path,
     command: str,
     in_flight: int,
@@ -637,6 +667,17 @@ def report(
         "alternatives of the shipped configuration (threads 0 = the cgroup's cores ÷ instances) and the same without "
         "a queue delay. *cores*: CPU cores busy with the client and Triton (+ busy with other processes). "
         "*÷ in-process*: Triton's concurrent posts/s over the same network and batching in this process (below).",
+        "",
+        "## int8 against fp32 on the valid splits (as served: `python -m trainer.evaluate --model VERSION "
+        "--precision P`)",
+        "",
+        "| split | fp32 entity F1 | int8 entity F1 | int8 − fp32 (pt) | entities both find ÷ either finds |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {q.split} | {q.f1['fp32']:.4f} | {q.f1['int8']:.4f} | {(q.f1['int8'] - q.f1['fp32']) * 100:+.2f} | "
+            f"{q.agreement:.2%} |"
+            for q in scores
+        ),
         "",
         "## In-process ceiling (`ExportedModel.predict`: tokenize, network, decode; batches of 32, all usable cores)",
         "",
@@ -707,6 +748,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=400, help="posts sent under concurrent load, per round")
     parser.add_argument("--concurrency", type=int, default=64, help="posts in flight under concurrent load")
     parser.add_argument("--in-process-seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--no-quality", dest="quality", action="store_false", help="skip int8 vs fp32 F1 on the Twitter valid splits"
+    )
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -751,6 +795,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         roofs = ceilings(version_dir, requests, args.in_process_seconds)
         for ceiling in roofs:
             print(f"in-process {ceiling.label:<28} {ceiling.posts_per_s:7.1f} posts/s")
+        scores = quality(version_dir, settings) if args.quality else []
+        for q in scores:
+            print(f"{q.split}: entity F1 fp32 {q.f1['fp32']:.4f}, int8 {q.f1['int8']:.4f}, agreement {q.agreement:.2%}")
         pads = padding(version_dir, requests)
         print(
             f"sub-tokens per post: padded {pads.padded:.1f}, length batches {pads.length_batched:.1f}, "
@@ -770,7 +817,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
 
     (REPORTS / "serving.md").write_text(
-        report(results, stages, local, roofs, pads, checkpoint, command, args.concurrency)
+        report(results, stages, local, roofs, pads, scores, checkpoint, command, args.concurrency)
     )
     plot(results, local, REPORTS / "serving.png")
     print(f"\n{speedup_sentence(results)} — reports/serving.md, reports/serving.png")

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import onnx
 import pytest
 
 from postlens.runtime.exported import INT8_ONNX_FILE, ONNX_FILE, ExportedModel
@@ -14,6 +15,7 @@ from postlens.schemas import ModelRef, Post, PostPrediction
 from stream.stages.infer import InferRequest, TritonInferer
 from trainer.export import export_model
 from trainer.predict import read_posts
+from trainer.quantize import KEPT_FP32
 
 if TYPE_CHECKING:
     from tests.fixtures_model import ServedModel
@@ -60,6 +62,24 @@ def test_the_int8_version_serves_int8_and_keeps_the_fp32_network(int8_repo: Path
     assert (
         '{ key: "precision" value: { string_value: "int8" } }' in (int8_repo / "postlens" / "config.pbtxt").read_text()
     )
+
+
+def test_only_the_text_encoder_runs_in_int8_and_its_feed_forward_outputs_stay_fp32(int8_repo: Path) -> None:
+    version_dir = int8_repo / "postlens" / "1"
+    module_path = {  # the fp32 network's MatMuls → their module paths (the quantizer names its nodes after them)
+        node.name: next(p.value for p in node.metadata_props if p.key == "namespace")
+        for node in onnx.load(str(version_dir / ONNX_FILE)).graph.node
+        if node.op_type == "MatMul"
+    }
+    integer = [
+        module_path[node.name.removesuffix("_quant")]
+        for node in onnx.load(str(version_dir / INT8_ONNX_FILE)).graph.node
+        if node.op_type == "MatMulInteger"
+    ]
+    assert integer, "nothing was quantized"
+    assert all("text_encoder." in path for path in integer)
+    assert not any(KEPT_FP32.search(path) for path in integer)
+    assert any(KEPT_FP32.search(path) for path in module_path.values()), "the tiny encoder has no feed-forward output"
 
 
 def test_int8_finds_the_entities_fp32_finds_on_held_out_posts(int8_repo: Path, valid_posts: list[Post]) -> None:
