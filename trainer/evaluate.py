@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from postlens.runtime.exported import ONNX_FILE
 from postlens.runtime.schemes import Span, spans_from_tags
 from postlens.schemas import ENTITY_TYPES, Post, PostPrediction, canonical_type
 from trainer.data.examples import Example, covering_words
@@ -276,16 +277,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("trainer").setLevel(logging.INFO)  # the dataset report; not the encoders' chatter
 
-    from trainer.predict import Predictor, load_predictor  # torch is needed to predict, not to score or plot
-
     examples = load_examples(args.data, images_dir=args.images)
-    try:
-        predictor = load_predictor(args.model, args.precision)
-    except ValueError as error:
-        parser.error(str(error))
+    if (args.model / ONNX_FILE).is_file():  # an exported version, scored as served (torch-free)
+        from trainer.predict import ExportedPredictor
+
+        predictor = ExportedPredictor.load(args.model, args.precision)
+        embeddings = None  # the alignment embeddings are not an output of the served network
+    else:
+        if args.precision is not None:
+            parser.error(f"{args.model} is a checkpoint: --precision applies to an exported version folder")
+        from trainer.predict import Predictor  # torch is needed to predict, not to score or plot
+
+        predictor = Predictor.load(args.model)
+        embeddings = embed_all(predictor, examples, args.batch_size)
     predictions = predict_all(predictor, examples, args.batch_size)
-    # The alignment embeddings are not an output of the served network.
-    embeddings = embed_all(predictor, examples, args.batch_size) if isinstance(predictor, Predictor) else None
     evaluation = build_report(examples, predictions, embeddings)
     print(summary_table(evaluation.report))
     if args.json:

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from postlens.runtime.decode import Decoder
-from postlens.runtime.exported import CARD_FILE, ONNX_FILE, ExportedModel, read_model_config
+from postlens.runtime.exported import CARD_FILE, ExportedModel, read_model_config
 from postlens.runtime.images import empty_images, load_images, stack_images, to_model_pixels
 from postlens.runtime.preprocess import Preprocessor
 from postlens.runtime.words import Word
@@ -167,15 +167,6 @@ class ExportedPredictor:
         for post, prediction in zip(posts, predictions, strict=True):
             prediction.id = post.id
         return predictions
-
-
-def load_predictor(path: Path, precision: str | None = None) -> Predictor | ExportedPredictor:
-    """A checkpoint (PyTorch) or an exported version folder (as served), whichever ``path`` is."""
-    if (path / ONNX_FILE).is_file():
-        return ExportedPredictor.load(path, precision)
-    if precision is not None:
-        raise ValueError(f"{path} is a checkpoint: a precision applies to an exported version folder")
-    return Predictor.load(path)
 
 
 def accept_posts(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from postlens.runtime.exported import INT8_ONNX_FILE, ONNX_FILE, ExportedModel
 from postlens.runtime.images import load_images, stack_images
 from postlens.schemas import ModelRef, Post, PostPrediction
 from stream.stages.infer import InferRequest, TritonInferer
+from trainer.evaluate import main as evaluate_main
 from trainer.export import export_model
 from trainer.predict import read_posts
 from trainer.quantize import KEPT_FP32
@@ -115,3 +117,17 @@ async def test_triton_serves_the_int8_network(
     finally:
         await inferer.close()
     assert entities(actual) == entities(predict(in_process, posts))
+
+
+def test_evaluate_scores_an_exported_version_as_served(int8_repo: Path, model_data: Path, tmp_path: Path) -> None:
+    version_dir = int8_repo / "postlens" / "1"
+    scores = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / f"{precision}.json"
+        evaluate_main(
+            ["--model", str(version_dir), "--precision", precision, "--data", str(model_data / "valid.jsonl"),
+             "--json", str(out)]
+        )  # fmt: skip
+        scores[precision] = json.loads(out.read_text())["entity"]["f1"]
+    assert scores["fp32"] > 0
+    assert abs(scores["int8"] - scores["fp32"]) <= 0.05
