@@ -1,9 +1,10 @@
 """Stream benchmark: ``python -m bench.stream`` (``make bench`` runs it).
 
 One run on the local stack (Kafka, Elasticsearch and Redis of ``python -m deploy.local up``). The model is the
-serving benchmark's: the tiny cross-attention model trained once on synthetic posts (``bench.serving
-.default_checkpoint``), exported and served by a Triton of its own with the shipped ``config.pbtxt``. The posts are
-real tweets (twitter2015 + twitter2017 CoNLL under ``shared_data_dir``), published as a Kafka backlog:
+default served one (the ``twitter`` preset's checkpoint ``make demo`` trains and caches; ``--model`` another, e.g.
+``--model tiny`` for the serving benchmark's tiny model), exported and served by a Triton of its own with the shipped
+``config.pbtxt``. The posts are real tweets (twitter2015 + twitter2017 CoNLL under ``shared_data_dir``), published
+as a Kafka backlog:
 
 1. ``triton_only_posts_s``: the tweets straight to Triton through the worker's own client, ``--in-flight`` at once;
 2. ``pipeline_posts_s``: one ``python -m stream worker`` drains the backlog, Kafka → Elasticsearch (text-only, as
@@ -11,7 +12,9 @@ real tweets (twitter2015 + twitter2017 CoNLL under ``shared_data_dir``), publish
 3. ``scale_2_over_1``: the same tweets with one image each on a local source that adds 50 ms to every fetch (a URL
    of its own per post: no cache hits), drained by one worker, then by two;
 4. ``latency_p50_s`` / ``latency_p99_s``: publish → indexed while tweets arrive at half of ``pipeline_posts_s``
-   (Kafka's record time to the post document's ``indexed_at``, stamped as its bulk request is built).
+   (Kafka's record time to the post document's ``indexed_at``, stamped as its bulk request is built);
+5. ``by_precision``: steps 1–2 again with the network the shipped config does not serve (fp32 beside int8), so
+   both precisions' Triton alone, pipeline, their ratio and ``worker_cpu_ms_per_post`` are side by side.
 
 Throughputs are the 10 %→90 % slope of the indexed count, so start-up and the last stragglers do not count. Workers
 start on an empty topic and are ready (partitions assigned) before the backlog is published. Writes
@@ -25,14 +28,13 @@ import asyncio
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 from tqdm import tqdm
 
+from bench.machine import machine
 from bench.serving import ServingConfig, default_checkpoint, triton_serving
+from deploy.demo import default_checkpoint as default_model_checkpoint
 from deploy.process import LaunchSpec, descendants, free_port, is_alive, rss_mb, spawn, stop, tail
 from postlens.io.connections import es_client, kafka_client_options
 from postlens.io.kafka import ensure_topics
@@ -57,7 +61,14 @@ from trainer.export import export_model
 REPO = Path(__file__).resolve().parent.parent
 REPORTS = REPO / "reports"
 IMAGE_DELAY_S = 0.050
-GOALS = {"pipeline_over_triton": 0.85, "scale_2_over_1": 1.8, "latency_p99_s": 2.0, "worker_rss_mb": 300.0}
+GOALS = {
+    "pipeline_over_triton": 0.85,
+    "scale_2_over_1": 1.8,
+    "latency_p99_s": 2.0,
+    "worker_rss_mb": 300.0,
+    "worker_cpu_ms_per_post": 0.5,
+}
+AT_MOST = ("latency_p99_s", "worker_rss_mb", "worker_cpu_ms_per_post")  # goals that are ceilings
 READY_MARKERS = ("pipeline ready", "[^Worker]: Ready")
 
 
@@ -89,6 +100,7 @@ class Phase:
     logs: list[Path] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     cores: dict[str, float] = field(default_factory=dict)
+    worker_cpu_ms_per_post: float = 0.0  # the workers' process trees' CPU over the drain, per post
 
     @classmethod
     def create(cls, base: Settings, run: str, name: str) -> Phase:
@@ -166,6 +178,7 @@ class Phase:
         elapsed = time.perf_counter() - started
         triton_cores = (cpu_seconds([triton_pid]) - triton_s) / elapsed
         worker_cores = (cpu_seconds(self.workers) - workers_s) / elapsed
+        self.worker_cpu_ms_per_post = worker_cores * elapsed / len(posts) * 1000
         self.cores = {
             "triton": round(triton_cores, 2),
             "workers": round(worker_cores, 2),
@@ -329,27 +342,6 @@ class ImageSource:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, object]:
-    cpu_model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    memory_kb = next(
-        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
-    )
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "memory_gb": round(memory_kb / 2**20, 1),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-    }
-
-
 def commit(checkout: Path) -> str:
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True
@@ -365,8 +357,8 @@ def markdown(figures: dict, command: str) -> str:
         goal = GOALS.get(name)
         if goal is None:
             return ""
-        met = figures[name] <= goal if name in ("latency_p99_s", "worker_rss_mb") else figures[name] >= goal
-        return f"{'≤' if name in ('latency_p99_s', 'worker_rss_mb') else '≥'} {goal:g} — {'met' if met else 'missed'}"
+        met = figures[name] <= goal if name in AT_MOST else figures[name] >= goal
+        return f"{'≤' if name in AT_MOST else '≥'} {goal:g} — {'met' if met else 'missed'}"
 
     rows = [
         ("triton_only_posts_s", "Triton alone, worker's client, text-only tweets"),
@@ -378,6 +370,7 @@ def markdown(figures: dict, command: str) -> str:
         ("latency_p50_s", f"publish → indexed at {figures['latency_rate_posts_s']:.0f} posts/s (half the max)"),
         ("latency_p99_s", "same, 99th percentile"),
         ("worker_rss_mb", "worker peak RSS under load"),
+        ("worker_cpu_ms_per_post", "worker CPU per post (its process tree), text-only drain"),
     ]
     settings = figures["settings"]
     lines = [
@@ -385,7 +378,8 @@ def markdown(figures: dict, command: str) -> str:
         "",
         f"`{command}` — workers at commit {figures['commit']}, {figures['date']}; "
         f"machine: {figures['machine']['cpus']} CPUs "
-        f"({figures['machine']['cpu_model']}), {figures['machine']['memory_gb']} GB, shared by Triton, Kafka, "
+        f"({figures['machine']['cpu_model']}; int8 flags: {', '.join(figures['machine']['int8_flags']) or 'none'}), "
+        f"{figures['machine']['memory_gb']} GB, shared by Triton, Kafka, "
         "Elasticsearch, Redis, the workers and this load generator.",
         "",
         f"Model: {figures['model']}. Posts: {figures['posts']} real tweets per drain (twitter2015 + twitter2017). "
@@ -395,6 +389,16 @@ def markdown(figures: dict, command: str) -> str:
         "| figure | value | what | goal |",
         "|---|---:|---|---|",
         *(f"| `{name}` | {figures[name]:.2f} | {what} | {verdict(name)} |" for name, what in rows),
+        "",
+        f"## fp32 and int8 side by side ({figures['posts']} text-only tweets each)",
+        "",
+        "| network | Triton alone posts/s | pipeline posts/s | pipeline ÷ Triton | worker CPU ms/post |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {precision} | {row['triton_only_posts_s']:.1f} | {row['pipeline_posts_s']:.1f} | "
+            f"{row['pipeline_over_triton']:.2f} | {row['worker_cpu_ms_per_post']:.2f} |"
+            for precision, row in figures["by_precision"].items()
+        ),
         "",
         "![throughput and latency](bench.png)",
         "",
@@ -489,16 +493,20 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
     settings = get_settings()
     texts = tweets(settings)
     count = min(args.posts, len(texts))
-    checkpoint, _data = default_checkpoint(settings)
+    if args.model == "tiny":
+        checkpoint, _data = default_checkpoint(settings)
+    else:
+        checkpoint = Path(args.model) if args.model else default_model_checkpoint(settings, settings.home / "demo")
     print(f"exporting {checkpoint} …", flush=True)
-    version_dir = export_model(checkpoint, workdir / "export")
+    version_dir = export_model(checkpoint, workdir / "export", precision="int8")
+    shipped = ServingConfig.committed()
     run_id = uuid.uuid4().hex[:6]
     producer = AIOKafkaProducer(**kafka_client_options(settings), linger_ms=5, acks="all")
     await producer.start()
     figures: dict = {}
     phases: list[Phase] = []
     try:
-        with triton_serving(version_dir, ServingConfig.committed(), workdir) as (triton_url, triton_pid):
+        with triton_serving(version_dir, shipped, workdir) as (triton_url, triton_pid):
             figures["triton_only_posts_s"], triton_alone = await triton_only(
                 triton_url, triton_pid, texts[:count], args.in_flight
             )
@@ -510,6 +518,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
             figures["pipeline_posts_s"] = await text_only.drain(posts, producer, triton_pid)
             figures["cores"] = {"triton alone": triton_alone, "text": text_only.cores}
             figures["worker_rss_mb"] = text_only.peak_rss_mb
+            figures["worker_cpu_ms_per_post"] = text_only.worker_cpu_ms_per_post
             rate = figures["pipeline_posts_s"] / 2
             latency_s = await latencies(text_only, producer, texts, rate, args.latency_seconds)
             figures["latency_rate_posts_s"] = rate
@@ -534,6 +543,30 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
                     figures["cores"][phase.name] = phase.cores
                     figures["worker_rss_mb"] = max(figures["worker_rss_mb"], phase.peak_rss_mb)
                     await phase.cleanup()
+        other = "fp32" if shipped.precision != "fp32" else "int8"
+        figures["by_precision"] = {
+            shipped.precision: {
+                "triton_only_posts_s": figures["triton_only_posts_s"],
+                "pipeline_posts_s": figures["pipeline_posts_s"],
+                "worker_cpu_ms_per_post": figures["worker_cpu_ms_per_post"],
+            }
+        }
+        with triton_serving(version_dir, replace(shipped, precision=other), workdir) as (triton_url, triton_pid):
+            alone, _ = await triton_only(triton_url, triton_pid, texts[:count], args.in_flight)
+            phase = Phase.create(settings, run_id, f"text-{other}")
+            phases.append(phase)
+            await phase.start_workers(1, triton_url, workdir, args.worker_checkout)
+            posts = [{"id": f"text-{other}-{n}", "text": texts[n]} for n in range(count)]
+            drained = await phase.drain(posts, producer, triton_pid)
+            figures["cores"][phase.name] = phase.cores
+            figures["by_precision"][other] = {
+                "triton_only_posts_s": alone,
+                "pipeline_posts_s": drained,
+                "worker_cpu_ms_per_post": phase.worker_cpu_ms_per_post,
+            }
+            await phase.cleanup()
+        for row in figures["by_precision"].values():
+            row["pipeline_over_triton"] = row["pipeline_posts_s"] / row["triton_only_posts_s"]
     finally:
         await producer.stop()
         for phase in phases:
@@ -546,8 +579,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
     figures["latency_p99_s"] = float(np.percentile(latency_s, 99))
     figures["posts"] = count
     figures["model"] = (
-        f"tiny cross-attention model ({checkpoint}, trained by bench.serving.default_checkpoint on "
-        "synthetic posts), served by Triton with model_repository/postlens/config.pbtxt"
+        f"checkpoint {checkpoint}, served by Triton with model_repository/postlens/config.pbtxt ({shipped.label})"
     )
     figures["settings"] = {
         name: getattr(settings, name) for name in ("batch_size", "batch_wait_s", "worker_batches_in_flight")
@@ -557,6 +589,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        help='checkpoint dir; "tiny": the serving benchmark\'s tiny model (default: the default served model)',
+    )
     parser.add_argument("--posts", type=int, default=3000, help="tweets per text-only drain and for Triton alone")
     parser.add_argument("--image-posts", type=int, default=1500, help="tweets per drain with images")
     parser.add_argument("--in-flight", type=int, default=64, help="requests at once for Triton alone")
@@ -591,8 +627,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "latency_p50_s",
         "latency_p99_s",
         "worker_rss_mb",
+        "worker_cpu_ms_per_post",
     ):
         print(f"{name:<26} {figures[name]:8.2f}")
+    for precision, row in figures["by_precision"].items():
+        print(precision, {name: round(value, 2) for name, value in row.items()})
     print(f"{args.reports}/bench.json, bench.md, bench.png")
 
 

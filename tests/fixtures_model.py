@@ -2,7 +2,7 @@
 
 - ``model_data``: a small synthetic data set (docs/architecture.md) written by ``trainer.synth``;
 - ``tiny_checkpoint``: the tiny preset trained on it in this session (``trainer.train``, a few epochs);
-- ``exported_repo``: a temporary Triton model repository with that checkpoint exported as version 1;
+- ``exported_repo``: a temporary Triton model repository with that checkpoint exported as version 1 (fp32);
 - ``served_model``: a Triton of its own serving that repository on free ports, never the shared one (tests must
   not restart or reload it); ``start_triton`` starts more such servers (for a repository a test changes);
 - ``seed_checkpoints``: the tiny preset with each seed strategy (``mpcfn``, ``mgips``, ``smcl``) trained the same
@@ -106,7 +106,7 @@ def exported_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
     from trainer.export import export_model
 
     repo = tmp_path_factory.mktemp("model-repository")
-    export_model(tiny_checkpoint, repo)
+    export_model(tiny_checkpoint, repo, precision="fp32")  # served = in-process PyTorch, to 1e-4 (the parity tests)
     return repo
 
 
@@ -147,7 +147,7 @@ def served_seeds(
 
     repo = tmp_path_factory.mktemp("seed-repository")
     for strategy, checkpoint in seed_checkpoints.items():
-        export_model(checkpoint, repo, name=f"postlens-{strategy}")
+        export_model(checkpoint, repo, name=f"postlens-{strategy}", precision="fp32")
     return start_triton(repo)
 
 

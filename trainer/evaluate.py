@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from postlens.runtime.exported import ONNX_FILE
 from postlens.runtime.schemes import Span, spans_from_tags
 from postlens.schemas import ENTITY_TYPES, Post, PostPrediction, canonical_type
 from trainer.data.examples import Example, covering_words
@@ -257,7 +258,17 @@ def embed_all(predictor, examples: Sequence[Example], batch_size: int) -> tuple[
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="checkpoint dir written by trainer.train")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="checkpoint dir written by trainer.train, or an exported version folder (scored as Triton serves it)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        help="an exported version's network to score (default: the one it was exported to serve)",
+    )
     parser.add_argument("--data", type=Path, required=True, help="labeled JSONL or CoNLL .txt")
     parser.add_argument("--images", type=Path, help="image dir for CoNLL data (<IMGID>.jpg …)")
     parser.add_argument("--json", type=Path, help="write the metrics JSON here")
@@ -267,12 +278,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("trainer").setLevel(logging.INFO)  # the dataset report; not the encoders' chatter
 
-    from trainer.predict import Predictor  # torch is needed to predict, not to score or plot
-
     examples = load_examples(args.data, images_dir=args.images)
-    predictor = Predictor.load(args.model)
+    if (args.model / ONNX_FILE).is_file():  # an exported version, scored as served (torch-free)
+        from trainer.predict import ExportedPredictor
+
+        predictor: Predictor | ExportedPredictor = ExportedPredictor.load(args.model, args.precision)
+        embeddings = None  # the alignment embeddings are not an output of the served network
+    else:
+        if args.precision is not None:
+            parser.error(f"{args.model} is a checkpoint: --precision applies to an exported version folder")
+        from trainer.predict import Predictor  # torch is needed to predict, not to score or plot
+
+        predictor = Predictor.load(args.model)
+        embeddings = embed_all(predictor, examples, args.batch_size)
     predictions = predict_all(predictor, examples, args.batch_size)
-    evaluation = build_report(examples, predictions, embed_all(predictor, examples, args.batch_size))
+    evaluation = build_report(examples, predictions, embeddings)
     print(summary_table(evaluation.report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from postlens.runtime.exported import (
     CONFIG_FILE,
     CRF_FILE,
     INPUT_NAMES,
+    INT8_ONNX_FILE,
     ONNX_FILE,
     OUTPUT_NAMES,
     TOKENIZER_DIR,
@@ -55,6 +56,8 @@ from trainer.data.carried import read_carried
 from trainer.model.checkpoint import load_checkpoint
 from trainer.model.network import NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
+from trainer.quantize import DEFAULT_PRECISION, quantize_network
+from trainer.serving_config import with_parameter, write_gpu_config
 
 # The entry model's committed source (config.pbtxt, model.py): installed with the project (pyproject.toml packages
 # model_repository as a namespace package, no __init__.py that would leave a __pycache__ model folder behind), so a
@@ -107,35 +110,43 @@ def export_model(
     version: int | None = None,
     name: str | None = None,
     lineage: dict[str, Any] | None = None,
+    *,
+    precision: str = DEFAULT_PRECISION,
+    device: str = "cpu",
 ) -> Path:
     """Export checkpoint ``model_dir`` as a new version of Triton model ``name`` (default: the entry model the workers
     ask, ``POSTLENS_TRITON_MODEL``) in ``repo``; returns the version folder. ``lineage`` (what trainer.retrain knows:
-    labels, audit, gates, decision) goes into the model card beside the parent version."""
+    labels, audit, gates, decision) goes into the model card beside the parent version.
+
+    ``precision`` "int8" also writes the quantized network and has the CPU config serve it ("fp32": the network as
+    trained); ``device`` "gpu" also writes the GPU config (:mod:`trainer.serving_config`)."""
+    if precision not in ("fp32", "int8"):
+        raise ExportError(f"precision is fp32 or int8 (a GPU runs fp16 from the fp32 network), not {precision!r}")
     model_root = repo / (name or get_settings().triton_model)
     network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
     model_root.mkdir(parents=True, exist_ok=True)
-    triton_config = _triton_config(model_root, config.vision_encoder.input_size)
+    triton_config = with_parameter(_triton_config(model_root, config.vision_encoder.input_size), "precision", precision)
     with staged_version(model_root, version) as (staging, version):
         started = time.perf_counter()
         _write_onnx(network, Preprocessor.from_config(config, subword_tokenizer(tokenizer)), staging / ONNX_FILE)
         crf = network.crf.numpy_params()
-        np.savez(
-            staging / CRF_FILE,
-            labels=np.array(config.labels),
-            start=crf.start,
-            transitions=crf.transitions,
-            end=crf.end,
-        )
+        arrays = {"labels": np.array(config.labels), "start": crf.start, "transitions": crf.transitions, "end": crf.end}
+        np.savez(staging / CRF_FILE, **arrays)
         shutil.copytree(model_dir / TOKENIZER_DIR, staging / TOKENIZER_DIR)
         shutil.copy2(model_dir / CONFIG_FILE, staging / CONFIG_FILE)
         shutil.copy2(MODEL_SOURCE / TRITON_CODE_FILE, staging / TRITON_CODE_FILE)
         cases = verify_parity(network, staging)
+        if precision == "int8":
+            quantize_network(staging / ONNX_FILE, staging / INT8_ONNX_FILE)
         card = _model_card(
             model_dir, model_root.name, checkpoint_version, version, config, cases, time.perf_counter() - started
         )
+        card["precision"] = precision
         card["lineage"] = {"made_by": "trainer.export", "parent_version": _newest(model_root), **(lineage or {})}
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (model_root / TRITON_CONFIG_FILE).write_text(triton_config)
+        if device == "gpu":
+            write_gpu_config(model_root, triton_config)
     return model_root / str(version)
 
 
@@ -398,10 +409,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         "repository it serves)",
     )
     parser.add_argument("--no-load", action="store_true", help="only write the version; do not contact Triton")
+    parser.add_argument(
+        "--precision",
+        choices=("int8", "fp32"),
+        default=DEFAULT_PRECISION,
+        help=f"the network the CPU config serves (default {DEFAULT_PRECISION}; fp32 is always written too)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: also write configs/gpu.pbtxt (KIND_GPU, TensorRT fp16) for tritonserver --model-config-name gpu",
+    )
     args = parser.parse_args(argv)
 
     try:
-        target = export_model(args.model, args.repo, args.version, args.name)
+        target = export_model(
+            args.model, args.repo, args.version, args.name, precision=args.precision, device=args.device
+        )
     except ExportError as error:
         raise SystemExit(f"export refused: {error}") from None
     card = json.loads((target / CARD_FILE).read_text())

@@ -226,26 +226,25 @@ def plot_serving(
 ) -> None:
     """Triton throughput and latency per serving configuration (label → load mode → figures), and in-process
     throughput per runtime (runtime → batch size → posts/s)."""
-    figure, (throughput_axes, latency_axes, runtime_axes) = _pyplot().subplots(1, 3, figsize=(17, 5))
+    figure, (throughput_axes, latency_axes, runtime_axes) = _pyplot().subplots(1, 3, figsize=(19, 6))
     positions = np.arange(len(configs))
-    modes = {
-        "sequential": ("batch 1, sequential", "tab:gray"),
-        "concurrent": ("concurrent (dynamic batching)", "tab:blue"),
-    }
-    for offset, (mode, (name, color)) in zip((-0.2, 0.2), modes.items(), strict=True):
+    modes = list(dict.fromkeys(mode for loads_by_mode in configs.values() for mode in loads_by_mode))
+    height = 0.8 / len(modes)
+    for index, mode in enumerate(modes):
+        offset, color = (index - (len(modes) - 1) / 2) * height, f"C{index}"
         loads = [loads_by_mode[mode] for loads_by_mode in configs.values()]
         throughput_axes.barh(
-            positions + offset, [load.throughput for load in loads], height=0.4, color=color, label=name
+            positions + offset, [load.throughput for load in loads], height=height, color=color, label=mode
         )
-        latency_axes.barh(positions + offset, [load.p99_ms for load in loads], height=0.4, color=color, alpha=0.4)
+        latency_axes.barh(positions + offset, [load.p99_ms for load in loads], height=height, color=color, alpha=0.4)
         latency_axes.barh(
             positions + offset,
             [load.p50_ms for load in loads],
-            height=0.4,
+            height=height,
             color=color,
-            label=f"{name}: p50 (p99 light)",
+            label=f"{mode}: p50 (p99 light)",
         )
-    labels = [label.replace(", ", "\n", 1) for label in configs]
+    labels = [label.replace(", ", "\n", 2) for label in configs]
     for axes, title, unit in (
         (throughput_axes, "Triton entry model: throughput", "posts/s"),
         (latency_axes, "latency per post", "ms"),
@@ -256,10 +255,12 @@ def plot_serving(
         axes.set_title(title)
         axes.legend(fontsize=8)
     batches = sorted({batch for by_batch in in_process.values() for batch in by_batch})
-    for offset, (runtime, by_batch) in zip((-0.2, 0.2), in_process.items(), strict=True):
-        runtime_axes.bar(np.arange(len(batches)) + offset, [by_batch[b] for b in batches], width=0.4, label=runtime)
+    width = 0.8 / max(len(in_process), 1)
+    for index, (runtime, by_batch) in enumerate(in_process.items()):
+        offset = (index - (len(in_process) - 1) / 2) * width
+        runtime_axes.bar(np.arange(len(batches)) + offset, [by_batch[b] for b in batches], width=width, label=runtime)
     runtime_axes.set_xticks(np.arange(len(batches)), [f"batch {b}" for b in batches])
     runtime_axes.set_ylabel("posts/s (network only)")
-    runtime_axes.set_title("in-process: ONNX Runtime vs PyTorch")
+    runtime_axes.set_title("in-process, network alone")
     runtime_axes.legend()
     _save(figure, path)

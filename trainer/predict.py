@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from postlens.runtime.decode import Decoder
+from postlens.runtime.exported import CARD_FILE, ExportedModel, read_model_config
 from postlens.runtime.images import empty_images, load_images, stack_images, to_model_pixels
 from postlens.runtime.preprocess import Preprocessor
 from postlens.runtime.words import Word
@@ -133,33 +134,74 @@ class Predictor:
     def _accept(
         self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None
     ) -> tuple[list[int], dict[int, np.ndarray], list[PostPrediction]]:
-        """Which posts the model takes, their uint8 images, and a prediction slot per post (refusals filled in)."""
-        if images is not None and len(images) != len(posts):
-            raise ValueError(f"{len(posts)} posts but {len(images)} image lists")
-        size = self.preprocessor.image_size
-        limit = get_settings().max_text_chars
-        accepted: list[int] = []
-        pixels: dict[int, np.ndarray] = {}
-        predictions = [PostPrediction(model=self.decoder.model) for _ in posts]
-        for index, post in enumerate(posts):
-            refusal = text_refusal(post.text, limit)
-            if refusal is not None:
-                error = refusal[1]
-            else:
-                try:
-                    if images is None:
-                        pixels[index] = load_images(post.model_images, size, self.max_images)
-                    else:
-                        chosen = [to_model_pixels(image, size) for image in list(images[index])[: self.max_images]]
-                        pixels[index] = np.stack(chosen) if chosen else empty_images(0, size)
-                    error = None
-                except OSError as failure:
-                    error = f"cannot read image: {failure}"
-            if error is None:
-                accepted.append(index)
-            else:
-                predictions[index] = PostPrediction(model=self.decoder.model, error=error)
-        return accepted, pixels, predictions
+        return accept_posts(posts, images, self.preprocessor.image_size, self.max_images, self.decoder.model)
+
+
+class ExportedPredictor:
+    """An exported version folder as Triton serves it (ONNX Runtime at its precision, length batching), torch-free:
+    ``trainer.evaluate --model VERSION_DIR`` scores what is served, int8 included."""
+
+    def __init__(self, model: ExportedModel, max_images: int) -> None:
+        self.model = model
+        self.max_images = max_images
+
+    @classmethod
+    def load(cls, version_dir: Path, precision: str | None = None) -> ExportedPredictor:
+        """``precision`` None: the one the version was exported to serve (its model card)."""
+        card = json.loads((version_dir / CARD_FILE).read_text())
+        ref = ModelRef(name=card["name"], version=card["version"])
+        model = ExportedModel.load(version_dir, ref, precision=precision or card.get("precision", "fp32"))
+        return cls(model, read_model_config(version_dir).max_images)
+
+    def predict(
+        self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None
+    ) -> list[PostPrediction]:
+        accepted, pixels, predictions = accept_posts(
+            posts, images, self.model.image_size, self.max_images, self.model.decoder.model
+        )
+        if accepted:
+            batch, mask = stack_images([pixels[i] for i in accepted], self.model.image_size)
+            decoded = self.model.predict([posts[i].text for i in accepted], batch, mask)
+            for index, prediction in zip(accepted, decoded, strict=True):
+                predictions[index] = prediction
+        for post, prediction in zip(posts, predictions, strict=True):
+            prediction.id = post.id
+        return predictions
+
+
+def accept_posts(
+    posts: Sequence[Post],
+    images: Sequence[Sequence[Image.Image]] | None,
+    size: int,
+    max_images: int,
+    model: ModelRef,
+) -> tuple[list[int], dict[int, np.ndarray], list[PostPrediction]]:
+    """Which posts the model takes, their uint8 images, and a prediction slot per post (refusals filled in)."""
+    if images is not None and len(images) != len(posts):
+        raise ValueError(f"{len(posts)} posts but {len(images)} image lists")
+    limit = get_settings().max_text_chars
+    accepted: list[int] = []
+    pixels: dict[int, np.ndarray] = {}
+    predictions = [PostPrediction(model=model) for _ in posts]
+    for index, post in enumerate(posts):
+        refusal = text_refusal(post.text, limit)
+        if refusal is not None:
+            error = refusal[1]
+        else:
+            try:
+                if images is None:
+                    pixels[index] = load_images(post.model_images, size, max_images)
+                else:
+                    chosen = [to_model_pixels(image, size) for image in list(images[index])[:max_images]]
+                    pixels[index] = np.stack(chosen) if chosen else empty_images(0, size)
+                error = None
+            except OSError as failure:
+                error = f"cannot read image: {failure}"
+        if error is None:
+            accepted.append(index)
+        else:
+            predictions[index] = PostPrediction(model=model, error=error)
+    return accepted, pixels, predictions
 
 
 def read_posts(path: Path) -> list[Post]:

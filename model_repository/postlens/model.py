@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from postlens.runtime.cores import usable_cores
 from postlens.runtime.exported import ExportedModel, execution_providers
 from postlens.schemas import ModelRef, text_refusal
 from postlens.settings import get_settings
@@ -31,23 +32,30 @@ class InvalidInput(ValueError):
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         started = time.perf_counter()
-        parameters = {
-            key: value["string_value"] for key, value in json.loads(args["model_config"]).get("parameters", {}).items()
-        }
+        model_config = json.loads(args["model_config"])
+        parameters = {key: value["string_value"] for key, value in model_config.get("parameters", {}).items()}
         provider = parameters.get("execution_provider", "auto")
         if provider == "auto":
             provider = "cuda" if args["model_instance_kind"] == "GPU" else "cpu"
+        precision = parameters.get("precision", "fp32")
+        # The instances share the cores the container may use; more threads than that would only be throttled.
+        instances = sum(int(group.get("count", 1)) for group in model_config.get("instance_group", [])) or 1
+        threads = int(parameters.get("intra_op_threads", "0")) or max(1, usable_cores() // instances)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.model = ExportedModel.load(
             version_dir,
             ModelRef(name=args["model_name"], version=args["model_version"]),
-            execution_providers(provider, int(args["model_instance_device_id"])),
-            int(parameters.get("intra_op_threads", "0")),
+            execution_providers(
+                provider, int(args["model_instance_device_id"]), fp16=precision == "fp16", cache_dir=version_dir
+            ),
+            threads,
+            precision,
+            parameters.get("length_batching", "true") == "true",
         )
         self.max_text_chars = get_settings().max_text_chars
         pb_utils.Logger.log_info(
-            f"{args['model_instance_name']}: version {args['model_version']} on {provider}, "
-            f"{self.model.image_size}px images, ready in {time.perf_counter() - started:.1f}s"
+            f"{args['model_instance_name']}: version {args['model_version']} on {provider} at {precision}, "
+            f"{threads} threads, {self.model.image_size}px images, ready in {time.perf_counter() - started:.1f}s"
         )
 
     def execute(self, requests: list) -> list:

@@ -2,7 +2,8 @@
 
 A version folder (written by ``trainer.export``; the Triton entry model serves it) holds:
 
-- ``network.onnx`` — the fusion network (dynamic batch, sub-token length, word count and image count 0–4);
+- ``network.onnx`` — the fusion network (dynamic batch, sub-token length, word count and image count 0–4), and
+  ``network.int8.onnx`` — the same with int8 weights and dynamically quantized activations (CPU serving);
 - ``crf.npz`` — the label list and the constrained CRF scores (start, transitions, end) the decoder uses;
 - ``tokenizer/`` and ``config.yaml`` — the sub-word tokenizer and resolved configuration, so preprocessing and
   decoding are exactly the training ones;
@@ -14,17 +15,18 @@ A training checkpoint uses the same names for its config and tokenizer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import onnxruntime as ort
 import yaml
 
 from postlens.runtime.config import ModelConfig
-from postlens.runtime.cpus import available_cpus
+from postlens.runtime.cores import usable_cores
 from postlens.runtime.decode import CrfParams, Decoder
 from postlens.runtime.preprocess import Preprocessor, SubwordTokenizer
 from postlens.runtime.word_features import feature_input_names
@@ -32,6 +34,7 @@ from postlens.runtime.words import WORD_TOKENIZER_VERSION, Word
 from postlens.schemas import ModelRef, PostPrediction
 
 ONNX_FILE = "network.onnx"
+INT8_ONNX_FILE = "network.int8.onnx"
 CRF_FILE = "crf.npz"
 CARD_FILE = "model_card.json"
 CONFIG_FILE = "config.yaml"
@@ -42,16 +45,57 @@ INPUT_NAMES = ("input_ids", "attention_mask", "word_index", "word_mask", "pixel_
 # Plus word_shape [B, W] and word_chars [B, W, C] when the model config enables those word features.
 # word_region_attention [B, W, N, P] over each image's P regions, whose boxes are region_boxes [B, N, P, 4].
 OUTPUT_NAMES = ("emissions", "word_region_attention", "image_relevance", "region_boxes")
+# How the network runs: fp32; int8 (CPU: the quantized file); fp16 (GPU: TensorRT builds fp16 kernels from fp32).
+Precision = Literal["fp32", "int8", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+# One ONNX Runtime call costs about as much as this many sub-tokens of a post (a few hundred graph nodes' dispatch,
+# the decoder's per-batch work): a length bucket is split off only when the padding it saves outweighs that.
+RUN_COST_SUBTOKENS = 24
 
 
-def execution_providers(name: str, device_id: int = 0) -> list[Any]:
+def network_file(precision: str) -> str:
+    """The file of a version folder that runs at ``precision``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    return INT8_ONNX_FILE if precision == "int8" else ONNX_FILE
+
+
+def length_buckets(lengths: Sequence[int], run_cost: int = RUN_COST_SUBTOKENS) -> list[np.ndarray]:
+    """Rows of a batch grouped by length so padding is cheap: each group runs padded to its own longest row.
+
+    The network's cost is about linear in the padded sub-tokens (rows × longest), plus ``run_cost`` per call; the
+    cheapest split of the rows sorted by length into contiguous groups is found exactly (O(n²), n ≤ a batch).
+    """
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    ordered = np.asarray(lengths)[order]
+    best = [0.0] + [math.inf] * len(ordered)  # best[j]: cheapest cost of the first j rows
+    cut = [0] * (len(ordered) + 1)
+    for end in range(1, len(ordered) + 1):
+        for start in range(end):  # the last group: rows start..end-1, padded to ordered[end - 1]
+            cost = best[start] + run_cost + (end - start) * int(ordered[end - 1])
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(ordered)
+    while end > 0:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
+def execution_providers(name: str, device_id: int = 0, fp16: bool = False, cache_dir: Path | None = None) -> list[Any]:
     """ONNX Runtime providers for ``name`` ("cpu", "cuda", "tensorrt"), falling back along the chain on ops the
-    faster provider lacks; refuses a provider this onnxruntime build does not have, rather than silently using CPU."""
+    faster provider lacks; refuses a provider this onnxruntime build does not have, rather than silently using CPU.
+
+    ``fp16``: TensorRT builds half-precision kernels; ``cache_dir`` keeps its engines across restarts (building
+    them takes minutes)."""
+    tensorrt: dict[str, Any] = {"device_id": device_id, "trt_fp16_enable": fp16}
+    if cache_dir is not None:
+        tensorrt |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}
     chains: dict[str, list[Any]] = {
         "cpu": ["CPUExecutionProvider"],
         "cuda": [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"],
         "tensorrt": [
-            ("TensorrtExecutionProvider", {"device_id": device_id}),
+            ("TensorrtExecutionProvider", tensorrt),
             ("CUDAExecutionProvider", {"device_id": device_id}),
             "CPUExecutionProvider",
         ],
@@ -72,6 +116,7 @@ class ExportedModel:
     preprocessor: Preprocessor
     session: ort.InferenceSession
     decoder: Decoder
+    length_batching: bool = True  # run a batch's posts in groups by length (length_buckets)
 
     @classmethod
     def load(
@@ -80,17 +125,25 @@ class ExportedModel:
         model: ModelRef,
         providers: Sequence[Any] = ("CPUExecutionProvider",),
         intra_op_threads: int = 0,
+        precision: str = "fp32",
+        length_batching: bool = True,
     ) -> ExportedModel:
+        """``intra_op_threads`` 0: as many as this process may use (:func:`usable_cores`, the cgroup quota)."""
         config = read_model_config(version_dir)
         tokenizer = SubwordTokenizer.load(version_dir / TOKENIZER_DIR)
+        network = version_dir / network_file(precision)
+        if not network.is_file():
+            raise FileNotFoundError(
+                f"{version_dir} has no {network.name} to run at {precision}: export it with "
+                f"python -m trainer.export --precision {precision}"
+            )
         options = ort.SessionOptions()
-        # 0: the CPUs the container may use, where ONNX Runtime would take every core of the node.
-        options.intra_op_num_threads = intra_op_threads or available_cpus()
+        options.intra_op_num_threads = intra_op_threads or usable_cores()
         options.inter_op_num_threads = 1
         # Idle ONNX Runtime threads would spin for the next batch on cores that the tokenizer, the decoder and
         # other model instances need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(version_dir / ONNX_FILE), options, providers=list(providers))
+        session = ort.InferenceSession(str(network), options, providers=list(providers))
         missing = set(OUTPUT_NAMES) - {output.name for output in session.get_outputs()}
         if missing:  # an export of an earlier PostLens (region_boxes came with the DETR family)
             raise ValueError(
@@ -100,7 +153,7 @@ class ExportedModel:
         with np.load(version_dir / CRF_FILE) as arrays:
             crf = CrfParams(start=arrays["start"], transitions=arrays["transitions"], end=arrays["end"])
         decoder = Decoder.from_config(config, crf, model)
-        return cls(Preprocessor.from_config(config, tokenizer), session, decoder)
+        return cls(Preprocessor.from_config(config, tokenizer), session, decoder, length_batching)
 
     @property
     def image_size(self) -> int:
@@ -133,7 +186,8 @@ class ExportedModel:
 
         Posts run in groups by image slots used: the vision encoder encodes every slot of a batch, masked or not,
         so one four-image post would make every post batched with it pay for four images (and a text-only group
-        skips the vision encoder). Masking makes each post's result independent of its group.
+        skips the vision encoder); and, with ``length_batching``, in groups by sub-token length, so short posts are
+        not padded to the longest of the batch. Masking makes each post's result independent of its group.
         """
         images = np.asarray(images)
         image_mask = np.asarray(image_mask, dtype=bool)
@@ -145,7 +199,12 @@ class ExportedModel:
             rows = np.flatnonzero(slots_used == slots)
             group_texts = [texts[row] for row in rows]
             inputs, words = self.preprocessor.encode(group_texts, images[rows, :slots], image_mask[rows, :slots])
-            by_row.update(zip(rows.tolist(), self.decode(group_texts, words, inputs, self.run(inputs)), strict=True))
+            lengths = inputs["attention_mask"].sum(axis=1)
+            for part in length_buckets(lengths) if self.length_batching else [np.arange(len(rows))]:
+                part_inputs = self.preprocessor.select(inputs, part)
+                part_texts, part_words = [group_texts[i] for i in part], [words[i] for i in part]
+                decoded = self.decode(part_texts, part_words, part_inputs, self.run(part_inputs))
+                by_row.update(zip(rows[part].tolist(), decoded, strict=True))
         return [by_row[row] for row in range(len(texts))]
 
 

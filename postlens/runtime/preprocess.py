@@ -17,11 +17,14 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from postlens.runtime.config import ModelConfig, WordFeaturesConfig
-from postlens.runtime.word_features import encode_word_features
+from postlens.runtime.word_features import encode_word_features, feature_input_names
 from postlens.runtime.words import Word, is_url, word_tokenize
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Inputs whose axis 1 runs over sub-tokens, or over words (the others: over image slots).
+SUBTOKEN_AXIS = frozenset({"input_ids", "attention_mask"})
+WORD_AXIS = frozenset({"word_index", "word_mask", *feature_input_names(WordFeaturesConfig(shape=True, chars=True))})
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,20 @@ class Preprocessor:
             **encode_word_features(kept, width, self.word_features),
         }
         return inputs, kept
+
+    @staticmethod
+    def select(inputs: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The given rows of an encoded batch, padded only to their own longest post (sub-tokens and words)."""
+        subtokens = max(1, int(inputs["attention_mask"][rows].sum(axis=1).max(initial=0)))
+        words = max(1, int(inputs["word_mask"][rows].sum(axis=1).max(initial=0)))
+        return {
+            name: value[rows, :subtokens]
+            if name in SUBTOKEN_AXIS
+            else value[rows, :words]
+            if name in WORD_AXIS
+            else value[rows]
+            for name, value in inputs.items()
+        }
 
     def _encoder_text(self, word: Word) -> str:
         """What the sub-word encoder reads for ``word``: the word, or the URL placeholder for a URL."""

@@ -102,3 +102,16 @@ def test_any_post_tags_the_same_words_with_or_without_the_placeholder(tokenizer,
     inputs, words = Preprocessor(tokenizer, 8, MEAN, STD, 64, 512, url_placeholder="link").encode([text], *no_images(1))
     assert words == words_as_is
     assert inputs["word_mask"].sum() == len(words[0])
+
+
+def test_selected_rows_are_encoded_as_if_batched_alone(tokenizer) -> None:
+    features = WordFeaturesConfig(shape=True, chars=True)
+    preprocessor = Preprocessor(tokenizer, 8, MEAN, STD, 64, 64, features)
+    texts = ["a very much longer post about Zimmerman in #NewYork today", "ok", "hi there @Jay"]
+    batch, _ = preprocessor.encode(texts, *no_images(3))
+    rows = np.array([1, 2])
+    alone, _ = preprocessor.encode([texts[1], texts[2]], *no_images(2))
+    selected = preprocessor.select(batch, rows)
+    assert selected.keys() == alone.keys()
+    for name in alone:
+        np.testing.assert_array_equal(selected[name], alone[name], err_msg=name)

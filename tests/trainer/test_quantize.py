@@ -1,0 +1,133 @@
+"""The int8 export: what it serves agrees with fp32 on the entities of held-out posts, in process and from Triton."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+import pytest
+
+from postlens.runtime.exported import INT8_ONNX_FILE, ONNX_FILE, ExportedModel
+from postlens.runtime.images import load_images, stack_images
+from postlens.schemas import ModelRef, Post, PostPrediction
+from stream.stages.infer import InferRequest, TritonInferer
+from trainer.evaluate import main as evaluate_main
+from trainer.export import export_model
+from trainer.predict import read_posts
+from trainer.quantize import KEPT_FP32
+
+if TYPE_CHECKING:
+    from tests.fixtures_model import ServedModel
+
+AGREEMENT = 0.99  # of the entities either precision finds, both must find this share
+
+
+@pytest.fixture(scope="module")
+def int8_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("int8-repository")
+    export_model(tiny_checkpoint, repo, precision="int8")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def valid_posts(model_data: Path) -> list[Post]:
+    return read_posts(model_data / "valid.jsonl")
+
+
+def predict(model: ExportedModel, posts: list[Post]) -> list[PostPrediction]:
+    predictions = []
+    for first in range(0, len(posts), 32):
+        chunk = posts[first : first + 32]
+        images, mask = stack_images(
+            [load_images(post.model_images, model.image_size, 4) for post in chunk], model.image_size
+        )
+        predictions += model.predict([post.text for post in chunk], images, mask)
+    return predictions
+
+
+def entities(predictions: list[PostPrediction]) -> list[set[tuple[int, int, str]]]:
+    return [{(entity.start, entity.end, entity.type) for entity in prediction.entities} for prediction in predictions]
+
+
+def agreement(first: list[set], second: list[set]) -> float:
+    found = sum(len(a | b) for a, b in zip(first, second, strict=True))
+    return sum(len(a & b) for a, b in zip(first, second, strict=True)) / found
+
+
+def test_the_int8_version_serves_int8_and_keeps_the_fp32_network(int8_repo: Path) -> None:
+    version_dir = int8_repo / "postlens" / "1"
+    assert (version_dir / ONNX_FILE).is_file() and (version_dir / INT8_ONNX_FILE).is_file()
+    assert (version_dir / INT8_ONNX_FILE).stat().st_size < (version_dir / ONNX_FILE).stat().st_size
+    assert (
+        '{ key: "precision" value: { string_value: "int8" } }' in (int8_repo / "postlens" / "config.pbtxt").read_text()
+    )
+
+
+def test_only_the_text_encoder_runs_in_int8_and_its_feed_forward_outputs_stay_fp32(int8_repo: Path) -> None:
+    version_dir = int8_repo / "postlens" / "1"
+    module_path = {  # the fp32 network's MatMuls → their module paths (the quantizer names its nodes after them)
+        node.name: next(p.value for p in node.metadata_props if p.key == "namespace")
+        for node in onnx.load(str(version_dir / ONNX_FILE)).graph.node
+        if node.op_type == "MatMul"
+    }
+    integer = [
+        module_path[node.name.removesuffix("_quant")]
+        for node in onnx.load(str(version_dir / INT8_ONNX_FILE)).graph.node
+        if node.op_type == "MatMulInteger"
+    ]
+    assert integer, "nothing was quantized"
+    assert all("text_encoder." in path for path in integer)
+    assert not any(KEPT_FP32.search(path) for path in integer)
+    assert any(KEPT_FP32.search(path) for path in module_path.values()), "the tiny encoder has no feed-forward output"
+
+
+def test_int8_finds_the_entities_fp32_finds_on_held_out_posts(int8_repo: Path, valid_posts: list[Post]) -> None:
+    version_dir, model = int8_repo / "postlens" / "1", ModelRef(name="postlens", version="1")
+    fp32 = entities(predict(ExportedModel.load(version_dir, model, precision="fp32"), valid_posts))
+    int8 = entities(predict(ExportedModel.load(version_dir, model, precision="int8"), valid_posts))
+    assert sum(map(len, fp32)) >= 20, "the tiny model finds too few entities for agreement to mean anything"
+    assert agreement(fp32, int8) >= AGREEMENT
+
+
+def test_length_batching_changes_no_prediction(int8_repo: Path, valid_posts: list[Post]) -> None:
+    version_dir, model = int8_repo / "postlens" / "1", ModelRef(name="postlens", version="1")
+    padded = predict(ExportedModel.load(version_dir, model, precision="fp32", length_batching=False), valid_posts)
+    grouped = predict(ExportedModel.load(version_dir, model, precision="fp32"), valid_posts)
+    assert entities(grouped) == entities(padded)
+    for want, got in zip(padded, grouped, strict=True):
+        assert [e.confidence for e in got.entities] == pytest.approx([e.confidence for e in want.entities], abs=1e-4)
+
+
+@pytest.mark.integration
+async def test_triton_serves_the_int8_network(
+    int8_repo: Path, start_triton: Callable[[Path], ServedModel], valid_posts: list[Post]
+) -> None:
+    served = start_triton(int8_repo)
+    in_process = ExportedModel.load(
+        int8_repo / "postlens" / "1", ModelRef(name="postlens", version="1"), precision="int8"
+    )
+    posts = valid_posts[:40]
+    inferer = await TritonInferer.connect(served.settings())
+    try:
+        requests = [InferRequest(text=p.text, images=load_images(p.model_images, inferer.image_size, 4)) for p in posts]
+        actual = await inferer.infer(requests)
+    finally:
+        await inferer.close()
+    assert entities(actual) == entities(predict(in_process, posts))
+
+
+def test_evaluate_scores_an_exported_version_as_served(int8_repo: Path, model_data: Path, tmp_path: Path) -> None:
+    version_dir = int8_repo / "postlens" / "1"
+    scores = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path / f"{precision}.json"
+        evaluate_main(
+            ["--model", str(version_dir), "--precision", precision, "--data", str(model_data / "valid.jsonl"),
+             "--json", str(out)]
+        )  # fmt: skip
+        scores[precision] = json.loads(out.read_text())["entity"]["f1"]
+    assert scores["fp32"] > 0
+    assert abs(scores["int8"] - scores["fp32"]) <= 0.05
