@@ -20,7 +20,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from postlens.runtime.cores import usable_cores
-from postlens.runtime.exported import ExportedModel, execution_providers
+from postlens.runtime.exported import ExportedModel, execution_providers, version_precision
 from postlens.schemas import ModelRef, text_refusal
 from postlens.settings import get_settings
 
@@ -37,11 +37,13 @@ class TritonPythonModel:
         provider = parameters.get("execution_provider", "auto")
         if provider == "auto":
             provider = "cuda" if args["model_instance_kind"] == "GPU" else "cpu"
+        version_dir = Path(args["model_repository"]) / args["model_version"]
         precision = parameters.get("precision", "fp32")
+        if precision != "fp16":  # a GPU's TensorRT precision is the config's; on CPU, the version's own
+            precision = version_precision(version_dir, precision)
         # The instances share the cores the container may use; more threads than that would only be throttled.
         instances = sum(int(group.get("count", 1)) for group in model_config.get("instance_group", [])) or 1
         threads = int(parameters.get("intra_op_threads", "0")) or max(1, usable_cores() // instances)
-        version_dir = Path(args["model_repository"]) / args["model_version"]
         self.model = ExportedModel.load(
             version_dir,
             ModelRef(name=args["model_name"], version=args["model_version"]),

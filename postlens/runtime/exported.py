@@ -15,6 +15,7 @@ A training checkpoint uses the same names for its config and tokenizer.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,16 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 # One ONNX Runtime call costs about as much as this many sub-tokens of a post (a few hundred graph nodes' dispatch,
 # the decoder's per-batch work): a length bucket is split off only when the padding it saves outweighs that.
 RUN_COST_SUBTOKENS = 24
+
+
+def version_precision(version_dir: Path, configured: str) -> str:
+    """The CPU precision ``version_dir`` serves: the one it was exported to serve (its card), else ``configured`` (the
+    model's config). Per version, so a rollback to a version exported at fp32 serves it as it was served."""
+    try:
+        exported = json.loads((version_dir / CARD_FILE).read_text()).get("precision")
+    except (OSError, ValueError):
+        exported = None
+    return exported if exported in ("fp32", "int8") else configured
 
 
 def network_file(precision: str) -> str:
