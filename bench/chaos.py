@@ -48,7 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bench.serving import ServingConfig, TritonServer, default_checkpoint
-from bench.stream import ImageSource, commit, machine
+from bench.stream import ImageSource, commit, isolated_settings, machine
 from deploy.process import LaunchSpec, free_port, is_alive, spawn, stop, tail
 from deploy.services import Service
 from deploy.services.kafka import Kafka
@@ -216,16 +216,7 @@ class Phase:
     def __init__(self, world: World, fault: str, run_id: str) -> None:
         self.world = world
         self.fault = fault
-        prefix = f"chaos-{run_id}-{fault}"
-        self.settings = world.base.model_copy(
-            update={
-                "topic_posts": f"{prefix}.posts",
-                "topic_dlq": f"{prefix}.dlq",
-                "consumer_group": prefix,
-                "es_index_entities": f"postlens-{prefix}-entities",
-                "es_index_posts": f"postlens-{prefix}-posts",
-            }
-        )
+        self.settings = isolated_settings(world.base, f"chaos-{run_id}-{fault}")
         self.workers: list[int] = []
         self.logs: dict[int, Path] = {}
         self.env_extra: dict[str, str] = {}

@@ -90,6 +90,19 @@ def tweets(settings: Settings) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def isolated_settings(base: Settings, prefix: str) -> Settings:
+    """``base`` with topics, consumer group and indices of a run's own, named after ``prefix``."""
+    return base.model_copy(
+        update={
+            "topic_posts": f"{prefix}.posts",
+            "topic_dlq": f"{prefix}.dlq",
+            "consumer_group": prefix,
+            "es_index_entities": f"postlens-{prefix}-entities",
+            "es_index_posts": f"postlens-{prefix}-posts",
+        }
+    )
+
+
 @dataclass
 class Phase:
     """One measured drain: its own topic, consumer group and indices, so counts start from zero."""
@@ -104,19 +117,7 @@ class Phase:
 
     @classmethod
     def create(cls, base: Settings, run: str, name: str) -> Phase:
-        prefix = f"bench-{run}-{name}"
-        return cls(
-            name,
-            base.model_copy(
-                update={
-                    "topic_posts": f"{prefix}.posts",
-                    "topic_dlq": f"{prefix}.dlq",
-                    "consumer_group": prefix,
-                    "es_index_entities": f"postlens-{prefix}-entities",
-                    "es_index_posts": f"postlens-{prefix}-posts",
-                }
-            ),
-        )
+        return cls(name, isolated_settings(base, f"bench-{run}-{name}"))
 
     def env(self, triton_url: str, home: Path) -> dict[str, str]:
         s = self.settings
