@@ -4,8 +4,6 @@ how posts are batched or whether images come as files or as PIL images."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from PIL import Image
 
 from postlens.schemas import Post, PostPrediction
 from trainer.data.jsonl import read_jsonl
-from trainer.predict import Predictor
+from trainer.predict import Predictor, main
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +26,16 @@ def posts(model_data: Path) -> list[Post]:
     return [Post(id=e.id, text=e.text, images=e.images) for e in examples]
 
 
-def test_cli_prints_one_prediction_per_post(tiny_checkpoint: Path, model_data: Path, tmp_path: Path) -> None:
+def test_cli_prints_one_prediction_per_post(
+    tiny_checkpoint: Path, model_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     records = [json.loads(line) for line in (model_data / "test.jsonl").read_text().splitlines()[:6]]
     for record in records:  # the file moves away from images/, so its relative paths become absolute
         record["images"] = [str(model_data / image) for image in record["images"]]
     posts_file = tmp_path / "posts.jsonl"
     posts_file.write_text("".join(json.dumps(r) + "\n" for r in [*records, {"id": "blank", "text": "  "}]))
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.predict", "--model", str(tiny_checkpoint), "--posts", str(posts_file)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    predictions = [PostPrediction.model_validate_json(line) for line in result.stdout.splitlines()]
+    main(["--model", str(tiny_checkpoint), "--posts", str(posts_file)])  # in-process: the same argv as the command
+    predictions = [PostPrediction.model_validate_json(line) for line in capsys.readouterr().out.splitlines()]
     assert [p.id for p in predictions] == [r["id"] for r in records] + ["blank"]
     version = yaml.safe_load((tiny_checkpoint / "config.yaml").read_text())["version"]
     assert all(p.model.name == "postlens" and p.model.version == version for p in predictions)

@@ -34,6 +34,7 @@ from tests.fixtures_model import ServedModel
 from tests.support.kafka_io import read_topic
 from tests.trainer.retrain.test_run import create_topic, publish, versions_in
 from trainer.export import export_model
+from trainer.retrain.__main__ import main as retrain_main
 from trainer.retrain.audit import QUARANTINE_KIND
 from trainer.retrain.lineage import history
 from trainer.retrain.report import RetrainSummary
@@ -282,30 +283,39 @@ def served_version(served: ServedModel) -> str:
         return json.load(response)["versions"][0]
 
 
-def test_history_and_rollback_on_the_command_line(base_checkpoint: Path, tmp_path: Path) -> None:
+def test_history_and_rollback_on_the_command_line(
+    base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--history lists every version; --rollback N copies N as the newest version with rollback_of: N."""
     repo = tmp_path / "repo"
     export_model(base_checkpoint, repo)
     shutil.copytree(repo / "postlens" / "1", repo / "postlens" / "2")  # a second version, as a promotion makes
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "trainer.retrain", "--repo", str(repo), *args], capture_output=True, text=True
-        )
+    def cli(*args: str) -> tuple[int, str, str]:
+        """The command's exit status, stdout and stderr, run in-process (the argv a user types after the module)."""
+        try:
+            retrain_main(["--repo", str(repo), *args])
+            status: int | str | None = 0
+        except SystemExit as stop:
+            status = stop.code
+        captured = capsys.readouterr()
+        if isinstance(status, str):  # SystemExit("message"): Python prints it to stderr and exits 1
+            return 1, captured.out, captured.err + status
+        return status or 0, captured.out, captured.err
 
-    rolled = cli("--rollback", "1")
-    assert rolled.returncode == 0, rolled.stderr
-    assert versions_in(repo) == ["1", "2", "3"] and "version 3 serves version 1 again" in rolled.stdout
+    status, out, err = cli("--rollback", "1")
+    assert status == 0, err
+    assert versions_in(repo) == ["1", "2", "3"] and "version 3 serves version 1 again" in out
     card = json.loads((repo / "postlens" / "3" / CARD_FILE).read_text())
     assert card["lineage"]["rollback_of"] == 1 and card["lineage"]["parent_version"] == 2
     onnx = [(repo / "postlens" / version / ONNX_FILE).read_bytes() for version in ("1", "3")]
     assert onnx[0] == onnx[1]  # what version 1 served, byte for byte
-    table = cli("--history")
-    assert table.returncode == 0 and "rollback of 1" in table.stdout and "SERVED" in table.stdout.splitlines()[-1]
-    rows = json.loads(cli("--history", "--json", "-").stdout)
+    status, out, _ = cli("--history")
+    assert status == 0 and "rollback of 1" in out and "SERVED" in out.splitlines()[-1]
+    rows = json.loads(cli("--history", "--json", "-")[1])
     assert [row["version"] for row in rows] == [1, 2, 3] and rows[2]["rollback_of"] == 1
-    refused = cli("--rollback", "3")
-    assert refused.returncode != 0 and "is the newest version" in refused.stderr
+    status, _, err = cli("--rollback", "3")
+    assert status != 0 and "is the newest version" in err
 
 
 @pytest.mark.integration
