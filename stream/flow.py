@@ -88,6 +88,11 @@ class BatchFlow:
         await self._queue.put((raw, received))
         self._metrics.in_flight.set(self._ledger.in_flight)
 
+    @property
+    def full(self) -> bool:
+        """:meth:`put` would wait: the next batch is full and every slot is taken."""
+        return self._queue.full()
+
     def forget(self, partitions: set[Partition]) -> None:
         """The partitions were revoked: nothing of theirs is committed by this process any more, the batches of only
         theirs are cancelled (their slots go to the partitions still owned), and their queued messages dropped."""

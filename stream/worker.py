@@ -2,8 +2,9 @@
 :class:`stream.pipeline.Pipeline` (Triton for the model, Elasticsearch for the sink), and its web pages
 (``/metrics``, ``/healthz``).
 
-An error nobody foresaw in the agent, the death of one of the flow's background tasks, or a consumer that left its
-group and did not rejoin (:mod:`stream.membership`) ends the process (exit status 1): Faust would restart the agent
+The consumer keeps its group membership while the flow waits out an outage (:mod:`stream.membership`). An error
+nobody foresaw in the agent, the death of one of the flow's background tasks, or a consumer that left its group
+anyway and did not rejoin ends the process (exit status 1): Faust would restart the agent
 on the same stream, past messages it never finished, while an orchestrator restarts the process from the committed
 offsets.
 """
@@ -14,6 +15,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -23,7 +25,7 @@ from postlens.io.deadletter import RawMessage
 from postlens.settings import Settings
 from stream.app import WorkerApp, create_app
 from stream.flow import BatchFlow, Partition
-from stream.membership import GroupMembership
+from stream.membership import ConsumingWhileWaiting, GroupMembership
 from stream.metrics import Metrics
 from stream.pipeline import Pipeline
 from stream.stages.index import ElasticsearchSink
@@ -120,11 +122,14 @@ def build_worker(settings: Settings, web_port: int | None = None) -> faust.App:
             )
             try:
                 batch_flow = BatchFlow(pipeline.process, settings, metrics, commit, on_broken=end_process)
+                consuming = ConsumingWhileWaiting(app.consumer)
                 async with batch_flow.running() as flow:
                     flows.append(flow)
                     try:
                         async for event in stream.events():
-                            await flow.put(raw_message(event.message))
+                            # A full flow waits out an outage: the group must not take that for a dead consumer.
+                            with consuming.held() if flow.full else nullcontext():
+                                await flow.put(raw_message(event.message))
                     finally:
                         flows.remove(flow)
             finally:
