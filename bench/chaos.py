@@ -41,8 +41,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import aiohttp
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -57,6 +55,7 @@ from postlens.io.connections import es_client, kafka_client_options
 from postlens.io.kafka import BacklogReader, ensure_topics
 from postlens.schemas import DeadLetter
 from postlens.settings import Settings, get_settings
+from tests.support.auth_proxy import AuthProxy
 from tests.support.tcp_proxy import TcpProxy
 from trainer.data.conll import read_conll
 from trainer.export import export_model
@@ -117,54 +116,6 @@ def own_kafka(home: Path, base: Settings) -> OwnService:
         service.libs.parent.mkdir(parents=True, exist_ok=True)
         service.libs.symlink_to(shared_libs, target_is_directory=True)
     return OwnService(service)
-
-
-class AuthProxy:
-    """Elasticsearch behind an API key: forwards requests carrying ``ApiKey <API_KEY>``, answers 401 (as a secured
-    Elasticsearch does) while the key is revoked."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target.rstrip("/")
-        self.revoked = False
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        product = {"X-Elastic-Product": "Elasticsearch"}
-        if self.revoked or request.headers.get("Authorization") != f"ApiKey {API_KEY}":
-            error = {"type": "security_exception", "reason": "unable to authenticate with provided credentials"}
-            return web.json_response(
-                {"error": {"root_cause": [error], **error}, "status": 401},
-                status=401,
-                headers={**product, "WWW-Authenticate": 'ApiKey realm="security"'},
-            )
-        assert self._session is not None
-        headers = {name: value for name, value in request.headers.items() if name.lower() in ("content-type", "accept")}
-        async with self._session.request(
-            request.method, self.target + request.path_qs, data=await request.read(), headers=headers
-        ) as response:
-            body = await response.read()
-            kept = {name: value for name, value in response.headers.items() if name.lower() == "content-type"}
-            return web.Response(status=response.status, body=body, headers={**kept, **product})
-
-    async def __aenter__(self) -> AuthProxy:
-        self._session = aiohttp.ClientSession()
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{path:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        assert self._runner is not None and self._session is not None
-        await self._runner.cleanup()
-        await self._session.close()
 
 
 @dataclass
@@ -742,7 +693,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[Row]]
     rows: list[Row] = []
     try:
         with TcpProxy(es_host, int(es_port)) as relay:
-            async with AuthProxy(shared.es_url) as auth, ImageSource() as images:
+            async with AuthProxy(shared.es_url, API_KEY) as auth, ImageSource() as images:
                 world = World(base, kafka, redis, triton, relay, auth, images, producer, texts, workdir, checkout)
                 figures["max_rate"] = args.rate * 2 if args.rate else await measure_max(world, run_id, args.max_posts)
                 world.rate = figures["max_rate"] / 2

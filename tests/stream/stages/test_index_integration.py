@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from elasticsearch import AsyncElasticsearch
+from pydantic import SecretStr
 
 from postlens.io.connections import es_client
 from postlens.io.deadletter import RawMessage
@@ -21,6 +22,7 @@ from stream.metrics import Metrics
 from stream.results import ProcessedPost
 from stream.stages.index import ElasticsearchSink
 from stream.stages.index_templates import ENTITIES_MAPPINGS, POSTS_MAPPINGS
+from tests.support.auth_proxy import AuthProxy
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -231,3 +233,22 @@ async def test_indices_written_through_aliases(index_settings: Settings, es: Asy
         assert await sink.write([processed("a1", "Jordan", "Paris")]) == []
         assert await sink.write([processed("a1", "Paris", version=1)]) == []
     assert await entity_ids(es, index_settings, "a1") == ["a1:11-16"]
+
+
+async def test_a_revoked_key_is_an_outage_waited_out_not_dead_letters(
+    index_settings: Settings, es: AsyncElasticsearch
+) -> None:
+    """401 on every request (the worker's API key revoked): no post is at fault; once the key works again, the batch
+    is written."""
+    async with AuthProxy(index_settings.es_url, "test-key") as secured:
+        keyed = index_settings.model_copy(update={"es_url": secured.url, "es_api_key": SecretStr("test-key")})
+        async with es_client(keyed) as client:
+            indexer = ElasticsearchSink(client, keyed, Metrics())
+            await indexer.prepare()
+            secured.revoked = True
+            writing = asyncio.create_task(indexer.write([processed("k1", "Jordan"), processed("k2", "Paris")]))
+            await asyncio.sleep(3)
+            assert not writing.done()  # waiting, not dead-lettering
+            secured.revoked = False
+            assert await asyncio.wait_for(writing, timeout=30) == []
+    assert await entity_ids(es, index_settings, "k1") == ["k1:0-6"]
