@@ -1,5 +1,5 @@
-"""The repository explains itself: no tracked file points at a document outside it, and the README's and docs/'
-links resolve.
+"""The repository explains itself: no tracked file points at a document outside it, the README's and docs/' links
+resolve, and docs/contracts.md names every field of the messages and every dead-letter kind.
 
 Outside the repository there is only the shared data folder the benchmarks and some tests read
 (``POSTLENS_SHARED_DATA_DIR``, by default ``../shared/data``): a path into it is data, not a document, and allowed.
@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+from enum import StrEnum
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+
+from postlens.failures import IndexFailure, InferFailure, IngestFailure, InternalFailure
+from postlens.schemas import DeadLetter, Label, Post
 
 ROOT = Path(__file__).resolve().parent.parent
 # Built from pieces so that this file does not match its own rules.
@@ -94,3 +99,22 @@ def heading_anchors(path: Path) -> set[str]:
     """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces as hyphens."""
     headings = re.findall(r"^#+\s+(.*)$", path.read_text(encoding="utf-8"), flags=re.MULTILINE)
     return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+CONTRACTS_DOC = ROOT / "docs" / "contracts.md"
+
+
+@pytest.mark.parametrize("schema", [Post, Label, DeadLetter], ids=lambda schema: schema.__name__)
+def test_the_contracts_name_every_field_of_the_messages(schema: type[BaseModel]) -> None:
+    """A field added to a message without its line in docs/contracts.md fails here: the document stays the reference."""
+    text = CONTRACTS_DOC.read_text(encoding="utf-8")
+    missing = [name for name in schema.model_fields if f"`{name}`" not in text]
+    assert not missing, f"docs/contracts.md does not describe {schema.__name__} fields {missing}"
+
+
+@pytest.mark.parametrize(
+    "kinds", [IngestFailure, InferFailure, IndexFailure, InternalFailure], ids=lambda kinds: kinds.__name__
+)
+def test_the_contracts_list_every_dead_letter_kind(kinds: type[StrEnum]) -> None:
+    text = CONTRACTS_DOC.read_text(encoding="utf-8")
+    assert not (missing := [kind.value for kind in kinds if f"`{kind.value}`" not in text]), missing
