@@ -51,6 +51,7 @@ from bench.machine import machine
 from deploy.demo import default_checkpoint as default_model_checkpoint
 from deploy.local import triton_command
 from deploy.process import descendants, free_port, is_alive, spawn, stop, tail
+from postlens.runtime.cores import usable_cores
 from postlens.runtime.exported import ExportedModel, execution_providers, length_buckets, read_model_config
 from postlens.runtime.images import empty_images, load_images, stack_images
 from postlens.schemas import ModelRef
@@ -63,7 +64,7 @@ from trainer.export import MODEL_SOURCE, export_model
 from trainer.model.checkpoint import load_checkpoint
 from trainer.plots import LoadFigures, plot_serving
 from trainer.predict import ExportedPredictor, read_posts
-from trainer.serving_config import GPU_CONFIG, GPU_CONFIG_NAME
+from trainer.serving_config import GPU_CONFIG, GPU_CONFIG_NAME, with_cpu_instances
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 TARGET_RATIO = 4.0
@@ -79,14 +80,16 @@ class ServingConfig:
     max_queue_delay_us: int
     max_batch_size: int
     instances: int
-    intra_op_threads: int  # ONNX Runtime threads per instance; 0 = the cgroup's cores ÷ instances
+    intra_op_threads: int  # ONNX Runtime threads per instance; 0 = the usable cores ÷ instances
     precision: str = "int8"
     length_batching: bool = True
 
     @classmethod
     def committed(cls) -> ServingConfig:
-        """The configuration ``model_repository/postlens/config.pbtxt`` ships."""
-        model = text_format.Parse((MODEL_SOURCE / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+        """The configuration ``trainer.export`` writes on this machine (``model_repository/postlens/config.pbtxt`` with
+        one instance per usable core)."""
+        shipped = with_cpu_instances((MODEL_SOURCE / "config.pbtxt").read_text(), usable_cores())
+        model = text_format.Parse(shipped, model_config_pb2.ModelConfig())
         return cls(
             max_queue_delay_us=model.dynamic_batching.max_queue_delay_microseconds,
             max_batch_size=model.max_batch_size,
@@ -98,28 +101,34 @@ class ServingConfig:
 
     @property
     def label(self) -> str:
-        threads = f"{self.intra_op_threads} thr." if self.intra_op_threads else "all cores"
+        threads = self.intra_op_threads or max(1, usable_cores() // self.instances)
         batching = "length batches" if self.length_batching else "padded batches"
         return (
-            f"{self.precision}, {batching}, {self.instances} inst. × {threads}, delay "
+            f"{self.precision}, {batching}, {self.instances} inst. × {threads} thr., delay "
             f"{self.max_queue_delay_us / 1000:g} ms, max batch {self.max_batch_size}"
         )
 
 
 def cpu_configs() -> list[ServingConfig]:
     """From the fp32 export served as before (padded batches, one instance on all cores), one step at a time to
-    the shipped configuration, then its instances × threads alternatives."""
+    the shipped configuration (int8, then length batching, then both, then one instance per core), then its
+    alternatives: one instance on one thread, and no queue delay."""
     shipped = ServingConfig.committed()
     before = replace(shipped, precision="fp32", length_batching=False, instances=1, intra_op_threads=0)
-    return [
-        before,
-        replace(before, precision="int8"),
-        replace(before, length_batching=True),
-        shipped,
-        replace(shipped, instances=1, intra_op_threads=1),
-        replace(shipped, instances=2, intra_op_threads=1),
-        replace(shipped, max_queue_delay_us=0),
-    ]
+    one_instance = replace(shipped, instances=1, intra_op_threads=0)
+    return list(
+        dict.fromkeys(
+            [
+                before,
+                replace(before, precision="int8"),
+                replace(before, length_batching=True),
+                one_instance,
+                shipped,
+                replace(one_instance, intra_op_threads=1),
+                replace(shipped, max_queue_delay_us=0),
+            ]
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -717,9 +726,9 @@ def report(
     lines += [
         "",
         f"**{speedup_sentence(results)}.** The first rows add one step at a time (int8, then length batching, then "
-        "both: each row's *vs first row* is that step's share); the last rows are instances × ONNX Runtime threads "
-        "alternatives of the shipped configuration (threads 0 = the cgroup's cores ÷ instances) and the same without "
-        "a queue delay. *cores*: CPU cores busy with the client and Triton (+ busy with other processes). "
+        "both on one instance, then one instance per usable core: each row's *vs first row* is that step's share); "
+        "the last rows are alternatives of the shipped configuration: one instance on one ONNX Runtime thread, and "
+        "no queue delay. *cores*: CPU cores busy with the client and Triton (+ busy with other processes). "
         "*÷ in-process*: Triton's concurrent posts/s over the same network and batching in this process (below).",
         "",
         "## int8 against fp32 on the valid splits (as served: `python -m trainer.evaluate --model VERSION "
@@ -733,6 +742,7 @@ def report(
             for q in scores
         ),
         "",
+        *int8_choices(),
         "## In-process ceiling (`ExportedModel.predict`: tokenize, network, decode; batches of 32, all usable cores)",
         "",
         "| network, batching | posts/s |",
@@ -769,6 +779,12 @@ def report(
         lines.append(f"| {batch} | " + " | ".join(row) + " |")
     lines += ["", "![serving](serving.png)", ""]
     return "\n".join(lines)
+
+
+def int8_choices() -> list[str]:
+    """The section of the last ``python -m bench.int8_choices`` (what the int8 network quantizes, and why)."""
+    choices = REPORTS / "int8_choices.md"
+    return ["## int8 choices", "", choices.read_text().strip(), ""] if choices.is_file() else []
 
 
 def gpu_report(results: list[ConfigResult], checkpoint: Path, command: str) -> str:
