@@ -64,7 +64,7 @@ from trainer.export import MODEL_SOURCE, export_model
 from trainer.model.checkpoint import load_checkpoint
 from trainer.plots import LoadFigures, plot_serving
 from trainer.predict import ExportedPredictor, read_posts
-from trainer.serving_config import GPU_CONFIG, GPU_CONFIG_NAME, with_cpu_instances
+from trainer.serving_config import GPU_CONFIG, GPU_CONFIG_NAME
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 TARGET_RATIO = 4.0
@@ -86,10 +86,8 @@ class ServingConfig:
 
     @classmethod
     def committed(cls) -> ServingConfig:
-        """The configuration ``trainer.export`` writes on this machine (``model_repository/postlens/config.pbtxt`` with
-        one instance per usable core)."""
-        shipped = with_cpu_instances((MODEL_SOURCE / "config.pbtxt").read_text(), usable_cores())
-        model = text_format.Parse(shipped, model_config_pb2.ModelConfig())
+        """The configuration ``model_repository/postlens/config.pbtxt`` ships."""
+        model = text_format.Parse((MODEL_SOURCE / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         return cls(
             max_queue_delay_us=model.dynamic_batching.max_queue_delay_microseconds,
             max_batch_size=model.max_batch_size,
@@ -111,20 +109,19 @@ class ServingConfig:
 
 def cpu_configs() -> list[ServingConfig]:
     """From the fp32 export served as before (padded batches, one instance on all cores), one step at a time to
-    the shipped configuration (int8, then length batching, then both, then one instance per core), then its
-    alternatives: one instance on one thread, and no queue delay."""
+    the shipped configuration (int8, then length batching, then both), then its alternatives: one single-threaded
+    instance per usable core, one instance on one thread, and no queue delay."""
     shipped = ServingConfig.committed()
     before = replace(shipped, precision="fp32", length_batching=False, instances=1, intra_op_threads=0)
-    one_instance = replace(shipped, instances=1, intra_op_threads=0)
     return list(
         dict.fromkeys(
             [
                 before,
                 replace(before, precision="int8"),
                 replace(before, length_batching=True),
-                one_instance,
                 shipped,
-                replace(one_instance, intra_op_threads=1),
+                replace(shipped, instances=usable_cores(), intra_op_threads=0),
+                replace(shipped, instances=1, intra_op_threads=1),
                 replace(shipped, max_queue_delay_us=0),
             ]
         )
@@ -726,8 +723,8 @@ def report(
     lines += [
         "",
         f"**{speedup_sentence(results)}.** The first rows add one step at a time (int8, then length batching, then "
-        "both on one instance, then one instance per usable core: each row's *vs first row* is that step's share); "
-        "the last rows are alternatives of the shipped configuration: one instance on one ONNX Runtime thread, and "
+        "both: each row's *vs first row* is that step's share); the last rows are alternatives of the shipped "
+        "configuration: one single-threaded instance per usable core, one instance on one ONNX Runtime thread, and "
         "no queue delay. *cores*: CPU cores busy with the client and Triton (+ busy with other processes). "
         "*÷ in-process*: Triton's concurrent posts/s over the same network and batching in this process (below).",
         "",

@@ -35,7 +35,6 @@ from torch.export import Dim
 
 import model_repository
 from postlens.runtime.config import ModelConfig
-from postlens.runtime.cores import usable_cores
 from postlens.runtime.exported import (
     CARD_FILE,
     CONFIG_FILE,
@@ -122,16 +121,15 @@ def export_model(
 
     ``precision`` "int8" also writes the quantized network and has the CPU config serve it ("fp32": the network as
     trained); ``device`` "gpu" also writes the GPU config (:mod:`trainer.serving_config`). ``cpu_instances``: the
-    CPU config's instance count (default: the cores this process may use, one ONNX Runtime thread each)."""
+    CPU config's instance count (default: the config's own, one instance on all usable cores)."""
     if precision not in ("fp32", "int8"):
         raise ExportError(f"precision is fp32 or int8 (a GPU runs fp16 from the fp32 network), not {precision!r}")
     model_root = repo / (name or get_settings().triton_model)
     network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
     model_root.mkdir(parents=True, exist_ok=True)
-    triton_config = with_cpu_instances(
-        with_parameter(_triton_config(model_root, config.vision_encoder.input_size), "precision", precision),
-        cpu_instances or usable_cores(),
-    )
+    triton_config = with_parameter(_triton_config(model_root, config.vision_encoder.input_size), "precision", precision)
+    if cpu_instances is not None:
+        triton_config = with_cpu_instances(triton_config, cpu_instances)
     with staged_version(model_root, version) as (staging, version):
         started = time.perf_counter()
         _write_onnx(network, Preprocessor.from_config(config, subword_tokenizer(tokenizer)), staging / ONNX_FILE)
@@ -430,8 +428,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--cpu-instances",
         type=int,
-        help="model instances of the CPU config (default: the cores this machine's cgroup quota allows, one "
-        "ONNX Runtime thread each); set it to the serving Triton's cores when exporting elsewhere",
+        help="model instances of the CPU config, sharing the usable cores (default: the config's, one instance on "
+        "all of them: measured fastest on a loaded 2-core machine, reports/serving.md)",
     )
     args = parser.parse_args(argv)
 

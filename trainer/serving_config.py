@@ -1,12 +1,10 @@
 """The entry model's Triton configurations written beside an export: the CPU one (``config.pbtxt``) at the precision
-the export chose, with one instance per usable core, and a GPU variant of the same model for
+the export chose (its instance count if asked), and a GPU variant of the same model for
 ``tritonserver --model-config-name gpu``.
 
-On CPU, one instance per core the cgroup quota allows (:func:`postlens.runtime.cores.usable_cores`), each running
-ONNX Runtime on one thread (``intra_op_threads`` 0: the usable cores ÷ the instances): an instance's tokenizer and
-decoder are single-threaded Python, so one instance leaves a core idle while it prepares a batch, and two threads
-of one ONNX Runtime call wait for each other at every operator. ``bench.serving`` measures the alternatives
-(``reports/serving.md``).
+On CPU the instances share the cores the cgroup quota allows (:func:`postlens.runtime.cores.usable_cores`):
+``intra_op_threads`` 0 gives each instance the usable cores ÷ the instances. One instance on all of them ships; one
+single-threaded instance per core is the measured alternative (``bench.serving``, ``reports/serving.md``).
 
 Triton reads ``<model>/configs/<name>.pbtxt`` instead of ``config.pbtxt`` when started with
 ``--model-config-name <name>``: one repository, one set of versions, a configuration per kind of machine. The GPU
