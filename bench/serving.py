@@ -51,6 +51,7 @@ from bench.machine import machine
 from deploy.demo import default_checkpoint as default_model_checkpoint
 from deploy.local import triton_command
 from deploy.process import descendants, free_port, is_alive, spawn, stop, tail
+from postlens.runtime.cores import usable_cores
 from postlens.runtime.exported import ExportedModel, execution_providers, length_buckets, read_model_config
 from postlens.runtime.images import empty_images, load_images, stack_images
 from postlens.schemas import ModelRef
@@ -79,7 +80,7 @@ class ServingConfig:
     max_queue_delay_us: int
     max_batch_size: int
     instances: int
-    intra_op_threads: int  # ONNX Runtime threads per instance; 0 = the cgroup's cores ÷ instances
+    intra_op_threads: int  # ONNX Runtime threads per instance; 0 = the usable cores ÷ instances
     precision: str = "int8"
     length_batching: bool = True
 
@@ -98,28 +99,33 @@ class ServingConfig:
 
     @property
     def label(self) -> str:
-        threads = f"{self.intra_op_threads} thr." if self.intra_op_threads else "all cores"
+        threads = self.intra_op_threads or max(1, usable_cores() // self.instances)
         batching = "length batches" if self.length_batching else "padded batches"
         return (
-            f"{self.precision}, {batching}, {self.instances} inst. × {threads}, delay "
+            f"{self.precision}, {batching}, {self.instances} inst. × {threads} thr., delay "
             f"{self.max_queue_delay_us / 1000:g} ms, max batch {self.max_batch_size}"
         )
 
 
 def cpu_configs() -> list[ServingConfig]:
     """From the fp32 export served as before (padded batches, one instance on all cores), one step at a time to
-    the shipped configuration, then its instances × threads alternatives."""
+    the shipped configuration (int8, then length batching, then both), then its alternatives: one single-threaded
+    instance per usable core, one instance on one thread, and no queue delay."""
     shipped = ServingConfig.committed()
     before = replace(shipped, precision="fp32", length_batching=False, instances=1, intra_op_threads=0)
-    return [
-        before,
-        replace(before, precision="int8"),
-        replace(before, length_batching=True),
-        shipped,
-        replace(shipped, instances=1, intra_op_threads=1),
-        replace(shipped, instances=2, intra_op_threads=1),
-        replace(shipped, max_queue_delay_us=0),
-    ]
+    return list(
+        dict.fromkeys(
+            [
+                before,
+                replace(before, precision="int8"),
+                replace(before, length_batching=True),
+                shipped,
+                replace(shipped, instances=usable_cores(), intra_op_threads=0),
+                replace(shipped, instances=1, intra_op_threads=1),
+                replace(shipped, max_queue_delay_us=0),
+            ]
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -717,9 +723,9 @@ def report(
     lines += [
         "",
         f"**{speedup_sentence(results)}.** The first rows add one step at a time (int8, then length batching, then "
-        "both: each row's *vs first row* is that step's share); the last rows are instances × ONNX Runtime threads "
-        "alternatives of the shipped configuration (threads 0 = the cgroup's cores ÷ instances) and the same without "
-        "a queue delay. *cores*: CPU cores busy with the client and Triton (+ busy with other processes). "
+        "both: each row's *vs first row* is that step's share); the last rows are alternatives of the shipped "
+        "configuration: one single-threaded instance per usable core, one instance on one ONNX Runtime thread, and "
+        "no queue delay. *cores*: CPU cores busy with the client and Triton (+ busy with other processes). "
         "*÷ in-process*: Triton's concurrent posts/s over the same network and batching in this process (below).",
         "",
         "## int8 against fp32 on the valid splits (as served: `python -m trainer.evaluate --model VERSION "
@@ -733,6 +739,7 @@ def report(
             for q in scores
         ),
         "",
+        *int8_choices(),
         "## In-process ceiling (`ExportedModel.predict`: tokenize, network, decode; batches of 32, all usable cores)",
         "",
         "| network, batching | posts/s |",
@@ -769,6 +776,12 @@ def report(
         lines.append(f"| {batch} | " + " | ".join(row) + " |")
     lines += ["", "![serving](serving.png)", ""]
     return "\n".join(lines)
+
+
+def int8_choices() -> list[str]:
+    """The section of the last ``python -m bench.int8_choices`` (what the int8 network quantizes, and why)."""
+    choices = REPORTS / "int8_choices.md"
+    return ["## int8 choices", "", choices.read_text().strip(), ""] if choices.is_file() else []
 
 
 def gpu_report(results: list[ConfigResult], checkpoint: Path, command: str) -> str:

@@ -57,7 +57,7 @@ from trainer.model.checkpoint import load_checkpoint
 from trainer.model.network import NerNetwork
 from trainer.model.tokenizer import subword_tokenizer
 from trainer.quantize import DEFAULT_PRECISION, quantize_network
-from trainer.serving_config import with_parameter, write_gpu_config
+from trainer.serving_config import with_cpu_instances, with_parameter, write_gpu_config
 
 # The entry model's committed source (config.pbtxt, model.py): installed with the project (pyproject.toml packages
 # model_repository as a namespace package, no __init__.py that would leave a __pycache__ model folder behind), so a
@@ -113,19 +113,23 @@ def export_model(
     *,
     precision: str = DEFAULT_PRECISION,
     device: str = "cpu",
+    cpu_instances: int | None = None,
 ) -> Path:
     """Export checkpoint ``model_dir`` as a new version of Triton model ``name`` (default: the entry model the workers
     ask, ``POSTLENS_TRITON_MODEL``) in ``repo``; returns the version folder. ``lineage`` (what trainer.retrain knows:
     labels, audit, gates, decision) goes into the model card beside the parent version.
 
     ``precision`` "int8" also writes the quantized network and has the CPU config serve it ("fp32": the network as
-    trained); ``device`` "gpu" also writes the GPU config (:mod:`trainer.serving_config`)."""
+    trained); ``device`` "gpu" also writes the GPU config (:mod:`trainer.serving_config`). ``cpu_instances``: the
+    CPU config's instance count (default: the config's own, one instance on all usable cores)."""
     if precision not in ("fp32", "int8"):
         raise ExportError(f"precision is fp32 or int8 (a GPU runs fp16 from the fp32 network), not {precision!r}")
     model_root = repo / (name or get_settings().triton_model)
     network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
     model_root.mkdir(parents=True, exist_ok=True)
     triton_config = with_parameter(_triton_config(model_root, config.vision_encoder.input_size), "precision", precision)
+    if cpu_instances is not None:
+        triton_config = with_cpu_instances(triton_config, cpu_instances)
     with staged_version(model_root, version) as (staging, version):
         started = time.perf_counter()
         _write_onnx(network, Preprocessor.from_config(config, subword_tokenizer(tokenizer)), staging / ONNX_FILE)
@@ -421,11 +425,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="cpu",
         help="gpu: also write configs/gpu.pbtxt (KIND_GPU, TensorRT fp16) for tritonserver --model-config-name gpu",
     )
+    parser.add_argument(
+        "--cpu-instances",
+        type=int,
+        help="model instances of the CPU config, sharing the usable cores (default: the config's, one instance on "
+        "all of them: measured fastest on a loaded 2-core machine, reports/serving.md)",
+    )
     args = parser.parse_args(argv)
 
     try:
         target = export_model(
-            args.model, args.repo, args.version, args.name, precision=args.precision, device=args.device
+            args.model,
+            args.repo,
+            args.version,
+            args.name,
+            precision=args.precision,
+            device=args.device,
+            cpu_instances=args.cpu_instances,
         )
     except ExportError as error:
         raise SystemExit(f"export refused: {error}") from None

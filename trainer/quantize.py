@@ -1,43 +1,90 @@
 """The int8 network of a version: ONNX Runtime dynamic quantization of the exported fp32 network.
 
-The text encoder's weight MatMuls become int8 per output channel, their activations are quantized on the fly per
-batch: no calibration data is needed and nothing depends on the inputs' ranges. On a CPU with VNNI (AVX512-VNNI,
-AVX-VNNI), int8 dot products run several times as many multiply-adds per cycle as fp32.
+The chosen MatMuls get int8 weights per output channel, their activations are quantized on the fly per batch: no
+calibration data is needed and nothing depends on the inputs' ranges. On a CPU with VNNI (AVX512-VNNI, AVX-VNNI),
+int8 dot products run several times as many multiply-adds per cycle as fp32.
 
-What is quantized was chosen on the default model's Twitter-2015 / 2017 valid splits (entity F1 of fp32 0.7236 /
-0.8412; share of entities fp32 and int8 both find): every MatMul per tensor −1.4 / −1.6 pt F1, 87 % / 89 % shared;
-per channel −0.2 / +0.4 pt, 93 % / 96 %; the text encoder's only, per channel, −0.5 / +0.4 pt, 93 % / 96 %; the
-same but the feed-forward output projections in fp32 −0.06 / +0.13 pt, 96.5 % / 97.4 % (the shipped choice: 30 of
-the encoder's 36 weight MatMuls, two thirds of its arithmetic); both feed-forward projections in fp32 −0.3 / +0.1
-pt, 98.1 % / 99.2 %, with a third of the arithmetic left in int8. The feed-forward output projection reads GELU
-outputs, whose rare large values a per-batch int8 scale represents poorly.
+What is quantized (:data:`DEFAULT_SCHEME`) was chosen by ``python -m bench.int8_choices`` on the default model:
+each MatMul's sensitivity measured alone on training tweets, the most sensitive kept in fp32 until int8 and fp32
+agree on ≥ 99 % of the entities of both valid splits (the table is in ``reports/serving.md``, "int8 choices").
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 QUANTIZED_OPS = ("MatMul",)
-# Only the text encoder's MatMuls (where a tweet's arithmetic is); the fusion, word-feature and emission layers are
-# small and closer to the tags, and stay fp32.
-QUANTIZED_SCOPE = "text_encoder."
-# Kept in fp32 inside that scope: each layer's feed-forward output projection (BERT-family module path).
-KEPT_FP32 = re.compile(r"\.layer\.\d+\.output\.dense")
 # What trainer.export serves on CPU unless told otherwise.
 DEFAULT_PRECISION = "int8"
 
 
-def quantize_network(fp32: Path, int8: Path, per_channel: bool = True, scope: str | None = QUANTIZED_SCOPE) -> None:
-    """Write ``int8``: the network ``fp32`` with int8 MatMul weights and dynamically quantized activations, for the
-    MatMuls of the modules whose path contains ``scope`` (None: every MatMul; ONNX Runtime's quantizer also takes
-    an empty selection as every MatMul), but for :data:`KEPT_FP32`."""
+@dataclass(frozen=True)
+class Int8Scheme:
+    """Which MatMuls run in int8, and how their weights are quantized.
+
+    ``scope``: only modules whose path contains it (None: every module); ``kept_fp32``: regular expressions of module
+    paths that stay fp32 inside the scope; ``weights_only``: only MatMuls with a weight (not attention's
+    activation × activation products)."""
+
+    scope: str | None = "text_encoder."
+    kept_fp32: tuple[str, ...] = ()
+    weights_only: bool = False
+    per_channel: bool = True
+    reduce_range: bool = False
+
+    def selects(self, node: onnx.NodeProto, weights: set[str]) -> bool:
+        if node.op_type not in QUANTIZED_OPS:
+            return False
+        path = module_path(node)
+        return (
+            (self.scope is None or self.scope in path)
+            and not any(re.search(pattern, path) for pattern in self.kept_fp32)
+            and (not self.weights_only or any(name in weights for name in node.input))
+        )
+
+    def nodes(self, model: onnx.ModelProto) -> list[str]:
+        weights = {initializer.name for initializer in model.graph.initializer}
+        return [node.name for node in model.graph.node if self.selects(node, weights)]
+
+
+# The text encoder's MatMuls (where a tweet's arithmetic is; the fusion, word-feature and emission layers are small
+# and closer to the tags) but the 16 whose quantization alone moved the default model's emissions most on training
+# tweets (bench.int8_choices): every feed-forward input projection, the feed-forward output projections of all but
+# the last layer, the middle layers' attention values and one key. 20 of the 36 weight MatMuls run in int8, about a
+# third of the encoder's arithmetic (the queries, most keys, the attention outputs, the last feed-forward output).
+DEFAULT_SCHEME = Int8Scheme(
+    kept_fp32=(
+        r"\.layer\.\d+\.intermediate\.dense:",
+        r"\.layer\.[0-4]\.output\.dense:",
+        r"\.layer\.[1-4]\.attention\.self\.value:",
+        r"\.layer\.2\.attention\.self\.key:",
+    )
+)
+
+
+def module_path(node: onnx.NodeProto) -> str:
+    """The module path the torch exporter recorded for ``node`` (its ``namespace`` metadata)."""
+    return next((prop.value for prop in node.metadata_props if prop.key == "namespace"), "")
+
+
+def quantize_network(fp32: Path, int8: Path, scheme: Int8Scheme = DEFAULT_SCHEME) -> None:
+    """Write ``int8``: the network ``fp32`` with the MatMuls ``scheme`` selects in int8."""
+    quantize_nodes(fp32, int8, scheme.nodes(onnx.load(str(fp32), load_external_data=False)), scheme)
+
+
+def quantize_nodes(fp32: Path, int8: Path, nodes: Sequence[str], scheme: Int8Scheme = DEFAULT_SCHEME) -> None:
+    """Write ``int8``: the network ``fp32`` with the MatMul nodes named ``nodes`` in int8, weights quantized as
+    ``scheme`` says (its selection is not consulted)."""
+    if not nodes:  # ONNX Runtime's quantizer takes an empty selection as every node
+        raise ValueError("no MatMul to quantize")
     model = onnx.load(str(fp32))
-    nodes = [node.name for node in model.graph.node if node.op_type in QUANTIZED_OPS and quantized(node, scope)]
     # The torch exporter's recorded intermediate shapes disagree with ONNX's own shape inference, which the
     # quantizer runs; dropping them lets it infer them afresh (the graph itself is unchanged).
     del model.graph.value_info[:]
@@ -48,14 +95,8 @@ def quantize_network(fp32: Path, int8: Path, per_channel: bool = True, scope: st
             plain,
             int8,
             op_types_to_quantize=list(QUANTIZED_OPS),
-            nodes_to_quantize=nodes,
-            per_channel=per_channel,
+            nodes_to_quantize=list(nodes),
+            per_channel=scheme.per_channel,
+            reduce_range=scheme.reduce_range,
             weight_type=QuantType.QInt8,
         )
-
-
-def quantized(node: onnx.NodeProto, scope: str | None) -> bool:
-    """Whether ``node`` belongs to a module whose path contains ``scope`` (None: any) and is not one of
-    :data:`KEPT_FP32` (the torch exporter records each node's module path in its ``namespace`` metadata)."""
-    path = next((prop.value for prop in node.metadata_props if prop.key == "namespace"), "")
-    return (scope is None or scope in path) and KEPT_FP32.search(path) is None

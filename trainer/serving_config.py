@@ -1,5 +1,10 @@
 """The entry model's Triton configurations written beside an export: the CPU one (``config.pbtxt``) at the precision
-the export chose, and a GPU variant of the same model for ``tritonserver --model-config-name gpu``.
+the export chose (its instance count if asked), and a GPU variant of the same model for
+``tritonserver --model-config-name gpu``.
+
+On CPU the instances share the cores the cgroup quota allows (:func:`postlens.runtime.cores.usable_cores`):
+``intra_op_threads`` 0 gives each instance the usable cores ÷ the instances. One instance on all of them ships; one
+single-threaded instance per core is the measured alternative (``bench.serving``, ``reports/serving.md``).
 
 Triton reads ``<model>/configs/<name>.pbtxt`` instead of ``config.pbtxt`` when started with
 ``--model-config-name <name>``: one repository, one set of versions, a configuration per kind of machine. The GPU
@@ -15,6 +20,7 @@ from pathlib import Path
 GPU_CONFIG_NAME = "gpu"
 GPU_CONFIG = Path("configs") / f"{GPU_CONFIG_NAME}.pbtxt"
 _INSTANCE_GROUP = re.compile(r"^instance_group\s*\[.*?\][ \t]*$", re.MULTILINE | re.DOTALL)
+_CPU_INSTANCES = re.compile(r"(instance_group\s*\[\s*\{\s*count:\s*)\d+(\s+kind:\s*KIND_CPU)")
 _MAX_BATCH = re.compile(r"^max_batch_size:\s*\d+", re.MULTILINE)
 # A GPU runs a larger batch for little more than a small one: let the batcher form larger batches than on CPU.
 GPU_MAX_BATCH = 64
@@ -26,6 +32,15 @@ def with_parameter(config: str, key: str, value: str) -> str:
     if pattern.search(config) is None:
         raise ValueError(f'the model config has no parameter "{key}"')
     return pattern.sub(rf"\g<1>{value}\g<2>", config, count=1)
+
+
+def with_cpu_instances(config: str, count: int) -> str:
+    """``config`` (config.pbtxt text) with ``count`` CPU instances."""
+    if count < 1:
+        raise ValueError(f"a model needs at least one instance, not {count}")
+    if _CPU_INSTANCES.search(config) is None:
+        raise ValueError("the model config has no KIND_CPU instance_group")
+    return _CPU_INSTANCES.sub(rf"\g<1>{count}\g<2>", config, count=1)
 
 
 def gpu_variant(config: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ from stream.stages.infer import InferRequest, TritonInferer
 from trainer.evaluate import main as evaluate_main
 from trainer.export import export_model
 from trainer.predict import read_posts
-from trainer.quantize import KEPT_FP32
+from trainer.quantize import DEFAULT_SCHEME
 
 if TYPE_CHECKING:
     from tests.fixtures_model import ServedModel
@@ -66,22 +67,21 @@ def test_the_int8_version_serves_int8_and_keeps_the_fp32_network(int8_repo: Path
     )
 
 
-def test_only_the_text_encoder_runs_in_int8_and_its_feed_forward_outputs_stay_fp32(int8_repo: Path) -> None:
+def test_only_the_text_encoder_runs_in_int8_and_its_most_sensitive_layers_stay_fp32(int8_repo: Path) -> None:
     version_dir = int8_repo / "postlens" / "1"
     module_path = {  # the fp32 network's MatMuls → their module paths (the quantizer names its nodes after them)
         node.name: next(p.value for p in node.metadata_props if p.key == "namespace")
         for node in onnx.load(str(version_dir / ONNX_FILE)).graph.node
         if node.op_type == "MatMul"
     }
-    integer = [
-        module_path[node.name.removesuffix("_quant")]
-        for node in onnx.load(str(version_dir / INT8_ONNX_FILE)).graph.node
-        if node.op_type == "MatMulInteger"
-    ]
+    int8 = onnx.load(str(version_dir / INT8_ONNX_FILE)).graph.node
+    integer = [module_path[node.name.removesuffix("_quant")] for node in int8 if node.op_type == "MatMulInteger"]
+    still_float = {node.name for node in int8 if node.op_type == "MatMul"}
+    kept = [name for name, path in module_path.items() if any(re.search(p, path) for p in DEFAULT_SCHEME.kept_fp32)]
     assert integer, "nothing was quantized"
     assert all("text_encoder." in path for path in integer)
-    assert not any(KEPT_FP32.search(path) for path in integer)
-    assert any(KEPT_FP32.search(path) for path in module_path.values()), "the tiny encoder has no feed-forward output"
+    assert kept, "the tiny encoder has none of the layers the default scheme keeps in fp32"
+    assert set(kept) <= still_float
 
 
 def test_int8_finds_the_entities_fp32_finds_on_held_out_posts(int8_repo: Path, valid_posts: list[Post]) -> None:

@@ -1,5 +1,5 @@
-"""The GPU variant of the entry model's config: the same model on a GPU instance, TensorRT fp16, for
-``tritonserver --model-config-name gpu``."""
+"""The entry model's configs as exported: on CPU one instance on the usable cores (or the instances asked for); the
+GPU variant the same model on a GPU instance, TensorRT fp16, for ``tritonserver --model-config-name gpu``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from postlens.runtime.cores import usable_cores
 from trainer.export import MODEL_SOURCE, export_model
 from trainer.serving_config import GPU_CONFIG, gpu_variant, with_parameter
 
@@ -46,3 +47,17 @@ def test_export_for_a_gpu_writes_both_configs_of_the_exported_model(tiny_checkpo
     assert gpu.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     assert cpu.parameters["precision"].string_value == "fp32"
     assert gpu.parameters["precision"].string_value == "fp16"
+
+
+def test_the_cpu_config_runs_one_instance_on_all_usable_cores(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    cpu = parse((export_model(tiny_checkpoint, tmp_path, precision="fp32").parent / "config.pbtxt").read_text())
+    assert [(group.kind, group.count) for group in cpu.instance_group] == [
+        (model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)
+    ]
+    assert cpu.parameters["intra_op_threads"].string_value == "0"  # the usable cores ÷ the instances
+
+
+def test_the_cpu_instances_can_be_chosen(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    version_dir = export_model(tiny_checkpoint, tmp_path, precision="fp32", cpu_instances=usable_cores() + 1)
+    cpu = parse((version_dir.parent / "config.pbtxt").read_text())
+    assert [group.count for group in cpu.instance_group] == [usable_cores() + 1]
