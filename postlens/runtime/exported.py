@@ -198,7 +198,9 @@ class ExportedModel:
         Posts run in groups by image slots used: the vision encoder encodes every slot of a batch, masked or not,
         so one four-image post would make every post batched with it pay for four images (and a text-only group
         skips the vision encoder); and, with ``length_batching``, in groups by sub-token length, so short posts are
-        not padded to the longest of the batch. Masking makes each post's result independent of its group.
+        not padded to the longest of the batch. Masking makes each post's result independent of its group in fp32
+        (int8's dynamic quantization scales activations per batch: trainer.quantize.DEFAULT_PRECISION says what that
+        costs).
         """
         images = np.asarray(images)
         image_mask = np.asarray(image_mask, dtype=bool)

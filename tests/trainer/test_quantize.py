@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import onnx
 import pytest
 
-from postlens.runtime.exported import INT8_ONNX_FILE, ONNX_FILE, ExportedModel
+from postlens.runtime.exported import CARD_FILE, INT8_ONNX_FILE, ONNX_FILE, ExportedModel
 from postlens.runtime.images import load_images, stack_images
 from postlens.schemas import ModelRef, Post, PostPrediction
 from stream.stages.infer import InferRequest, TritonInferer
@@ -131,3 +131,19 @@ def test_evaluate_scores_an_exported_version_as_served(int8_repo: Path, model_da
         scores[precision] = json.loads(out.read_text())["entity"]["f1"]
     assert scores["fp32"] > 0
     assert abs(scores["int8"] - scores["fp32"]) <= 0.05
+
+
+def test_the_default_export_answers_a_post_alone_as_in_any_batch(
+    tiny_checkpoint: Path, valid_posts: list[Post], tmp_path: Path
+) -> None:
+    """What a post is batched with (traffic, length buckets) must not change its entities or confidences: the reason
+    the default precision is fp32 (dynamic int8 scales activations per batch)."""
+    version_dir = export_model(tiny_checkpoint, tmp_path / "repo")
+    assert json.loads((version_dir / CARD_FILE).read_text())["precision"] == "fp32"
+    model = ExportedModel.load(version_dir, ModelRef(name="postlens", version="1"))
+    posts = valid_posts[:24]
+    together = predict(model, posts)
+    alone = [predict(model, [post])[0] for post in posts]
+    assert entities(together) == entities(alone)
+    for in_batch, by_itself in zip(together, alone, strict=True):  # the same up to float summation order
+        assert [e.confidence for e in in_batch.entities] == pytest.approx([e.confidence for e in by_itself.entities])
