@@ -22,11 +22,12 @@ ARG UV_PROJECT_ENVIRONMENT=/opt/venv
 ARG UV_PYTHON_DOWNLOADS=never
 ARG UV_COMPILE_BYTECODE=1
 ARG UV_LINK_MODE=copy
-COPY pyproject.toml uv.lock README.md /src/
+COPY pyproject.toml uv.lock /src/
 RUN --mount=type=cache,target=/root/.cache/uv --mount=type=cache,target=/root/.cache/pip \
     python -m venv /tmp/uv && /tmp/uv/bin/pip install -q "uv==${UV_VERSION}" \
  && /tmp/uv/bin/uv sync --project /src --frozen --no-default-groups --extra serving --no-install-project \
  && rm -rf /tmp/uv
+COPY README.md /src/
 COPY postlens/ /src/postlens/
 RUN --mount=type=cache,target=/root/.cache/uv --mount=type=cache,target=/root/.cache/pip \
     python -m venv /tmp/uv && /tmp/uv/bin/pip install -q "uv==${UV_VERSION}" \

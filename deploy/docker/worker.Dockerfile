@@ -20,13 +20,15 @@ ARG UV_PROJECT_ENVIRONMENT=/opt/venv
 ARG UV_PYTHON_DOWNLOADS=never
 ARG UV_COMPILE_BYTECODE=1
 ARG UV_LINK_MODE=copy
-# Dependencies first (a layer that changes only with the lock), then the project itself, not editable. The sources
-# are copied (a bind mount would not invalidate podman's layer cache when they change) and removed once installed.
-COPY pyproject.toml uv.lock README.md /src/
+# Dependencies first (a layer that changes only with pyproject.toml and the lock), then the project itself, not
+# editable. The sources are copied (a bind mount would not invalidate podman's layer cache when they change) and
+# removed once installed.
+COPY pyproject.toml uv.lock /src/
 RUN --mount=type=cache,target=/root/.cache/uv --mount=type=cache,target=/root/.cache/pip \
     python -m venv /tmp/uv && /tmp/uv/bin/pip install -q "uv==${UV_VERSION}" \
  && /tmp/uv/bin/uv sync --project /src --frozen --no-default-groups --extra worker --no-install-project \
  && rm -rf /tmp/uv
+COPY README.md /src/
 COPY postlens/ /src/postlens/
 COPY stream/ /src/stream/
 RUN --mount=type=cache,target=/root/.cache/uv --mount=type=cache,target=/root/.cache/pip \
