@@ -25,7 +25,7 @@ from trainer.synth import generate
 pytestmark = [pytest.mark.images, pytest.mark.integration, pytest.mark.slow]
 
 RUN_TIMEOUT_S = 900.0
-LABELS = 40
+SYNTHETIC_POSTS = 46  # their train split is published: 32 labels, more than --min-labels 20
 
 
 def owned_by_the_image(path: Path) -> Path:
@@ -69,9 +69,10 @@ def test_the_trainer_image_exports_from_its_installed_copy(exported: Path) -> No
 
 @pytest.fixture
 async def labels_topic(settings: Settings, kafka_admin: AIOKafkaAdminClient, tmp_path: Path) -> AsyncIterator[str]:
-    """A topic of this test's own holding LABELS synthetic labels (their images under ``tmp_path/labels``)."""
+    """A topic of this test's own holding the train split of a synthetic set as labels (their images under
+    ``tmp_path/labels``)."""
     topic = f"test-trainer-image-{uuid.uuid4().hex[:8]}.labels"
-    generate(tmp_path / "labels", LABELS + 6, seed=24)
+    generate(tmp_path / "labels", SYNTHETIC_POSTS, seed=24)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     try:
@@ -106,6 +107,6 @@ async def test_the_trainer_image_retrains_dry_from_the_labels_topic(
     output = result.stdout + result.stderr
     assert result.returncode != EXIT_TOO_FEW_LABELS, f"the labels were not read:\n{output[-3000:]}"
     assert result.returncode == 0, output[-3000:]
-    assert "retrain: dry_run" in result.stdout
+    assert "retrain: dry_run" in result.stdout and "labels: read 32," in result.stdout, result.stdout
     # Fine-tuned from the checkpoint behind version 1 (its card names /seed), nothing exported.
     assert sorted(p.name for p in (exported / "postlens").iterdir() if p.name.isdigit()) == ["1"]
