@@ -10,10 +10,12 @@ from contextlib import contextmanager
 
 import pytest
 
+from tests.deploy.test_images import final_user_uid
+
 # The tag deploy/images.sh gives each image it builds (deploy/docker/<name>.Dockerfile).
 TAG = "local"
-# The uid every image runs as (tests/deploy/test_images.py checks the Dockerfiles agree): what it writes is owned by it.
-IMAGE_UID = 10001
+# The uid every image runs as (test_images checks that they agree): what a container writes is owned by it.
+IMAGE_UID = final_user_uid("worker")
 
 
 def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
