@@ -51,11 +51,12 @@ status: setup
 down:
 	$(PY) -m deploy.local down
 
-test: setup deploy-tools
+# Every test, the container images built and started included (`make images`: from the uv cache `make setup` fills).
+test: setup deploy-tools images
 	$(PY) -m deploy.local up
-	$(PY) -m pytest -m "not images"
+	$(PY) -m pytest
 
-# The images built and run (deploy/images.sh: podman, as root); kept out of `make test` until they build in minutes.
+# Only the tests that start the images (marker `images`), after building them.
 test-images: setup images
 	$(PY) -m deploy.local up
 	$(PY) -m pytest -m images
@@ -132,7 +133,7 @@ $(DEPLOY_TOOLS)/.keda-$(KEDA_VERSION):
 	cp "$$src"/pkg/scalers/kafka_scaler.go $(DEPLOY_TOOLS)/keda/  # the trigger metadata names KEDA reads
 	touch $@
 
-# The images, built with podman on a Debian base made here (deploy/images.sh; needs root; not part of `make test`).
+# The images, built with podman on a Debian base made here (deploy/images.sh; needs root): worker, triton-cpu, trainer.
 images:
 	deploy/images.sh
 

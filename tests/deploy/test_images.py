@@ -1,8 +1,9 @@
 """deploy/docker: what each image installs (read from its Dockerfile, resolved by uv from uv.lock), pinned bases,
 unprivileged final stages, and build contexts that hold what the Dockerfiles copy.
 
-No container engine here, so no image is built: the install lines are replayed through `uv export`, which resolves
-exactly the packages `uv sync` would install from the same lock with the same flags.
+Read, not built (the tests marked `images`, tests/deploy/test_*_image.py, run the images `make images` builds): the
+install lines are replayed through `uv export`, which resolves exactly the packages `uv sync` would install from the
+same lock with the same flags, for the images no engine builds here too (NVIDIA's base is out of reach).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ UV = get_settings().home / f"uv-{MAKEFILE_UV_VERSION}" / "bin" / "uv"
 # torch, what needs it, and the CUDA wheels it pulls in (nvidia-cu*; not nvidia-pytriton, the serving extra's server).
 TORCH = re.compile(r"^(torch|torchvision|open-clip-torch|triton|nvidia-cu[\w-]+)==", re.MULTILINE)
 # What each image must install (extras of pyproject.toml) and whether torch may be among it.
-EXPECTED = {"worker": ({"worker"}, False), "trainer": ({"trainer"}, True), "triton": ({"serving"}, False)}
+EXPECTED = {
+    "worker": ({"worker"}, False),
+    "trainer": ({"trainer"}, True),
+    "triton": ({"serving"}, False),
+    "triton-cpu": ({"serving"}, False),
+}
 
 
 @dataclass
@@ -56,12 +62,16 @@ def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
 
 
 def uv_sync_lines(stages: list[Stage]) -> list[list[str]]:
-    return [
-        shlex.split(run[run.index("uv sync") :])[2:]
-        for stage in stages
-        for keyword, run in stage.instructions
-        if keyword == "RUN" and "uv sync" in run
-    ]
+    """The flags of each `uv sync` (up to the next command of its RUN), without `--project` (the image's path)."""
+    lines = []
+    for stage in stages:
+        for keyword, run in stage.instructions:
+            if keyword == "RUN" and "uv sync" in run:
+                flags = shlex.split(run[run.index("uv sync") :].split("&&")[0])[2:]
+                if "--project" in flags:
+                    del flags[flags.index("--project") : flags.index("--project") + 2]
+                lines.append(flags)
+    return lines
 
 
 def ignore_pattern(pattern: str) -> re.Pattern[str]:
@@ -102,10 +112,9 @@ def dockerignore_excludes(relative: str) -> bool:
 
 
 @pytest.mark.parametrize("image", list(DOCKERFILES))
-def test_bases_are_pinned_and_builds_multi_stage(image: str) -> None:
+def test_bases_are_pinned_and_uv_stays_out_of_the_final_image(image: str) -> None:
     _, stages = parse(DOCKERFILES[image])
     names = {stage.name for stage in stages if stage.name}
-    assert len(stages) >= 2, "build tools stay out of the final image only with a build stage"
     for stage in stages:
         if stage.base in names:
             continue
@@ -115,6 +124,11 @@ def test_bases_are_pinned_and_builds_multi_stage(image: str) -> None:
     assert not any(keyword == "COPY" and "--from=uv" in rest for keyword, rest in final.instructions), (
         "uv in the final image"
     )
+    # Either a build stage installs uv, or each step of the final stage that does removes it again.
+    for keyword, rest in final.instructions:
+        if keyword == "RUN" and "uv==" in rest:
+            (venv,) = re.findall(r"python3? -m venv (\S+)", rest)
+            assert re.search(rf"rm -rf {re.escape(venv)}(\s|$)", rest), f"uv left at {venv}: {rest}"
 
 
 @pytest.mark.parametrize("image", list(DOCKERFILES))
@@ -243,7 +257,13 @@ def test_onnxruntime_gpu_is_the_locked_version_hash_checked() -> None:
     assert "--require-hashes -r /tmp/onnxruntime-gpu.txt" in runs and "--no-deps" in runs
 
 
-def test_the_python_backend_stub_finds_every_library_it_needs() -> None:
+# Where each Triton image's libpython3.11 is: the uv-managed CPython's on NVIDIA's image; on the default search path
+# in the Python bases of the CPU image (python:3.11-slim's /usr/local/lib, Debian's libpython3.11 package).
+LIBPYTHON_DIRS = {"triton": "/opt/python/current/lib", "triton-cpu": None}
+
+
+@pytest.mark.parametrize("image", list(LIBPYTHON_DIRS))
+def test_the_python_backend_stub_finds_every_library_it_needs(image: str) -> None:
     # The stub links the wheel's CUDA runtime through an RPATH relative to the wheel's folder; copied into Triton's
     # backends/python it has left that folder, so only the library path can lead to it.
     wheel = Path(__import__("pytriton").__file__).resolve().parent
@@ -251,13 +271,13 @@ def test_the_python_backend_stub_finds_every_library_it_needs() -> None:
     stub = wheel / "tritonserver" / "python_backend_stubs" / "3.11" / "triton_python_backend_stub"
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", output_of(["readelf", "-d", stub]))
     assert needed
-    library_path = final_env("triton")["LD_LIBRARY_PATH"].split(":")
-    venv = final_env("triton")["PATH"].split(":")[0].removesuffix("/bin")
-    image_site_packages = f"{venv}/lib/python3.11/site-packages"
+    library_path = final_env(image)["LD_LIBRARY_PATH"].split(":")
+    venv_bin = next(entry for entry in final_env(image)["PATH"].split(":") if entry.endswith("venv/bin"))
+    image_site_packages = f"{venv_bin.removesuffix('/bin')}/lib/python3.11/site-packages"
     for library in needed:
         if (site_packages / "nvidia_pytriton.libs" / library).exists():
             assert f"{image_site_packages}/nvidia_pytriton.libs" in library_path, library
         elif library.startswith("libpython"):
-            assert "/opt/python/current/lib" in library_path, library
+            assert LIBPYTHON_DIRS[image] is None or LIBPYTHON_DIRS[image] in library_path, library
         else:
             assert library.split(".so")[0] in {"libc", "libstdc++", "libgcc_s", "libm", "libdl", "libpthread"}, library

@@ -2,7 +2,7 @@
 
 The container runs on the host's network against the local stack's Kafka, Redis and Elasticsearch and a Triton of
 this session serving the tiny model; topic, group and indices are this test's own. Needs root and podman (marker
-`images`: `make test-images` builds the images first; `make test` does not build them).
+`images`; `make images` builds the image).
 """
 
 from __future__ import annotations
@@ -21,33 +21,19 @@ from elasticsearch import AsyncElasticsearch
 
 from deploy.process import free_port
 from postlens.settings import Settings
+from tests.deploy.containers import built_image, logs, running
 from tests.fixtures_model import ServedModel
 
 pytestmark = [pytest.mark.images, pytest.mark.integration]
 
-IMAGE = "localhost/postlens-worker:local"
 POSTS = 5
 TIMEOUT_S = 180.0
 
 
-def podman(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture
-def image() -> str:
-    try:
-        present = podman("image", "exists", IMAGE).returncode == 0
-    except FileNotFoundError:
-        present = False
-    if not present:
-        pytest.fail(f"{IMAGE} is not built: run `make images` (podman, as root)", pytrace=False)
-    return IMAGE
-
-
 async def test_the_worker_image_indexes_posts_from_kafka(
-    image: str, served_model: ServedModel, settings: Settings, es: AsyncElasticsearch, tmp_path: Path
+    served_model: ServedModel, settings: Settings, es: AsyncElasticsearch, tmp_path: Path
 ) -> None:
+    image = built_image("worker")
     run = uuid.uuid4().hex[:10]
     env = {
         "POSTLENS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -62,32 +48,26 @@ async def test_the_worker_image_indexes_posts_from_kafka(
         "POSTLENS_WORKER_WEB_PORT": str(free_port()),
         "POSTLENS_TOPIC_PARTITIONS": "1",
     }
-    name = f"postlens-test-worker-{run}"
-    started = podman(
-        "run", "-d", "--rm", "--network", "host", "--name", name, *[f"-e{k}={v}" for k, v in env.items()], image
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr
     posts = tmp_path / "posts.jsonl"
     posts.write_text("".join(json.dumps({"id": f"image-{run}-{i}", "text": f"Ada Lovelace in London {i}"}) + "\n"
                              for i in range(POSTS)))  # fmt: skip
     try:
-        publish = subprocess.run(
-            [sys.executable, "-m", "stream", "publish", str(posts), "--topic", env["POSTLENS_TOPIC_POSTS"]],
-            capture_output=True, text=True, env={**os.environ, **env}, timeout=120,
-        )  # fmt: skip
-        assert publish.returncode == 0, publish.stderr
-        deadline = time.monotonic() + TIMEOUT_S
-        indexed = 0
-        while time.monotonic() < deadline and indexed < POSTS:
-            if await es.indices.exists(index=env["POSTLENS_ES_INDEX_POSTS"]):
-                await es.indices.refresh(index=env["POSTLENS_ES_INDEX_POSTS"])
-                indexed = (await es.count(index=env["POSTLENS_ES_INDEX_POSTS"]))["count"]
-            await asyncio.sleep(2.0)
-        logs = podman("logs", name)
-        assert indexed == POSTS, f"{indexed}/{POSTS} indexed in {TIMEOUT_S:.0f}s; worker log:\n{logs.stdout[-3000:]}"
-        document = await es.get(index=env["POSTLENS_ES_INDEX_POSTS"], id=f"image-{run}-0")
-        assert document["_source"]["model"]["name"] == "postlens"
+        with running(image, env=env) as name:
+            publish = subprocess.run(
+                [sys.executable, "-m", "stream", "publish", str(posts), "--topic", env["POSTLENS_TOPIC_POSTS"]],
+                capture_output=True, text=True, env={**os.environ, **env}, timeout=120,
+            )  # fmt: skip
+            assert publish.returncode == 0, publish.stderr
+            deadline = time.monotonic() + TIMEOUT_S
+            indexed = 0
+            while time.monotonic() < deadline and indexed < POSTS:
+                if await es.indices.exists(index=env["POSTLENS_ES_INDEX_POSTS"]):
+                    await es.indices.refresh(index=env["POSTLENS_ES_INDEX_POSTS"])
+                    indexed = (await es.count(index=env["POSTLENS_ES_INDEX_POSTS"]))["count"]
+                await asyncio.sleep(2.0)
+            assert indexed == POSTS, f"{indexed}/{POSTS} indexed in {TIMEOUT_S:.0f}s; worker log:\n{logs(name)}"
+            document = await es.get(index=env["POSTLENS_ES_INDEX_POSTS"], id=f"image-{run}-0")
+            assert document["_source"]["model"]["name"] == "postlens"
     finally:
-        podman("stop", "-t", "45", name)
         for index in (env["POSTLENS_ES_INDEX_ENTITIES"], env["POSTLENS_ES_INDEX_POSTS"]):
             await es.options(ignore_status=404).indices.delete(index=index)
