@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,9 @@ from trainer.calibration import calibrate, decode_all
 from trainer.data.carried import DataOrigin, SetToCarry, carry_training_data
 from trainer.data.examples import Example
 from trainer.data.load import load_with_origins
-from trainer.evaluate import build_report
+from trainer.data.split import carve_dev
+from trainer.evaluate import EvaluationReport, build_report
+from trainer.model.averaging import average_states
 from trainer.model.batching import Batch, ExampleEncoder
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
 from trainer.model.fusion import fusion_names
@@ -47,6 +50,8 @@ from trainer.predict import Predictor, RawBatch
 from trainer.run_config import RunConfig, TrainConfig, preset_names, resolve_config
 
 log = logging.getLogger(__name__)
+
+SELECTED_ON = {True: "dev", False: "valid"}  # by whether train.dev_share carves a dev slice out of train
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -146,6 +151,20 @@ def _train_epoch(
     return float(np.mean(losses)), {name: value / len(losses) for name, value in parts_sum.items()}
 
 
+@dataclass
+class Candidate:
+    """Weights that may be kept at the end of a run, with their scores."""
+
+    name: str  # "best_epoch" or "average_last_K"
+    epochs: list[int]
+    state: dict[str, torch.Tensor]
+    selection_f1: float  # on the dev slice (or valid, without one)
+    valid_f1: float | None = None  # on valid, when valid is held out from selection
+
+    def record(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "selection_f1": self.selection_f1, "valid_f1": self.valid_f1}
+
+
 def train(
     config: RunConfig,
     train_examples: Sequence[Example],
@@ -156,13 +175,18 @@ def train(
     reference: SetToCarry | None = None,
     replay: SetToCarry | None = None,
 ) -> TrainResult:
-    """Train, calibrate on valid and write the checkpoint to ``out``.
+    """Train, select and calibrate, and write the checkpoint to ``out``.
+
+    With ``train.dev_share`` > 0 a dev slice of the training examples (by a hash of their words,
+    :func:`trainer.data.split.carve_dev`) is not trained on: it selects the epoch, stops early and calibrates, and
+    valid is only scored, an honest estimate. With 0, valid does all of that. With ``train.average_last`` = k ≥ 2
+    the mean of the last k epochs' weights competes with the best epoch on the selection set.
 
     ``init_from`` fine-tunes that checkpoint: its network (architecture and weights) is the starting point, so
     ``config.model`` is replaced by the checkpoint's; the ``train`` and ``loss`` sections still apply.
 
-    The checkpoint carries a reference set (default: the valid examples, which the model was selected on) and a
-    replay sample of ``replay`` (default: the training examples) for later retraining (:mod:`trainer.data.carried`).
+    The checkpoint carries a reference set (default: the valid examples) and a replay sample of ``replay``
+    (default: the training examples) for later retraining (:mod:`trainer.data.carried`).
     """
     if not train_examples or not valid_examples:
         raise ValueError("training needs labeled train and valid examples")
@@ -170,6 +194,12 @@ def train(
         raise ValueError("training needs labeled examples (tags) in both train and valid")
     out = Path(out)
     settings = config.train
+    held_out = settings.dev_share > 0
+    fit_examples, selection_examples = (
+        carve_dev(train_examples, settings.dev_share) if held_out else (list(train_examples), list(valid_examples))
+    )
+    if not fit_examples or not selection_examples:
+        raise ValueError(f"train.dev_share {settings.dev_share} leaves no training or no dev posts")
     seed_everything(config.seed, settings.threads)
     started = time.perf_counter()
 
@@ -187,64 +217,90 @@ def train(
         preprocessor,
         network.scheme,
         model_config.max_images,
-        annotates_boxes=any(example.boxes for example in train_examples),
+        annotates_boxes=any(example.boxes for example in fit_examples),
     )
-    valid_batches = [(chunk, encoder.encode(chunk)) for chunk in chunks(valid_examples, settings.eval_batch_size)]
-    steps_per_epoch = -(-len(train_examples) // settings.batch_size)
+    steps_per_epoch = -(-len(fit_examples) // settings.batch_size)
     optimizer, scheduler = build_optimizer(network, settings, steps_per_epoch * settings.epochs)
     model_ref = ModelRef(name="postlens", version="training")
 
-    def validate() -> tuple[list[RawBatch], Decoder]:
+    def encoded(examples: Sequence[Example]) -> list[tuple[list[Example], Batch]]:
+        return [(chunk, encoder.encode(chunk)) for chunk in chunks(examples, settings.eval_batch_size)]
+
+    selection_batches = encoded(selection_examples)
+
+    def score(batches: Sequence[tuple[list[Example], Batch]]) -> tuple[list[RawBatch], EvaluationReport]:
+        """The network's raw outputs on ``batches`` and their report (uncalibrated: the entities are the same)."""
         decoder = Decoder.from_config(model_config, network.crf.numpy_params(), model_ref)
-        return run_network(Predictor(network, preprocessor, decoder), valid_batches), decoder
+        raws = run_network(Predictor(network, preprocessor, decoder), batches)
+        examples = [example for chunk, _ in batches for example in chunk]
+        return raws, build_report(examples, decode_all(raws, decoder)).report
 
     history: list[dict[str, Any]] = []
-    best_f1, best_epoch, best_state, best_valid, stale, last_f1 = -1.0, 0, None, None, 0, 0.0
+    best: Candidate | None = None
+    recent: deque[dict[str, torch.Tensor]] = deque(maxlen=max(1, settings.average_last))
+    stale, last_f1 = 0, 0.0
     shuffler = np.random.default_rng(config.seed)
     for epoch in range(1, settings.epochs + 1):
         batches = tqdm(
-            epoch_batches(train_examples, settings, shuffler),
+            epoch_batches(fit_examples, settings, shuffler),
             desc=f"epoch {epoch}/{settings.epochs}",
             unit="batch",
             disable=not progress,
             leave=False,
         )
         loss, parts = _train_epoch(network, encoder, batches, optimizer, scheduler, config, last_f1)
-        raws, decoder = validate()
-        report = build_report(valid_examples, decode_all(raws, decoder)).report
+        report = score(selection_batches)[1]
         last_f1 = report.entity.f1
         record = {
             "epoch": epoch,
             "loss": loss,
             "loss_parts": parts,
-            "valid_f1": report.entity.f1,
-            "valid_grounding": report.grounding.accuracy if report.grounding else None,
+            "selection_f1": report.entity.f1,
+            "selection_grounding": report.grounding.accuracy if report.grounding else None,
             "seconds": time.perf_counter() - started,
         }
         history.append(record)
         if progress:
-            grounding = f"  grounding {record['valid_grounding']:.3f}" if record["valid_grounding"] is not None else ""
-            tqdm.write(f"epoch {epoch}: loss {loss:.3f}  valid F1 {report.entity.f1:.3f}{grounding}")
-        if report.entity.f1 > best_f1:
-            best_f1, best_epoch, stale = report.entity.f1, epoch, 0
-            best_state = copy.deepcopy(network.state_dict())
-            best_valid = raws, decoder  # the best weights' valid outputs: calibration reads them, not a new pass
+            grounding = (
+                f"  grounding {record['selection_grounding']:.3f}" if record["selection_grounding"] is not None else ""
+            )
+            tqdm.write(f"epoch {epoch}: loss {loss:.3f}  {SELECTED_ON[held_out]} F1 {report.entity.f1:.3f}{grounding}")
+        state = copy.deepcopy(network.state_dict())
+        recent.append(state)
+        if best is None or report.entity.f1 > best.selection_f1:
+            best, stale = Candidate("best_epoch", [epoch], state, report.entity.f1), 0
         else:
             stale += 1
             if stale >= settings.patience:
                 break
     train_seconds = time.perf_counter() - started
-    if best_state is None or best_valid is None:
+    if best is None:
         raise ValueError(f"train.epochs is {settings.epochs}: no epoch ran")
-    network.load_state_dict(best_state)
 
-    raws, decoder = best_valid
+    candidates = [best]
+    if settings.average_last >= 2 and len(recent) >= 2:
+        averaged = average_states(recent)
+        network.load_state_dict(averaged)
+        epochs = [record["epoch"] for record in history[-len(recent) :]]
+        f1 = score(selection_batches)[1].entity.f1
+        candidates.append(Candidate(f"average_last_{len(recent)}", epochs, averaged, f1))
+    # The average wins ties: the same selection score from weights less tied to one epoch.
+    kept = max(reversed(candidates), key=lambda candidate: candidate.selection_f1)
+    valid_batches = encoded(valid_examples) if held_out else selection_batches
+    valid_raws: list[RawBatch] = []
+    for candidate in [*(c for c in candidates if c is not kept), kept]:  # the kept weights last: they stay loaded
+        network.load_state_dict(candidate.state)
+        valid_raws, report = score(valid_batches)  # each from the same run: what selection alone cannot see
+        candidate.valid_f1 = report.entity.f1
+
+    selection_raws = score(selection_batches)[0] if held_out else valid_raws
+    decoder = Decoder.from_config(model_config, network.crf.numpy_params(), model_ref)
     grounds = network.fusion.grounds and encoder.annotates_boxes
-    model_config, calibrated = calibrate(model_config, raws, valid_examples, decoder, grounds)
+    model_config, calibrated = calibrate(model_config, selection_raws, selection_examples, decoder, grounds)
     config = config.model_copy(update={"model": model_config})
     final_decoder = Decoder.from_config(model_config, network.crf.numpy_params(), model_ref)
-    final_report = build_report(valid_examples, decode_all(raws, final_decoder)).report
-
+    selection_report = build_report(selection_examples, decode_all(selection_raws, final_decoder)).report
+    valid_report = build_report(valid_examples, decode_all(valid_raws, final_decoder)).report
     version = save_checkpoint(out, config.model_dump(mode="json"), network, tokenizer)
     carried = carry_training_data(
         out,
@@ -258,12 +314,18 @@ def train(
         "strategy": model_config.fusion.name,
         "version": version,
         "init_from": str(Path(init_from).resolve()) if init_from is not None else None,
+        "selected_on": SELECTED_ON[held_out],
+        "trained_posts": len(fit_examples),
+        "selection_posts": len(selection_examples),
         "epochs_run": len(history),
-        "best_epoch": best_epoch,
+        "best_epoch": best.epochs[0],
+        "kept": kept.name,
+        "candidates": {candidate.name: candidate.record() for candidate in candidates},
         "train_seconds": train_seconds,
         "calibration": calibrated,
         "carried": carried.model_dump(),
-        "valid": final_report.to_json(),
+        "dev": selection_report.to_json() if held_out else None,
+        "valid": valid_report.to_json(),
         "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
