@@ -4,10 +4,16 @@ A preset is a YAML file in ``trainer/configs/`` (or a path); ``--set a.b=value``
 parsed as YAML, so ``--set train.epochs=3`` is an int). A preset with a ``data:`` section names its own train and
 valid files (relative to ``POSTLENS_SHARED_DATA_DIR``), so ``--train``/``--valid`` may be left out; given, they
 replace it, and several files per split are concatenated. Seeds are fixed and algorithms deterministic, so a run is
-repeatable (:mod:`trainer.run_config`). Each epoch ends with a validation pass; training stops early when valid
-entity F1 has not improved for ``train.patience`` epochs, and the best epoch's weights are kept. Then the model is
-calibrated on valid (:mod:`trainer.calibration`). The checkpoint (docs/contracts.md) gets ``metrics.json`` and
-``training_curve.png`` beside it.
+repeatable (:mod:`trainer.run_config`).
+
+Selection: with ``train.dev_share`` > 0 (the ``twitter`` preset: 0.1) that share of the training posts, chosen by a
+hash of their words (:mod:`trainer.data.split`), is a dev slice never trained on. Each epoch ends with a pass over
+it; training stops early when dev entity F1 has not improved for ``train.patience`` epochs; the best epoch's
+weights are kept — or, with ``train.average_last`` = k ≥ 2, the mean of the last k epochs' weights when it scores at
+least as well on dev; the model is calibrated on dev (:mod:`trainer.calibration`). Valid is then only scored: an
+honest estimate, and the reference set the checkpoint carries for the retraining gate. With ``train.dev_share`` 0,
+valid does the selecting and calibrating itself (and so over-estimates). The checkpoint (docs/contracts.md) gets
+``metrics.json`` (dev and valid reports apart, both candidates' scores) and ``training_curve.png`` beside it.
 """
 
 from __future__ import annotations
@@ -372,11 +378,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         [path.resolve() for path in args.valid] if args.valid else config.named_data.valid, args.images
     )
     result = train(config, train_set.examples, valid_set.examples, args.out, reference=valid_set, replay=train_set)
-    valid = result.metrics["valid"]
+    metrics = result.metrics
+    dev = f"dev entity F1 {metrics['dev']['entity']['f1']:.3f}, " if metrics["dev"] else ""
     print(
-        f"{config.preset}/{config.model.fusion.name}: valid entity F1 {valid['entity']['f1']:.3f} "
-        f"(best epoch {result.metrics['best_epoch']} of {result.metrics['epochs_run']}, "
-        f"{result.metrics['train_seconds']:.0f} s) → {result.out}"
+        f"{config.preset}/{config.model.fusion.name}: {dev}valid entity F1 {metrics['valid']['entity']['f1']:.3f} "
+        f"(kept {metrics['kept']}; best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
+        f"{metrics['train_seconds']:.0f} s) → {result.out}"
     )
 
 

@@ -107,7 +107,8 @@ def fine_tune_config(base: Path, overrides: Sequence[str], lr_scale: float = 1.0
     train = recorded.get("train", {})
     scaled = {name: train[name] * lr_scale for name in LEARNING_RATES if train.get(name) is not None}
     try:
-        return RunConfig.model_validate(apply_overrides({**recorded, "train": {**train, **scaled, "dev_share": 0.0}}, overrides))
+        train = {**train, **scaled, "dev_share": 0.0}
+        return RunConfig.model_validate(apply_overrides({**recorded, "train": train}, overrides))
     except ValueError as error:
         raise RetrainError(f"--set: {error}") from None
 
