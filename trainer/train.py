@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from postlens.runtime.decode import Decoder
 from postlens.runtime.preprocess import Preprocessor
-from postlens.schemas import ModelRef
+from postlens.schemas import ModelRef, PostPrediction
 from trainer.calibration import calibrate, decode_all
 from trainer.data.carried import DataOrigin, SetToCarry, carry_training_data
 from trainer.data.examples import Example
@@ -136,7 +136,7 @@ def epoch_batches(examples: Sequence[Example], settings: TrainConfig, rng: np.ra
 def _train_epoch(
     network: NerNetwork, encoder: ExampleEncoder, batches: tqdm, optimizer, scheduler, config: RunConfig, last_f1: float
 ) -> tuple[float, dict[str, float]]:
-    """One pass over the training batches (a tqdm bar, showing loss and the last valid F1) → mean loss and parts."""
+    """One pass over the training batches (a tqdm bar, showing loss and the last selection F1) → mean loss and parts."""
     network.train()
     losses: list[float] = []
     parts_sum: dict[str, float] = {}
@@ -153,7 +153,7 @@ def _train_epoch(
         losses.append(float(loss.detach()))
         for name, value in parts.items():
             parts_sum[name] = parts_sum.get(name, 0.0) + value
-        batches.set_postfix(loss=f"{np.mean(losses):.3f}", valid_f1=f"{last_f1:.3f}")
+        batches.set_postfix(loss=f"{np.mean(losses):.3f}", selection_f1=f"{last_f1:.3f}")
     return float(np.mean(losses)), {name: value / len(losses) for name, value in parts_sum.items()}
 
 
@@ -165,10 +165,30 @@ class Candidate:
     epochs: list[int]
     state: dict[str, torch.Tensor]
     selection_f1: float  # on the dev slice (or valid, without one)
-    valid_f1: float | None = None  # on valid, when valid is held out from selection
+    valid_f1: float | None = None
+    valid_f1_by_file: dict[str, float] | None = None
 
     def record(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "selection_f1": self.selection_f1, "valid_f1": self.valid_f1}
+        return {
+            "epochs": self.epochs,
+            "selection_f1": self.selection_f1,
+            "valid_f1": self.valid_f1,
+            "valid_f1_by_file": self.valid_f1_by_file,
+        }
+
+
+def reports_by_file(
+    examples: Sequence[Example], predictions: Sequence[PostPrediction], files: Sequence[DataOrigin]
+) -> dict[str, EvaluationReport]:
+    """One report per file of a set concatenated from ``files`` (their post counts, in order)."""
+    if sum(origin.posts for origin in files) != len(examples):
+        raise ValueError("the valid files' post counts do not add up to the valid examples")
+    reports, start = {}, 0
+    for origin in files:
+        end = start + origin.posts
+        reports[origin.path] = build_report(examples[start:end], predictions[start:end]).report
+        start = end
+    return reports
 
 
 def train(
@@ -180,6 +200,7 @@ def train(
     init_from: Path | None = None,
     reference: SetToCarry | None = None,
     replay: SetToCarry | None = None,
+    valid_files: Sequence[DataOrigin] = (),
 ) -> TrainResult:
     """Train, select and calibrate, and write the checkpoint to ``out``.
 
@@ -190,6 +211,9 @@ def train(
 
     ``init_from`` fine-tunes that checkpoint: its network (architecture and weights) is the starting point, so
     ``config.model`` is replaced by the checkpoint's; the ``train`` and ``loss`` sections still apply.
+
+    ``valid_files`` (the files valid was read from, in order, with their post counts) has valid also scored per
+    file, for each candidate and the kept weights.
 
     The checkpoint carries a reference set (default: the valid examples) and a replay sample of ``replay``
     (default: the training examples) for later retraining (:mod:`trainer.data.carried`).
@@ -234,12 +258,14 @@ def train(
 
     selection_batches = encoded(selection_examples)
 
-    def score(batches: Sequence[tuple[list[Example], Batch]]) -> tuple[list[RawBatch], EvaluationReport]:
-        """The network's raw outputs on ``batches`` and their report (uncalibrated: the entities are the same)."""
+    def predict(batches: Sequence[tuple[list[Example], Batch]]) -> tuple[list[RawBatch], list[PostPrediction]]:
+        """The network's raw outputs on ``batches`` and their predictions (uncalibrated: the entities are the same)."""
         decoder = Decoder.from_config(model_config, network.crf.numpy_params(), model_ref)
         raws = run_network(Predictor(network, preprocessor, decoder), batches)
-        examples = [example for chunk, _ in batches for example in chunk]
-        return raws, build_report(examples, decode_all(raws, decoder)).report
+        return raws, decode_all(raws, decoder)
+
+    def score(batches: Sequence[tuple[list[Example], Batch]]) -> EvaluationReport:
+        return build_report([example for chunk, _ in batches for example in chunk], predict(batches)[1]).report
 
     history: list[dict[str, Any]] = []
     best: Candidate | None = None
@@ -255,7 +281,7 @@ def train(
             leave=False,
         )
         loss, parts = _train_epoch(network, encoder, batches, optimizer, scheduler, config, last_f1)
-        report = score(selection_batches)[1]
+        report = score(selection_batches)
         last_f1 = report.entity.f1
         record = {
             "epoch": epoch,
@@ -288,7 +314,7 @@ def train(
         averaged = average_states(recent)
         network.load_state_dict(averaged)
         epochs = [record["epoch"] for record in history[-len(recent) :]]
-        f1 = score(selection_batches)[1].entity.f1
+        f1 = score(selection_batches).entity.f1
         candidates.append(Candidate(f"average_last_{len(recent)}", epochs, averaged, f1))
     # The average wins ties: the same selection score from weights less tied to one epoch.
     kept = max(reversed(candidates), key=lambda candidate: candidate.selection_f1)
@@ -296,17 +322,21 @@ def train(
     valid_raws: list[RawBatch] = []
     for candidate in [*(c for c in candidates if c is not kept), kept]:  # the kept weights last: they stay loaded
         network.load_state_dict(candidate.state)
-        valid_raws, report = score(valid_batches)  # each from the same run: what selection alone cannot see
-        candidate.valid_f1 = report.entity.f1
+        valid_raws, predictions = predict(valid_batches)  # each from the same run: what selection cannot see
+        candidate.valid_f1 = build_report(valid_examples, predictions).report.entity.f1
+        by_file = reports_by_file(valid_examples, predictions, valid_files) if valid_files else {}
+        candidate.valid_f1_by_file = {path: report.entity.f1 for path, report in by_file.items()} or None
 
-    selection_raws = score(selection_batches)[0] if held_out else valid_raws
+    selection_raws = predict(selection_batches)[0] if held_out else valid_raws
     decoder = Decoder.from_config(model_config, network.crf.numpy_params(), model_ref)
     grounds = network.fusion.grounds and encoder.annotates_boxes
     model_config, calibrated = calibrate(model_config, selection_raws, selection_examples, decoder, grounds)
     config = config.model_copy(update={"model": model_config})
     final_decoder = Decoder.from_config(model_config, network.crf.numpy_params(), model_ref)
     selection_report = build_report(selection_examples, decode_all(selection_raws, final_decoder)).report
-    valid_report = build_report(valid_examples, decode_all(valid_raws, final_decoder)).report
+    valid_predictions = decode_all(valid_raws, final_decoder)
+    valid_report = build_report(valid_examples, valid_predictions).report
+    valid_by_file = reports_by_file(valid_examples, valid_predictions, valid_files) if valid_files else {}
     version = save_checkpoint(out, config.model_dump(mode="json"), network, tokenizer)
     carried = carry_training_data(
         out,
@@ -332,6 +362,7 @@ def train(
         "carried": carried.model_dump(),
         "dev": selection_report.to_json() if held_out else None,
         "valid": valid_report.to_json(),
+        "valid_by_file": {path: report.to_json() for path, report in valid_by_file.items()} or None,
         "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -377,12 +408,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     valid_set = load_with_origins(
         [path.resolve() for path in args.valid] if args.valid else config.named_data.valid, args.images
     )
-    result = train(config, train_set.examples, valid_set.examples, args.out, reference=valid_set, replay=train_set)
+    result = train(
+        config,
+        train_set.examples,
+        valid_set.examples,
+        args.out,
+        reference=valid_set,
+        replay=train_set,
+        valid_files=valid_set.origins,
+    )
     metrics = result.metrics
     dev = f"dev entity F1 {metrics['dev']['entity']['f1']:.3f}, " if metrics["dev"] else ""
+    per_file = ", ".join(
+        f"{Path(path).parent.name}/{Path(path).name} {report['entity']['f1']:.3f}"
+        for path, report in (metrics["valid_by_file"] or {}).items()
+    )
     print(
         f"{config.preset}/{config.model.fusion.name}: {dev}valid entity F1 {metrics['valid']['entity']['f1']:.3f} "
-        f"(kept {metrics['kept']}; best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
+        f"({per_file}; kept {metrics['kept']}, best epoch {metrics['best_epoch']} of {metrics['epochs_run']}, "
         f"{metrics['train_seconds']:.0f} s) → {result.out}"
     )
 
