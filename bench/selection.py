@@ -130,6 +130,19 @@ def markdown(runs: list[SeedRun], command: str) -> str:
             + " | ".join(f"{mean_sd([run.candidate_f1(name, split) for run in runs])}" for split in splits)
             + " |"
         )
+    average = runs[0].average
+    dev_gain = [
+        run.metrics["candidates"][average]["selection_f1"] - run.metrics["candidates"][BEST_EPOCH]["selection_f1"]
+        for run in runs
+    ]
+    lines.append(
+        f"| **{average} − {BEST_EPOCH}** (paired) | | | {mean_sd(dev_gain)} | "
+        + " | ".join(
+            mean_sd([run.candidate_f1(average, split) - run.candidate_f1(BEST_EPOCH, split) for run in runs])
+            for split in splits
+        )
+        + " |"
+    )
     lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from postlens.schemas import Post
-from trainer.data.carried import read_set
+from trainer.data.carried import DataOrigin, read_set
 from trainer.data.examples import Example
 from trainer.data.load import load_examples
 from trainer.data.split import carve_dev
@@ -88,11 +88,14 @@ def test_same_seed_same_model(synthetic: Path, tmp_path: Path) -> None:
 
 
 def test_a_dev_slice_selects_and_calibrates_while_valid_is_only_scored(synthetic: Path, tmp_path: Path) -> None:
-    overrides = ["train.epochs=3", "train.dev_share=0.2", "train.average_last=2"]
-    train_examples, valid_examples = load_examples(synthetic / "train.jsonl"), load_examples(synthetic / "valid.jsonl")
-    train(resolve_config("tiny", "text", overrides), train_examples, valid_examples, tmp_path, progress=False)
+    overrides = ["train.epochs=3", "train.dev_share=0.25", "train.average_last=2"]
+    train_examples = load_examples(synthetic / "train.jsonl")[:96]
+    valid_examples = load_examples(synthetic / "valid.jsonl")[:32]
+    files = [DataOrigin(path="first", posts=12), DataOrigin(path="second", posts=20)]  # valid read from two files
+    config = resolve_config("tiny", "text", overrides)
+    train(config, train_examples, valid_examples, tmp_path, progress=False, valid_files=files)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    dev_posts = len(carve_dev(train_examples, 0.2)[1])
+    dev_posts = len(carve_dev(train_examples, 0.25)[1])
     assert metrics["selected_on"] == "dev" and metrics["selection_posts"] == dev_posts
     assert metrics["trained_posts"] + dev_posts == len(train_examples)
     candidates = metrics["candidates"]
@@ -104,6 +107,8 @@ def test_a_dev_slice_selects_and_calibrates_while_valid_is_only_scored(synthetic
     # valid is scored as the checkpoint predicts it, and carried as the reference set retraining gates on
     assert metrics["valid"]["entity"]["f1"] == kept["valid_f1"] == evaluate_on(tmp_path, valid_examples).entity.f1
     assert [e.id for e in read_set(tmp_path, "reference")] == [e.id for e in valid_examples]
+    second = evaluate_on(tmp_path, valid_examples[12:]).entity.f1
+    assert metrics["valid_by_file"]["second"]["entity"]["f1"] == kept["valid_f1_by_file"]["second"] == second
 
 
 def test_frozen_word_embeddings_stay_as_built_while_the_rest_learns(synthetic: Path, tmp_path: Path) -> None:
