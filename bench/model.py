@@ -6,10 +6,12 @@
     (:mod:`bench.twitter`).
 (b) Synthetic multimodal posts (``trainer.synth``): every fusion strategy and the seed papers' component ablations
     on the tiny preset (:mod:`bench.synthetic`).
+(c) Held-out selection (issue 22): the ``twitter`` recipe over ``--seeds`` (selected on a dev slice of train), valid
+    entity F1 per split as mean ± sd, weight averaging against the best epoch (:mod:`bench.selection`).
 
 CPU-only and slow: section (a) trains MiniLM about a quarter of an hour per variant on 2 cores (``--work`` keeps
-the checkpoints and a later run reuses them), section (b) trains 21 tiny models. ``--only twitter|synthetic`` runs
-one section; the other keeps its text, figures and command from the report already in ``--out``.
+the checkpoints and a later run reuses them), section (b) trains 21 tiny models. ``--only twitter|synthetic|selection``
+runs one section; the others keep their text, figures and command from the report already in ``--out``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import synthetic, twitter
+from bench import selection, synthetic, twitter
 from postlens.settings import get_settings
 from trainer.run_config import resolve_config
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
-SECTIONS = {"twitter": twitter.HEADING, "synthetic": synthetic.HEADING}  # in report order
+# in report order
+SECTIONS = {"twitter": twitter.HEADING, "synthetic": synthetic.HEADING, "selection": selection.HEADING}
 
 
 def previous_section(report: str, heading: str) -> str:
@@ -42,14 +45,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--work", type=Path, default=None, help="keep checkpoints and synthetic data here (default: temporary)"
     )
-    parser.add_argument("--only", choices=SECTIONS, help="run this section only; the other is kept from --out")
+    parser.add_argument("--only", choices=SECTIONS, help="run this section only; the others are kept from --out")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=list(selection.SEEDS), help="seeds of the selection section"
+    )
     parser.add_argument("--synthetic-posts", type=int, default=600)
     parser.add_argument("--synthetic-seed", type=int, default=0)
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.model", *(argv if argv is not None else sys.argv[1:])])
     running = [args.only] if args.only else list(SECTIONS)
     data_dir = get_settings().shared_data_dir
-    if "twitter" in running and not all(
+    if {"twitter", "selection"} & set(running) and not all(
         (data_dir / path).is_file() for path in resolve_config(twitter.PRESET).named_data.train
     ):
         parser.error(f"{data_dir} lacks the {twitter.PRESET} preset's data (set POSTLENS_SHARED_DATA_DIR)")
@@ -72,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             twitter.plot(results, args.out / "model_twitter.png")
             sections["twitter"] = twitter.markdown(results, command)
             figures["twitter"] = {"command": command, "variants": twitter.figures(results)}
+        if "selection" in running:
+            runs = selection.run_selection(work, args.seeds)
+            sections["selection"] = selection.markdown(runs, command)
+            figures["selection"] = {"command": command, "seeds": selection.figures(runs)}
 
     header = [
         "# Model benchmark",

@@ -30,6 +30,7 @@ from postlens.runtime.decode import TagScheme
 from postlens.runtime.preprocess import Preprocessor
 from postlens.runtime.schemes import spans_from_tags
 from postlens.schemas import ModelRef, PostPrediction, PredictedEntity
+from trainer.data.carried import DataOrigin
 from trainer.data.examples import Example
 from trainer.data.load import load_split
 from trainer.evaluate import EvaluationReport, build_report, predict_all
@@ -185,15 +186,22 @@ def _learned(config: RunConfig) -> dict:
 
 
 def train_or_reuse(
-    variant: str, overrides: Sequence[str], work: Path, train_examples: list[Example], valid_examples: list[Example]
+    variant: str,
+    overrides: Sequence[str],
+    work: Path,
+    train_examples: list[Example],
+    valid_examples: list[Example],
+    valid_files: Sequence[DataOrigin] = (),
 ) -> tuple[Path, dict]:
+    """The preset with ``overrides`` trained into ``work/twitter-VARIANT``, or reused from there when it was trained
+    with the same configuration; ``valid_files`` has valid scored per file too (:func:`trainer.train.train`)."""
     config = resolve_config(PRESET, None, overrides)
     out = work / f"twitter-{variant.replace(' ', '-')}"
     recorded = out / "bench_config.json"
     if (out / "metrics.json").is_file() and recorded.is_file() and json.loads(recorded.read_text()) == _learned(config):
         print(f"twitter {variant}: reusing {out}", flush=True)
     else:
-        train(config, train_examples, valid_examples, out)
+        train(config, train_examples, valid_examples, out, valid_files=valid_files)
         recorded.write_text(json.dumps(_learned(config), indent=2) + "\n")
     return out, json.loads((out / "metrics.json").read_text())
 

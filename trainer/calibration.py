@@ -1,5 +1,6 @@
-"""Calibration on valid after training: a temperature for the CRF scores, so entity confidences mean what they
-say, and the grounding threshold (region score × image relevance) that maximises valid grounding accuracy."""
+"""Calibration after training, on the set the run selects on (its dev slice, or valid): a temperature for the CRF
+scores, so entity confidences mean what they say, and the grounding threshold (region score × image relevance) that
+maximises grounding accuracy there."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from trainer.metrics import calibration, grounding_accuracy
 from trainer.predict import RawBatch
 
 TEMPERATURES = np.geomspace(0.5, 4.0, 31)
-# Valid ECE at or below this needs no temperature (a near-perfect valid set carries little calibration signal).
+# An ECE at or below this needs no temperature (a near-perfect calibration set carries little signal).
 WELL_CALIBRATED_ECE = 0.02
 
 
@@ -28,10 +29,10 @@ def decode_all(raws: Sequence[RawBatch], decoder: Decoder) -> list[PostPredictio
 def fit_temperature(
     raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder
 ) -> tuple[float, float, float]:
-    """The temperature with the lowest entity-confidence ECE on valid → (temperature, ECE before, after).
+    """The temperature with the lowest entity-confidence ECE on ``examples`` → (temperature, ECE before, after).
 
-    1 when valid is already well calibrated; among near-equal ECEs the temperature closest to 1 wins, so a
-    small valid set does not push confidences around for nothing. The entities themselves do not depend on the
+    1 when they are already well calibrated; among near-equal ECEs the temperature closest to 1 wins, so a
+    small set does not push confidences around for nothing. The entities themselves do not depend on the
     temperature (it scales every CRF score alike), so they are found and scored against gold once; each
     temperature recomputes only their confidences.
     """
@@ -59,8 +60,9 @@ def fit_temperature(
 def fit_grounding_threshold(
     raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder
 ) -> tuple[float, float]:
-    """The evidence threshold (region score × image relevance) maximising valid grounding accuracy → (threshold,
-    accuracy). Candidates lie midway between observed evidence values, so the choice is not on a knife edge."""
+    """The evidence threshold (region score × image relevance) maximising grounding accuracy on ``examples`` →
+    (threshold, accuracy). Candidates lie midway between observed evidence values, so the choice is not on a knife
+    edge."""
     predictions = decode_all(raws, decoder.with_calibration(threshold=0.0))
     with_images = [i for i, example in enumerate(examples) if example.images]
     gold = [gold_grounding(examples[i]) for i in with_images]
@@ -93,12 +95,12 @@ def calibrate(
     model_config: ModelConfig, raws: Sequence[RawBatch], examples: Sequence[Example], decoder: Decoder, grounds: bool
 ) -> tuple[ModelConfig, dict[str, float]]:
     """Fit the confidence temperature (and, for a grounding model on box-annotated data, the region threshold) on
-    valid → the model config with them recorded, and what was fitted."""
+    ``examples`` → the model config with them recorded, and what was fitted (scores on ``examples``)."""
     temperature, ece_before, ece_after = fit_temperature(raws, examples, decoder)
     decode = model_config.decode.model_copy(update={"temperature": temperature})
-    calibrated = {"temperature": temperature, "valid_ece_before": ece_before, "valid_ece_after": ece_after}
+    calibrated = {"temperature": temperature, "ece_before": ece_before, "ece_after": ece_after}
     if grounds:
         threshold, accuracy = fit_grounding_threshold(raws, examples, decoder.with_calibration(temperature=temperature))
         decode = decode.model_copy(update={"grounding_threshold": threshold})
-        calibrated.update(grounding_threshold=threshold, valid_grounding=accuracy)
+        calibrated.update(grounding_threshold=threshold, grounding_accuracy=accuracy)
     return model_config.model_copy(update={"decode": decode}), calibrated

@@ -61,7 +61,7 @@ def _score_bars(
 
 
 def plot_training_curve(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    """Train loss and valid scores per epoch (``trainer.train``'s history records)."""
+    """Train loss and selection scores (dev slice, or valid) per epoch (``trainer.train``'s history records)."""
     plt = _pyplot()
     epochs = [record["epoch"] for record in history]
     figure, loss_axes = plt.subplots(figsize=(6, 4))
@@ -70,13 +70,13 @@ def plot_training_curve(history: Sequence[dict[str, Any]], path: Path, title: st
     loss_axes.set_ylabel("train loss", color="tab:blue")
     score_axes = loss_axes.twinx()
     score_axes.plot(
-        epochs, [record["valid_f1"] for record in history], "s-", color="tab:green", label="valid entity F1"
+        epochs, [record["selection_f1"] for record in history], "s-", color="tab:green", label="selection entity F1"
     )
-    if any(record["valid_grounding"] is not None for record in history):
-        grounding = [record["valid_grounding"] for record in history]
-        score_axes.plot(epochs, grounding, "^-", color="tab:red", label="valid grounding acc.")
+    if any(record["selection_grounding"] is not None for record in history):
+        grounding = [record["selection_grounding"] for record in history]
+        score_axes.plot(epochs, grounding, "^-", color="tab:red", label="selection grounding acc.")
     score_axes.set_ylim(0, 1)
-    score_axes.set_ylabel("valid score")
+    score_axes.set_ylabel("selection score (dev slice, or valid)")
     handles = loss_axes.get_legend_handles_labels()[0] + score_axes.get_legend_handles_labels()[0]
     score_axes.legend(handles=handles, loc="center right")
     loss_axes.set_title(f"Training: {title}")

@@ -36,7 +36,13 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     warmup: float = Field(0.1, ge=0, lt=1)  # share of steps with a rising learning rate
     grad_clip: float = Field(1.0, gt=0)
-    patience: int = Field(5, ge=1)  # epochs without a better valid F1 before stopping
+    patience: int = Field(5, ge=1)  # epochs without a better selection F1 (dev, or valid) before stopping
+    # Share of the training posts held out as the dev slice (by a hash of their words, trainer.data.split) that
+    # selects the epoch, stops early and calibrates, so valid stays an honest estimate. 0: all of that on valid.
+    dev_share: float = Field(0.0, ge=0, lt=1)
+    # Also try the mean of the last k epochs' weights (trainer.model.averaging) against the best epoch; the one with
+    # the higher selection F1 is kept. 0 or 1: the best epoch alone.
+    average_last: int = Field(0, ge=0)
     eval_batch_size: int = Field(64, ge=1)
     threads: int = Field(2, ge=1)  # torch CPU threads
     # Shuffled examples are sorted by length within windows of this many batches, so a batch pads little

@@ -11,7 +11,10 @@ import torch
 import yaml
 
 from postlens.schemas import Post
+from trainer.data.carried import DataOrigin, read_set
+from trainer.data.examples import Example
 from trainer.data.load import load_examples
+from trainer.data.split import carve_dev
 from trainer.evaluate import EvaluationReport, build_report
 from trainer.model.checkpoint import load_checkpoint
 from trainer.model.network import NerNetwork
@@ -27,7 +30,10 @@ def train_tiny(data: Path, out: Path, strategy: str, *overrides: str) -> Path:
 
 
 def evaluate(model_dir: Path, data: Path) -> EvaluationReport:
-    examples = load_examples(data / "test.jsonl")
+    return evaluate_on(model_dir, load_examples(data / "test.jsonl"))
+
+
+def evaluate_on(model_dir: Path, examples: list[Example]) -> EvaluationReport:
     predictions = Predictor.load(model_dir).predict([Post(id=e.id, text=e.text, images=e.images) for e in examples])
     return build_report(examples, predictions).report
 
@@ -63,7 +69,8 @@ def test_checkpoint_rebuilds_without_the_training_setup(reports: dict[str, tuple
     assert 0 < model["decode"]["grounding_threshold"] < 1
     assert (model_dir / "tokenizer" / "tokenizer.json").is_file()
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert metrics["valid"]["entity"]["f1"] == max(record["valid_f1"] for record in metrics["history"])
+    assert metrics["selected_on"] == "valid" and metrics["dev"] is None  # the tiny preset carves no dev slice
+    assert metrics["valid"]["entity"]["f1"] == max(record["selection_f1"] for record in metrics["history"])
     assert (model_dir / "training_curve.png").stat().st_size > 0
 
 
@@ -78,6 +85,30 @@ def test_same_seed_same_model(synthetic: Path, tmp_path: Path) -> None:
     examples = load_examples(synthetic / "test.jsonl")
     posts = [Post(id=e.id, text=e.text, images=e.images) for e in examples]
     assert Predictor.load(first).predict(posts) == Predictor.load(second).predict(posts)
+
+
+def test_a_dev_slice_selects_and_calibrates_while_valid_is_only_scored(synthetic: Path, tmp_path: Path) -> None:
+    overrides = ["train.epochs=3", "train.dev_share=0.25", "train.average_last=2"]
+    train_examples = load_examples(synthetic / "train.jsonl")[:96]
+    valid_examples = load_examples(synthetic / "valid.jsonl")[:32]
+    files = [DataOrigin(path="first", posts=12), DataOrigin(path="second", posts=20)]  # valid read from two files
+    config = resolve_config("tiny", "text", overrides)
+    train(config, train_examples, valid_examples, tmp_path, progress=False, valid_files=files)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    dev_posts = len(carve_dev(train_examples, 0.25)[1])
+    assert metrics["selected_on"] == "dev" and metrics["selection_posts"] == dev_posts
+    assert metrics["trained_posts"] + dev_posts == len(train_examples)
+    candidates = metrics["candidates"]
+    assert candidates["average_last_2"]["epochs"] == [2, 3] and metrics["kept"] in candidates
+    assert candidates["best_epoch"]["selection_f1"] == max(r["selection_f1"] for r in metrics["history"])
+    kept = candidates[metrics["kept"]]
+    assert kept["selection_f1"] == max(candidate["selection_f1"] for candidate in candidates.values())
+    assert metrics["dev"]["entity"]["f1"] == kept["selection_f1"]
+    # valid is scored as the checkpoint predicts it, and carried as the reference set retraining gates on
+    assert metrics["valid"]["entity"]["f1"] == kept["valid_f1"] == evaluate_on(tmp_path, valid_examples).entity.f1
+    assert [e.id for e in read_set(tmp_path, "reference")] == [e.id for e in valid_examples]
+    second = evaluate_on(tmp_path, valid_examples[12:]).entity.f1
+    assert metrics["valid_by_file"]["second"]["entity"]["f1"] == kept["valid_f1_by_file"]["second"] == second
 
 
 def test_frozen_word_embeddings_stay_as_built_while_the_rest_learns(synthetic: Path, tmp_path: Path) -> None:

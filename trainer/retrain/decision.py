@@ -3,7 +3,6 @@ fine-tuning sets, and base and candidate scored on the same evaluation set."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from pydantic import BaseModel, Field
 from postlens.runtime.exported import CARD_FILE
 from trainer.data.carried import sample
 from trainer.data.examples import Example
+from trainer.data.split import hash_position
 from trainer.evaluate import EvaluationReport, build_report, predict_all
 from trainer.export import next_version
 from trainer.model.checkpoint import read_config
@@ -96,7 +96,8 @@ LEARNING_RATES = ("lr", "encoder_lr", "vision_lr", "crf_lr")
 
 def fine_tune_config(base: Path, overrides: Sequence[str], lr_scale: float = 1.0) -> RunConfig:
     """The base's recorded run configuration, its learning rates times ``lr_scale``, with ``train``/``loss``
-    overrides (which win); the architecture is the base's."""
+    overrides (which win); the architecture is the base's. No dev slice is carved (``train.dev_share`` 0): fine-tuning
+    selects on the labels' own tune slice."""
     architecture = [override for override in overrides if override.split("=", 1)[0].split(".")[0] == "model"]
     if architecture:
         raise RetrainError(
@@ -106,14 +107,10 @@ def fine_tune_config(base: Path, overrides: Sequence[str], lr_scale: float = 1.0
     train = recorded.get("train", {})
     scaled = {name: train[name] * lr_scale for name in LEARNING_RATES if train.get(name) is not None}
     try:
-        return RunConfig.model_validate(apply_overrides({**recorded, "train": {**train, **scaled}}, overrides))
+        train = {**train, **scaled, "dev_share": 0.0}
+        return RunConfig.model_validate(apply_overrides({**recorded, "train": train}, overrides))
     except ValueError as error:
         raise RetrainError(f"--set: {error}") from None
-
-
-def id_position(label_id: str) -> float:
-    """Where a label id falls in [0, 1) — a hash, so the same label always lands in the same slice."""
-    return int.from_bytes(hashlib.sha256(label_id.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
 @dataclass
@@ -128,7 +125,7 @@ def split_labels(examples: Sequence[Example], holdout: float, tune: float) -> Sp
     is trained on."""
     split = Split([], [], [])
     for example in examples:
-        position = id_position(example.id)
+        position = hash_position(example.id)
         part = split.holdout if position < holdout else split.tune if position < holdout + tune else split.train
         part.append(example)
     return split

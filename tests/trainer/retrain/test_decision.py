@@ -10,6 +10,7 @@ import yaml
 
 from postlens.runtime.exported import CARD_FILE
 from trainer.data.load import load_examples
+from trainer.data.split import hash_position
 from trainer.retrain.decision import (
     ModelScore,
     RetrainError,
@@ -17,7 +18,6 @@ from trainer.retrain.decision import (
     decide,
     fine_tune_config,
     fine_tuning_sets,
-    id_position,
     new_label_gate,
     reference_gate,
     replay_size,
@@ -51,7 +51,7 @@ def test_a_label_stays_in_its_slice_whatever_else_arrives(many_examples) -> None
     held_alone = {e.id for e in split_labels(half, 0.15, 0.10).holdout}
     held_with_all = {e.id for e in split_labels(many_examples, 0.15, 0.10).holdout}
     assert held_alone == held_with_all & {e.id for e in half}
-    assert all(0 <= id_position(e.id) < 1 for e in many_examples)
+    assert all(0 <= hash_position(e.id) < 1 for e in many_examples)
 
 
 def test_fine_tuning_sets_combine_the_slices_with_the_given_files(many_examples) -> None:
@@ -73,7 +73,7 @@ def test_fine_tuning_mixes_in_the_replay_share_drawn_from_the_base_sample(many_e
 
 
 def test_labels_too_few_to_hold_any_out_are_refused_unless_valid_data_is_given(many_examples) -> None:
-    trained_only = [e for e in many_examples if id_position(e.id) >= 0.25][:5]
+    trained_only = [e for e in many_examples if hash_position(e.id) >= 0.25][:5]
     with pytest.raises(TooFewLabels, match="0 held out"):
         fine_tuning_sets(trained_only, [], [], holdout=0.15, tune=0.10)
     sets = fine_tuning_sets(trained_only, many_examples[:3], [], holdout=0.15, tune=0.10)
