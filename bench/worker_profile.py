@@ -23,6 +23,7 @@ import cProfile
 import json
 import os
 import pstats
+import shutil
 import signal
 import sys
 import tempfile
@@ -255,6 +256,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if is_alive(pid):
                 stop(pid)
         await phase.cleanup()
+    if args.keep_profile:
+        shutil.copyfile(profile_path, args.keep_profile)
     stats = pstats.Stats(str(profile_path))
     seconds = parts(stats)
     profiled_s = sum(seconds.values())
@@ -327,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--worker-checkout", type=Path, default=REPO, help="run the worker from this checkout (before/after)"
     )
+    parser.add_argument("--keep-profile", type=Path, help="copy the cProfile stats here (for pstats)")
     parser.add_argument("--report", action="store_true", help="write the section into reports/bench.md")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="postlens-worker-profile-") as tmp:
