@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -27,6 +28,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -46,6 +48,7 @@ from trainer.export import export_model
 
 PROFILE_ON = signal.SIGRTMIN
 PROFILE_OFF = signal.SIGRTMIN + 1
+GC_MARK = signal.SIGRTMIN + 2
 
 # The part of the work a function's own time belongs to, by where it is defined (first match wins). Functions that
 # match none (the json module, aiohttp, builtins, typing…) count for their callers' parts.
@@ -129,8 +132,16 @@ def parts(stats: pstats.Stats) -> dict[str, float]:
 
 
 def profiled_worker(output: Path, worker_args: list[str]) -> int:
-    """``python -m stream <worker_args>``, its main thread profiled between the signals PROFILE_ON and PROFILE_OFF."""
+    """``python -m stream <worker_args>``, its main thread profiled between the signals PROFILE_ON and PROFILE_OFF;
+    at GC_MARK, the CPU seconds its garbage collections took so far are appended to ``output`` + ``.gc``."""
     profile = cProfile.Profile(time.thread_time)  # CPU time: the event loop's waits are not work
+    collecting = {"since": 0.0, "seconds": 0.0}
+
+    def on_collection(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting["since"] = time.thread_time()
+        elif threading.current_thread() is threading.main_thread():
+            collecting["seconds"] += time.thread_time() - collecting["since"]
 
     def start(_signal: int, _frame: object) -> None:
         profile.enable()
@@ -139,8 +150,14 @@ def profiled_worker(output: Path, worker_args: list[str]) -> int:
         profile.disable()
         profile.dump_stats(output)
 
+    def mark(_signal: int, _frame: object) -> None:
+        with output.with_suffix(".gc").open("a") as marks:
+            marks.write(f"{collecting['seconds']}\n")
+
+    gc.callbacks.append(on_collection)
     signal.signal(PROFILE_ON, start)
     signal.signal(PROFILE_OFF, finish)
+    signal.signal(GC_MARK, mark)
     from stream.__main__ import main
 
     return main(worker_args)
@@ -149,6 +166,16 @@ def profiled_worker(output: Path, worker_args: list[str]) -> int:
 # --------------------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------------------
+
+
+def gc_seconds(marks: Path) -> float:
+    """The main thread's CPU seconds in garbage collection between the worker's first two GC marks."""
+    deadline = time.monotonic() + 10
+    while len(lines := (marks.read_text().split() if marks.exists() else [])) < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker wrote no GC marks to {marks}")
+        time.sleep(0.1)
+    return float(lines[1]) - float(lines[0])
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
@@ -230,10 +257,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     ]
 
                 await drain(phase, posts("warm"), producer, args.posts, pid)  # connections, caches, first batches
+                os.kill(pid, GC_MARK)
                 tree, threads, started = cpu_seconds([pid]), thread_cpu_seconds(pid), time.perf_counter()
                 await drain(phase, posts("plain"), producer, 2 * args.posts, pid)
                 elapsed = time.perf_counter() - started
                 after = thread_cpu_seconds(pid)
+                os.kill(pid, GC_MARK)
                 plain = {
                     "tree_ms": (cpu_seconds([pid]) - tree) / args.posts * 1000,
                     "main_ms": (after["main"] - threads["main"]) / args.posts * 1000,
@@ -241,6 +270,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     "posts_s": args.posts / elapsed,
                     "idle_cores": idle_cores,
                     "idle_ms": idle_cores * elapsed / args.posts * 1000,
+                    "gc_ms": gc_seconds(profile_path.with_suffix(".gc")) / args.posts * 1000,
                 }
                 print(f"unprofiled: {plain}", flush=True)
                 os.kill(pid, PROFILE_ON)
@@ -290,8 +320,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"machine). One worker, {result['posts']} real tweets {posts_are}, {result['model']} served by Triton.",
         "",
         f"Unprofiled drain: worker {plain['tree_ms']:.2f} CPU-ms/post (process tree) at {plain['posts_s']:.0f} "
-        f"posts/s: main thread {plain['main_ms']:.2f}, other threads {plain['threads_ms']:.2f} (image decoding, "
-        f"gRPC's). Profiled drain (cProfile, main thread's CPU): {result['profiled_main_ms']:.2f} ms/post, split as:",
+        f"posts/s: main thread {plain['main_ms']:.2f} (of which garbage collection {plain['gc_ms']:.2f}), other "
+        f"threads {plain['threads_ms']:.2f} (image decoding, gRPC's); idle, the worker uses {plain['idle_cores']:.3f} "
+        f"cores. Profiled drain (cProfile, main thread's CPU): {result['profiled_main_ms']:.2f} ms/post, split as:",
         "",
         "| part | share of the main thread | ms/post (of the unprofiled main thread) |",
         "|---|---:|---:|",

@@ -22,6 +22,9 @@ from typing import TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from postlens.settings import Settings
@@ -50,6 +53,9 @@ class ImageCache:
             settings.redis_url,
             socket_connect_timeout=settings.redis_timeout_s,
             socket_timeout=settings.redis_timeout_s,
+            # Once, at once, on a new connection: a pooled connection Redis closed (a restart) is no outage.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self._image_size = image_size
         self._ttl_s = settings.image_cache_ttl_s
@@ -57,9 +63,13 @@ class ImageCache:
         self._retry_after_s = settings.redis_retry_after_s
         self._marker_ttl_s = settings.fetch_decode_marker_ttl_s
         self._unavailable_until = 0.0
-        # Counts a decode's start and (re)sets the marker's TTL atomically, in one command.
+        # A decode's start counted and the marker's TTL (re)set; its end: the pixels cached (none after a refusal) and
+        # the marker deleted. Each one command (atomic), where a MULTI/EXEC or a pipeline would be several.
         self._count_start = self._client.register_script(
             "local started = redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS[1], ARGV[1]) return started"
+        )
+        self._count_end = self._client.register_script(
+            "if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end redis.call('DEL', KEYS[2])"
         )
 
     def _pixels_key(self, url: str) -> str:
@@ -131,17 +141,11 @@ class ImageCache:
         return None if started is None else int(started) - 1
 
     async def end_decoding(self, url: str, pixels: np.ndarray | None = None) -> None:
-        """Decoding ``url`` ended (with ``pixels``, cached in the same round trip, or a refusal): the worker survived
+        """Decoding ``url`` ended (with ``pixels``, cached in the same command, or a refusal): the worker survived
         it."""
-
-        async def end() -> None:
-            async with self._client.pipeline(transaction=False) as pipe:
-                if pixels is not None:
-                    pipe.set(self._pixels_key(url), pixels.astype(np.uint8, copy=False).tobytes(), ex=self._ttl_s)
-                pipe.delete(self._decoding_key(url))
-                await pipe.execute()
-
-        await self._call(end)
+        value = b"" if pixels is None else pixels.astype(np.uint8, copy=False).tobytes()
+        keys = [self._pixels_key(url), self._decoding_key(url)]
+        await self._call(lambda: self._count_end(keys=keys, args=[value, self._ttl_s]))
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T | None:
         """``operation``'s answer, or None at once while Redis is unavailable or when it fails."""
