@@ -182,12 +182,15 @@ class ImageFetcher:
     async def fetch_posts_images(self, posts: list[list[str]]) -> list[list[FetchedImage]]:
         """:meth:`fetch_post_images` for each post's URLs, the cache asked about all of them in one round trip."""
         limit = self._settings.max_images_per_post
-        wanted = [url for urls in posts for url in urls[:limit]]
+        # Each URL once: posts sharing an image share its one fetch (and never decode it twice at once, which its
+        # decode marker would count as a worker's death).
+        wanted = list(dict.fromkeys(url for urls in posts for url in urls[:limit]))
         cached = await self._cache.get_many(wanted) if self._cache is not None else [None] * len(wanted)
-        found = iter(await asyncio.gather(*(self._fetched(url, hit) for url, hit in zip(wanted, cached, strict=True))))
+        images = await asyncio.gather(*(self._fetched(url, hit) for url, hit in zip(wanted, cached, strict=True)))
+        found = dict(zip(wanted, images, strict=True))
         return [
             [
-                *(next(found) for _ in urls[:limit]),
+                *(found[url] for url in urls[:limit]),
                 *(
                     FetchedImage(
                         FetchOutcome(url=url, status=SKIPPED, message=f"only the first {limit} images are used"), None

@@ -388,7 +388,8 @@ class ElasticsearchSink:
         """(op type, item result) per action, in order; the request as a whole either reaches Elasticsearch or
         raises."""
         with _outages_as_unavailable():
-            response = await self._es.bulk(operations=bulk_body(actions))
+            # Bytes go out as they are (elastic_transport's NDJSON serializer); the stubs know only action dicts.
+            response = await self._es.bulk(operations=bulk_body(actions))  # type: ignore[arg-type]
         return [next(iter(item.items())) for item in response["items"]]
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:

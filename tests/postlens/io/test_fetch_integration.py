@@ -88,14 +88,17 @@ async def test_each_fault_gets_its_kind_and_is_remembered(
 async def test_a_batch_of_posts_is_answered_per_post_from_the_cache_and_the_server(
     fetcher: ImageFetcher, server: ImageServer
 ) -> None:
-    known, new, missing = fresh(server, "/img/known.png"), fresh(server, "/img/new.png"), fresh(server, "/missing")
+    known, new, missing = fresh(server, "/img/known.png"), fresh(server, "/img/shared.png"), fresh(server, "/missing")
     await fetcher.fetch(known)
-    posts = await fetcher.fetch_posts_images([[new, known], [], [missing]])
+    asked = server.requests["/img/shared.png"]
+    posts = await fetcher.fetch_posts_images([[new, known], [], [missing], [new]])
     assert [[(image.outcome.status, image.outcome.cached) for image in images] for images in posts] == [
         [("ok", False), ("ok", True)],
         [],
         [("http_404", False)],
+        [("ok", False)],
     ]
+    assert server.requests["/img/shared.png"] == asked + 1  # posts sharing an image share its one fetch
     assert (await fetcher.fetch(new)).outcome.cached  # its pixels were cached as its decoding ended
 
 
