@@ -154,6 +154,7 @@ class ImageFetcher:
         self._cache = cache
         self._policy = AddressPolicy.from_allowlist(settings.fetch_allowlist)
         self._decoder = DecodePool(settings.fetch_decode_threads, settings.fetch_decode_budget_pixels)
+        self._in_flight: dict[str, asyncio.Future[FetchedImage]] = {}
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(self._policy, resolver),
             # The pool's limits are the fetch concurrency limits: a request waits for a free connection.
@@ -182,8 +183,7 @@ class ImageFetcher:
     async def fetch_posts_images(self, posts: list[list[str]]) -> list[list[FetchedImage]]:
         """:meth:`fetch_post_images` for each post's URLs, the cache asked about all of them in one round trip."""
         limit = self._settings.max_images_per_post
-        # Each URL once: posts sharing an image share its one fetch (and never decode it twice at once, which its
-        # decode marker would count as a worker's death).
+        # Each URL once: posts sharing an image share its one fetch.
         wanted = list(dict.fromkeys(url for urls in posts for url in urls[:limit]))
         cached = await self._cache.get_many(wanted) if self._cache is not None else [None] * len(wanted)
         images = await asyncio.gather(*(self._fetched(url, hit) for url, hit in zip(wanted, cached, strict=True)))
@@ -210,6 +210,21 @@ class ImageFetcher:
             return FetchedImage(FetchOutcome(url=url, status=OK, cached=True), cached)
         if isinstance(cached, CachedFailure):
             return FetchedImage(FetchOutcome(url=url, status=cached.kind, message=cached.message, cached=True), None)
+        # One fetch per URL at a time in this worker: batches in flight together share it, and two decodes of one URL
+        # at once never look like a worker's death to its decode marker.
+        while (pending := self._in_flight.get(url)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this caller was cancelled
+                # the fetch it waited for was cancelled with its own batch: fetch it here
+        fetching = asyncio.ensure_future(self._fetch_new(url))
+        self._in_flight[url] = fetching
+        fetching.add_done_callback(lambda done: self._in_flight.pop(url) if self._in_flight.get(url) is done else None)
+        return await fetching
+
+    async def _fetch_new(self, url: str) -> FetchedImage:
         try:
             pixels = await self._fetch_uncached(url)
         except FetchError as error:
