@@ -70,6 +70,7 @@ GOALS = {
 }
 AT_MOST = ("latency_p99_s", "worker_rss_mb", "worker_cpu_ms_per_post")  # goals that are ceilings
 READY_MARKERS = ("pipeline ready", "[^Worker]: Ready")
+PROFILE_SECTION = "## Worker profile"  # bench.worker_profile's, kept when this benchmark rewrites the report
 
 
 def tweets(settings: Settings) -> list[str]:
@@ -372,6 +373,7 @@ def markdown(figures: dict, command: str) -> str:
         ("latency_p99_s", "same, 99th percentile"),
         ("worker_rss_mb", "worker peak RSS under load"),
         ("worker_cpu_ms_per_post", "worker CPU per post (its process tree), text-only drain"),
+        ("worker_cpu_ms_per_post_images", "same, drain with one image per post"),
     ]
     settings = figures["settings"]
     lines = [
@@ -401,6 +403,7 @@ def markdown(figures: dict, command: str) -> str:
             for precision, row in figures["by_precision"].items()
         ),
         "",
+        *before_after(figures),
         "![throughput and latency](bench.png)",
         "",
         "## What limits the figures",
@@ -419,6 +422,39 @@ def markdown(figures: dict, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def before_after(figures: dict) -> list[str]:
+    """The baseline checkout's workers beside this one's, same Triton, same run (``--baseline-checkout``)."""
+    if "baseline" not in figures:
+        return []
+    rows = [
+        ("this checkout", figures["commit"], figures),
+        ("baseline", figures["baseline"]["commit"], figures["baseline"]),
+    ]
+    return [
+        "## Workers before and after (same run, same Triton)",
+        "",
+        "| workers | commit | text: pipeline posts/s | pipeline ÷ Triton | worker CPU ms/post | "
+        "images: posts/s (1 worker) | worker CPU ms/post |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {name} | {at} | {row['pipeline_posts_s']:.1f} | {row['pipeline_over_triton']:.2f} | "
+            f"{row['worker_cpu_ms_per_post']:.2f} | {row['images_1_worker_posts_s']:.1f} | "
+            f"{row['worker_cpu_ms_per_post_images']:.2f} |"
+            for name, at, row in rows
+        ),
+        "",
+    ]
+
+
+def section(text: str, heading: str) -> str:
+    """The section of markdown ``text`` under ``heading``, up to the next ``## `` heading ("" if none)."""
+    start = text.find(heading)
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + len(heading))
+    return "\n" + text[start : end + 1 if end >= 0 else len(text)]
 
 
 def plot(figures: dict, latency_s: list[float], path: Path) -> None:
@@ -520,29 +556,46 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
             figures["cores"] = {"triton alone": triton_alone, "text": text_only.cores}
             figures["worker_rss_mb"] = text_only.peak_rss_mb
             figures["worker_cpu_ms_per_post"] = text_only.worker_cpu_ms_per_post
+            if args.baseline_checkout:  # the same drain by workers of the baseline checkout: before/after
+                base = Phase.create(settings, run_id, "text-base")
+                phases.append(base)
+                await base.start_workers(1, triton_url, workdir, args.baseline_checkout)
+                base_posts = [{"id": f"text-base-{n}", "text": texts[n]} for n in range(count)]
+                figures["baseline"] = {"pipeline_posts_s": await base.drain(base_posts, producer, triton_pid)}
+                figures["baseline"]["worker_cpu_ms_per_post"] = base.worker_cpu_ms_per_post
+                figures["cores"]["text (baseline)"] = base.cores
+                await base.cleanup()
             rate = figures["pipeline_posts_s"] / 2
             latency_s = await latencies(text_only, producer, texts, rate, args.latency_seconds)
             figures["latency_rate_posts_s"] = rate
             await text_only.cleanup()
 
             async with ImageSource() as source:
-                for workers in (1, 2):
-                    phase = Phase.create(settings, run_id, f"images{workers}")
+                drains = [("images1", 1, args.worker_checkout), ("images2", 2, args.worker_checkout)]
+                if args.baseline_checkout:
+                    drains.insert(1, ("images1-base", 1, args.baseline_checkout))
+                for name, workers, checkout in drains:
+                    phase = Phase.create(settings, run_id, name)
                     phases.append(phase)
-                    await phase.start_workers(workers, triton_url, workdir, args.worker_checkout)
+                    await phase.start_workers(workers, triton_url, workdir, checkout)
                     posts = [
                         {
                             "id": f"img-{n}",
                             "text": texts[n],
-                            "images": [f"http://127.0.0.1:{source.port}/{run_id}-{workers}-{n}.jpg"],
+                            "images": [f"http://127.0.0.1:{source.port}/{run_id}-{name}-{n}.jpg"],
                         }
                         for n in range(args.image_posts)
                     ]
-                    figures[f"images_{workers}_worker{'s' if workers > 1 else ''}_posts_s"] = await phase.drain(
-                        posts, producer, triton_pid
-                    )
+                    drained = await phase.drain(posts, producer, triton_pid)
                     figures["cores"][phase.name] = phase.cores
-                    figures["worker_rss_mb"] = max(figures["worker_rss_mb"], phase.peak_rss_mb)
+                    if checkout == args.baseline_checkout:
+                        figures["baseline"]["images_1_worker_posts_s"] = drained
+                        figures["baseline"]["worker_cpu_ms_per_post_images"] = phase.worker_cpu_ms_per_post
+                    else:
+                        figures[f"images_{workers}_worker{'s' if workers > 1 else ''}_posts_s"] = drained
+                        figures["worker_rss_mb"] = max(figures["worker_rss_mb"], phase.peak_rss_mb)
+                    if name == "images1":
+                        figures["worker_cpu_ms_per_post_images"] = phase.worker_cpu_ms_per_post
                     await phase.cleanup()
         other = "fp32" if shipped.precision != "fp32" else "int8"
         figures["by_precision"] = {
@@ -575,6 +628,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
                 if is_alive(pid):
                     stop(pid)
     figures["pipeline_over_triton"] = figures["pipeline_posts_s"] / figures["triton_only_posts_s"]
+    if "baseline" in figures:
+        base = figures["baseline"]
+        base["pipeline_over_triton"] = base["pipeline_posts_s"] / figures["triton_only_posts_s"]
+        base["commit"] = commit(args.baseline_checkout)
     figures["scale_2_over_1"] = figures["images_2_workers_posts_s"] / figures["images_1_worker_posts_s"]
     figures["latency_p50_s"] = float(np.percentile(latency_s, 50))
     figures["latency_p99_s"] = float(np.percentile(latency_s, 99))
@@ -604,6 +661,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=REPO,
         help="run the workers from this checkout (a worktree of an older commit: before/after)",
     )
+    parser.add_argument(
+        "--baseline-checkout",
+        type=Path,
+        help="also drain the text and one-worker image backlogs with workers of this checkout (before/after)",
+    )
     parser.add_argument("--reports", type=Path, default=REPORTS, help="where bench.json, bench.md, bench.png go")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="postlens-bench-stream-") as tmp:
@@ -616,7 +678,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     figures["command"] = command
     args.reports.mkdir(parents=True, exist_ok=True)
     (args.reports / "bench.json").write_text(json.dumps(figures, indent=2) + "\n")
-    (args.reports / "bench.md").write_text(markdown(figures, command))
+    report = args.reports / "bench.md"
+    report.write_text(
+        markdown(figures, command) + section(report.read_text() if report.exists() else "", PROFILE_SECTION)
+    )
     plot(figures, latency_s, args.reports / "bench.png")
     for name in (
         "triton_only_posts_s",
@@ -629,6 +694,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "latency_p99_s",
         "worker_rss_mb",
         "worker_cpu_ms_per_post",
+        "worker_cpu_ms_per_post_images",
     ):
         print(f"{name:<26} {figures[name]:8.2f}")
     for precision, row in figures["by_precision"].items():

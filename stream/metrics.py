@@ -75,6 +75,7 @@ class Metrics:
             "postlens_model_info", "Model version serving this worker (value 1)", ["name", "version"], registry=registry
         )
         self._finished: deque[tuple[float, int]] = deque()
+        self._model_serving: tuple[str, str] | None = None
 
     def record_finished(self, indexed: int, dead_lettered: int) -> None:
         self.posts.labels("indexed").inc(indexed)
@@ -87,6 +88,9 @@ class Metrics:
         self.throughput.set(sum(count for _, count in self._finished) / span)
 
     def record_model(self, name: str, version: str) -> None:
+        if (name, version) == self._model_serving:  # told once per post: only a change is work
+            return
+        self._model_serving = (name, version)
         self.model.clear()
         self.model.labels(name, version).set(1)
 

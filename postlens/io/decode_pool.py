@@ -54,6 +54,8 @@ class DecodePool:
 
     def _release(self, cost: int) -> None:
         self._free += cost
+        if not self._queue:  # nobody waits for pixels
+            return
 
         async def notify() -> None:
             async with self._changed:

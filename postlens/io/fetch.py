@@ -154,6 +154,7 @@ class ImageFetcher:
         self._cache = cache
         self._policy = AddressPolicy.from_allowlist(settings.fetch_allowlist)
         self._decoder = DecodePool(settings.fetch_decode_threads, settings.fetch_decode_budget_pixels)
+        self._in_flight: dict[str, asyncio.Future[FetchedImage]] = {}
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(self._policy, resolver),
             # The pool's limits are the fetch concurrency limits: a request waits for a free connection.
@@ -176,23 +177,54 @@ class ImageFetcher:
 
     async def fetch_post_images(self, urls: list[str]) -> list[FetchedImage]:
         """One result per URL, in order; URLs beyond ``max_images_per_post`` are recorded as skipped."""
+        [images] = await self.fetch_posts_images([urls])
+        return images
+
+    async def fetch_posts_images(self, posts: list[list[str]]) -> list[list[FetchedImage]]:
+        """:meth:`fetch_post_images` for each post's URLs, the cache asked about all of them in one round trip."""
         limit = self._settings.max_images_per_post
-        fetched = await asyncio.gather(*(self.fetch(url) for url in urls[:limit]))
-        skipped = [
-            FetchedImage(FetchOutcome(url=url, status=SKIPPED, message=f"only the first {limit} images are used"), None)
-            for url in urls[limit:]
+        # Each URL once: posts sharing an image share its one fetch.
+        wanted = list(dict.fromkeys(url for urls in posts for url in urls[:limit]))
+        cached = await self._cache.get_many(wanted) if self._cache is not None else [None] * len(wanted)
+        images = await asyncio.gather(*(self._fetched(url, hit) for url, hit in zip(wanted, cached, strict=True)))
+        found = dict(zip(wanted, images, strict=True))
+        return [
+            [
+                *(found[url] for url in urls[:limit]),
+                *(
+                    FetchedImage(
+                        FetchOutcome(url=url, status=SKIPPED, message=f"only the first {limit} images are used"), None
+                    )
+                    for url in urls[limit:]
+                ),
+            ]
+            for urls in posts
         ]
-        return [*fetched, *skipped]
 
     async def fetch(self, url: str) -> FetchedImage:
-        if self._cache is not None:
-            cached = await self._cache.get(url)
-            if isinstance(cached, np.ndarray):
-                return FetchedImage(FetchOutcome(url=url, status=OK, cached=True), cached)
-            if isinstance(cached, CachedFailure):
-                return FetchedImage(
-                    FetchOutcome(url=url, status=cached.kind, message=cached.message, cached=True), None
-                )
+        return await self._fetched(url, await self._cache.get(url) if self._cache is not None else None)
+
+    async def _fetched(self, url: str, cached: np.ndarray | CachedFailure | None) -> FetchedImage:
+        """The image at ``url`` given what the cache holds of it."""
+        if isinstance(cached, np.ndarray):
+            return FetchedImage(FetchOutcome(url=url, status=OK, cached=True), cached)
+        if isinstance(cached, CachedFailure):
+            return FetchedImage(FetchOutcome(url=url, status=cached.kind, message=cached.message, cached=True), None)
+        # One fetch per URL at a time in this worker: batches in flight together share it, and two decodes of one URL
+        # at once never look like a worker's death to its decode marker.
+        while (pending := self._in_flight.get(url)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this caller was cancelled
+                # the fetch it waited for was cancelled with its own batch: fetch it here
+        fetching = asyncio.ensure_future(self._fetch_new(url))
+        self._in_flight[url] = fetching
+        fetching.add_done_callback(lambda done: self._in_flight.pop(url) if self._in_flight.get(url) is done else None)
+        return await fetching
+
+    async def _fetch_new(self, url: str) -> FetchedImage:
         try:
             pixels = await self._fetch_uncached(url)
         except FetchError as error:
@@ -200,8 +232,6 @@ class ImageFetcher:
         except Exception as error:
             log.warning("fetching %r failed unexpectedly", url, exc_info=True)
             return await self._failed(url, FetchError(FetchFailure.FETCH_ERROR, f"{type(error).__name__}: {error}"))
-        if self._cache is not None:
-            await self._cache.put_pixels(url, pixels)
         return FetchedImage(FetchOutcome(url=url, status=OK), pixels)
 
     async def _failed(self, url: str, error: FetchError) -> FetchedImage:
@@ -228,7 +258,8 @@ class ImageFetcher:
 
     async def _decode(self, url: str, data: bytes) -> np.ndarray:
         """Decode on the pool (CPU work off the event loop, so the Kafka heartbeat goes on) within its pixel budget,
-        behind the decode marker that stops a crash loop (postlens.io.image_cache)."""
+        behind the decode marker that stops a crash loop (postlens.io.image_cache); the pixels are cached as the
+        marker is taken away."""
         settings = self._settings
         pixels = image_pixels(data, settings.fetch_max_pixels)
         deaths = await self._cache.start_decoding(url) if self._cache is not None else None
@@ -238,13 +269,15 @@ class ImageFetcher:
             )
         if deaths:
             log.warning("a worker died while decoding %r; decoding it alone", url)
+        decoded = None
         try:
             # A suspect takes the whole budget: if it kills this worker too, no innocent image is blamed with it.
             cost = self._decoder.budget_pixels if deaths else pixels
-            return await self._decoder.run(cost, decode_image, data, self._image_size, settings.fetch_max_pixels)
+            decoded = await self._decoder.run(cost, decode_image, data, self._image_size, settings.fetch_max_pixels)
+            return decoded
         finally:
-            if self._cache is not None:
-                await asyncio.shield(self._cache.end_decoding(url))  # also when cancelled: the worker lives on
+            if self._cache is not None:  # also when cancelled (shielded): the worker lives on
+                await asyncio.shield(self._cache.end_decoding(url, decoded))
 
     async def _download(self, url: str) -> bytes:
         """The body at ``url``, following redirects by hand so the SSRF policy sees every hop."""

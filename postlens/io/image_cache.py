@@ -22,6 +22,9 @@ from typing import TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from postlens.settings import Settings
@@ -50,6 +53,9 @@ class ImageCache:
             settings.redis_url,
             socket_connect_timeout=settings.redis_timeout_s,
             socket_timeout=settings.redis_timeout_s,
+            # Once, at once, on a new connection: a pooled connection Redis closed (a restart) is no outage.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self._image_size = image_size
         self._ttl_s = settings.image_cache_ttl_s
@@ -57,6 +63,14 @@ class ImageCache:
         self._retry_after_s = settings.redis_retry_after_s
         self._marker_ttl_s = settings.fetch_decode_marker_ttl_s
         self._unavailable_until = 0.0
+        # A decode's start counted and the marker's TTL (re)set; its end: the pixels cached (none after a refusal) and
+        # the marker deleted. Each one command (atomic), where a MULTI/EXEC or a pipeline would be several.
+        self._count_start = self._client.register_script(
+            "local started = redis.call('INCR', KEYS[1]) redis.call('EXPIRE', KEYS[1], ARGV[1]) return started"
+        )
+        self._count_end = self._client.register_script(
+            "if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end redis.call('DEL', KEYS[2])"
+        )
 
     def _pixels_key(self, url: str) -> str:
         return f"{KEY_PREFIX}:px:{self._image_size}:{_url_digest(url)}"
@@ -88,10 +102,20 @@ class ImageCache:
 
     async def get(self, url: str) -> np.ndarray | CachedFailure | None:
         """Cached pixels, a remembered failure, or None (not cached, or Redis down)."""
-        found = await self._call(lambda: self._client.mget(self._pixels_key(url), self._failure_key(url)))
+        [found] = await self.get_many([url])
+        return found
+
+    async def get_many(self, urls: list[str]) -> list[np.ndarray | CachedFailure | None]:
+        """:meth:`get` for each URL, in order, in one round trip."""
+        if not urls:
+            return []
+        keys = [key for url in urls for key in (self._pixels_key(url), self._failure_key(url))]
+        found = await self._call(lambda: self._client.mget(keys))
         if found is None:
-            return None
-        pixels, failure = found
+            return [None] * len(urls)
+        return [self._read(pixels, failure) for pixels, failure in zip(found[::2], found[1::2], strict=True)]
+
+    def _read(self, pixels: object, failure: object) -> np.ndarray | CachedFailure | None:
         size = self._image_size
         # The client returns bytes (no decode_responses); anything else is not ours: treat it as a miss.
         if isinstance(pixels, bytes) and len(pixels) == size * size * 3:
@@ -104,9 +128,6 @@ class ImageCache:
             return CachedFailure(kind, message)
         return None
 
-    async def put_pixels(self, url: str, pixels: np.ndarray) -> None:
-        await self._set(self._pixels_key(url), pixels.astype(np.uint8, copy=False).tobytes(), self._ttl_s)
-
     async def put_failure(self, url: str, failure: CachedFailure) -> None:
         await self._set(self._failure_key(url), f"{failure.kind}\n{failure.message}".encode(), self._negative_ttl_s)
 
@@ -116,20 +137,15 @@ class ImageCache:
     async def start_decoding(self, url: str) -> int | None:
         """Record that decoding ``url`` starts; how many earlier decodes of it never ended (workers that died while
         decoding it), or None when Redis is unavailable."""
-        key = self._decoding_key(url)
+        started = await self._call(lambda: self._count_start(keys=[self._decoding_key(url)], args=[self._marker_ttl_s]))
+        return None if started is None else int(started) - 1
 
-        async def increment() -> int:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, self._marker_ttl_s)
-                started, _ = await pipe.execute()
-            return int(started) - 1
-
-        return await self._call(increment)
-
-    async def end_decoding(self, url: str) -> None:
-        """Decoding ``url`` ended (with pixels or a refusal): the worker survived it."""
-        await self._call(lambda: self._client.delete(self._decoding_key(url)))
+    async def end_decoding(self, url: str, pixels: np.ndarray | None = None) -> None:
+        """Decoding ``url`` ended (with ``pixels``, cached in the same command, or a refusal): the worker survived
+        it."""
+        value = b"" if pixels is None else pixels.astype(np.uint8, copy=False).tobytes()
+        keys = [self._pixels_key(url), self._decoding_key(url)]
+        await self._call(lambda: self._count_end(keys=keys, args=[value, self._ttl_s]))
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T | None:
         """``operation``'s answer, or None at once while Redis is unavailable or when it fails."""

@@ -6,8 +6,6 @@ no image loaded) and its document records each URL's outcome. The fetch stage ne
 
 from __future__ import annotations
 
-import asyncio
-
 from postlens.io.fetch import OK, SKIPPED, FetchedImage, ImageFetcher
 from stream.metrics import Metrics
 from stream.results import Accepted, Fetched, StageResult
@@ -20,7 +18,7 @@ class FetchStage:
 
     async def fetch(self, posts: list[Accepted]) -> StageResult[Fetched]:
         """Every post goes on, with one result per image URL, in order (never a letter)."""
-        fetched = await asyncio.gather(*(self._fetcher.fetch_post_images(item.post.images) for item in posts))
+        fetched = await self._fetcher.fetch_posts_images([item.post.images for item in posts])
         for images in fetched:
             self._record(images)
         return StageResult(done=[Fetched(item, images) for item, images in zip(posts, fetched, strict=True)])

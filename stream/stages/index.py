@@ -38,7 +38,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from elasticsearch import ApiError, AsyncElasticsearch, BadRequestError, SerializationError, TransportError
-from elasticsearch.helpers import async_streaming_bulk
+from pydantic_core import PydanticSerializationError, to_json
 
 from postlens.failures import IndexFailure
 from postlens.io.retry import Backoff, retry_forever
@@ -109,6 +109,26 @@ def post_document(item: ProcessedPost, indexed_at: datetime, superseded: list[st
         "model": prediction.model.model_dump(mode="json"),
         "indexed_at": indexed_at.isoformat(),
     }
+
+
+# The keys of an action that go into its bulk metadata line (the rest is the operation and its document).
+_ACTION_META = ("_index", "_id", "version", "version_type", "if_seq_no", "if_primary_term")
+
+
+def bulk_body(actions: list[dict[str, Any]]) -> bytes:
+    """The NDJSON body of a bulk request, serialized once in native code: per action its metadata line (``_op_type``
+    names the operation) and, unless it deletes, its ``_source``. A document that cannot be serialized raises the
+    client's :class:`SerializationError`, as the client would."""
+    lines: list[dict[str, Any]] = []
+    for action in actions:
+        op_type = action["_op_type"]
+        lines.append({op_type: {key: action[key] for key in _ACTION_META if key in action}})
+        if op_type != "delete":
+            lines.append(action["_source"])
+    try:
+        return b"\n".join(to_json(line) for line in lines) + b"\n"
+    except (PydanticSerializationError, ValueError, TypeError) as error:
+        raise SerializationError(f"Unable to serialize a bulk request: {error}") from error
 
 
 # Cluster-wide refusals: a revoked key (401), a write block or a missing privilege (403, cluster_block_exception), a
@@ -367,14 +387,10 @@ class ElasticsearchSink:
     async def _bulk(self, actions: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         """(op type, item result) per action, in order; the request as a whole either reaches Elasticsearch or
         raises."""
-        results: list[tuple[str, dict[str, Any]]] = []
         with _outages_as_unavailable():
-            async for _ok, result in async_streaming_bulk(
-                self._es, actions, raise_on_error=False, raise_on_exception=True, max_retries=0
-            ):
-                ((op_type, item),) = result.items()
-                results.append((op_type, item))
-        return results
+            # Bytes go out as they are (elastic_transport's NDJSON serializer); the stubs know only action dicts.
+            response = await self._es.bulk(operations=bulk_body(actions))  # type: ignore[arg-type]
+        return [next(iter(item.items())) for item in response["items"]]
 
     async def _retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_forever(

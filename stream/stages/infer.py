@@ -105,6 +105,13 @@ class TritonInferer:
         self._retries = settings.triton_retries
         self.image_size = image_size
         self._version = version  # the newest version at connect; named on errors the model never answered
+        # A text-only post's image tensors are always the same: built once, shared by every request (read-only).
+        self._no_images = _tensors(
+            {
+                "IMAGES": empty_images(MAX_MODEL_IMAGES, image_size)[np.newaxis],
+                "IMAGE_MASK": np.zeros((1, MAX_MODEL_IMAGES), dtype=np.bool_),
+            }
+        )
 
     @classmethod
     async def connect(cls, settings: Settings) -> TritonInferer:
@@ -222,25 +229,24 @@ class TritonInferer:
         return PostPrediction(model=ModelRef(name=self._model, version=self._version), error=reason)
 
     def _inputs(self, request: InferRequest) -> list[InferInput]:
+        [text] = _tensors({"TEXT": np.array([[request.text.encode("utf-8")]], dtype=np.object_)})
         count = request.images.shape[0]
-        if count:
-            # Padded with slots of the images' own shape: a wrong size is the model's to refuse, per post.
-            padding = np.zeros((MAX_MODEL_IMAGES - count, *request.images.shape[1:]), dtype=np.uint8)
-            images = np.concatenate([request.images, padding])
-        else:
-            images = empty_images(MAX_MODEL_IMAGES, self.image_size)
+        if not count:
+            return [text, *self._no_images]
+        # Padded with slots of the images' own shape: a wrong size is the model's to refuse, per post.
+        padding = np.zeros((MAX_MODEL_IMAGES - count, *request.images.shape[1:]), dtype=np.uint8)
+        images = np.concatenate([request.images, padding])
         mask = np.arange(MAX_MODEL_IMAGES) < count
-        tensors = {
-            "TEXT": np.array([[request.text.encode("utf-8")]], dtype=np.object_),
-            "IMAGES": images[np.newaxis],
-            "IMAGE_MASK": mask[np.newaxis],
-        }
-        inputs = []
-        for name, array in tensors.items():
-            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        return inputs
+        return [text, *_tensors({"IMAGES": images[np.newaxis], "IMAGE_MASK": mask[np.newaxis]})]
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> list[InferInput]:
+    inputs = []
+    for name, array in arrays.items():
+        tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
 
 
 def _failing(results: list[InferOutcome]) -> list[int]:
@@ -257,6 +263,8 @@ def model_input(post: Post, images: list[FetchedImage], image_size: int) -> tupl
 
 def grounded_in_post(prediction: PostPrediction, fed: Sequence[int], urls: Sequence[str]) -> PostPrediction:
     """Re-number regions from the model's image slots (only images that loaded) to the post's own image list."""
+    if not any(entity.regions for entity in prediction.entities):
+        return prediction  # nothing to re-number (every text-only post)
     entities = [
         entity.model_copy(
             update={

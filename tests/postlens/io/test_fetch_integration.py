@@ -85,6 +85,23 @@ async def test_each_fault_gets_its_kind_and_is_remembered(
     assert server.requests[path] == requests  # answered without asking the server
 
 
+async def test_a_batch_of_posts_is_answered_per_post_from_the_cache_and_the_server(
+    fetcher: ImageFetcher, server: ImageServer
+) -> None:
+    known, new, missing = fresh(server, "/img/known.png"), fresh(server, "/img/shared.png"), fresh(server, "/missing")
+    await fetcher.fetch(known)
+    asked = server.requests["/img/shared.png"]
+    posts = await fetcher.fetch_posts_images([[new, known], [], [missing], [new]])
+    assert [[(image.outcome.status, image.outcome.cached) for image in images] for images in posts] == [
+        [("ok", False), ("ok", True)],
+        [],
+        [("http_404", False)],
+        [("ok", False)],
+    ]
+    assert server.requests["/img/shared.png"] == asked + 1  # posts sharing an image share its one fetch
+    assert (await fetcher.fetch(new)).outcome.cached  # its pixels were cached as its decoding ended
+
+
 async def test_second_fetch_is_a_cache_hit_with_identical_pixels(fetcher: ImageFetcher, server: ImageServer) -> None:
     url = fresh(server, "/img/cached.png")
     first, second = await fetcher.fetch(url), await fetcher.fetch(url)

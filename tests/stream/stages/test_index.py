@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
+
+import pytest
+from elasticsearch import SerializationError
+from elasticsearch.helpers import expand_action
 
 from postlens.io.deadletter import RawMessage
 from postlens.io.fetch import FetchOutcome
 from postlens.schemas import ModelRef, Post, PostPrediction, PredictedEntity, Region
 from stream.results import ProcessedPost
-from stream.stages.index import entity_document, entity_id, post_document
+from stream.stages.index import bulk_body, entity_document, entity_id, post_document
 from stream.stages.index_templates import ENTITIES_MAPPINGS, POSTS_MAPPINGS
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -92,3 +97,32 @@ def test_post_document_records_entities_and_every_image_outcome() -> None:
     ]
     assert document["meta"] == {"source": "kcat"}
     assert_declared(document, POSTS_MAPPINGS)
+
+
+def test_bulk_body_is_the_request_the_client_would_send() -> None:
+    item = processed()
+    actions: list[dict[str, Any]] = [
+        {"_op_type": "create", "_index": "posts", "_id": "42", "_source": post_document(item, NOW)},
+        {"_op_type": "index", "_index": "posts", "_id": "42", "if_seq_no": 3, "if_primary_term": 1, "_source": {}},
+        {
+            "_op_type": "index",
+            "_index": "entities",
+            "_id": "42:0-6",
+            "version": 7,
+            "version_type": "external_gte",
+            "_source": entity_document(item, item.prediction.entities[0], NOW),
+        },
+        {"_op_type": "delete", "_index": "entities", "_id": "42:1-2", "version": 7, "version_type": "external_gte"},
+    ]
+    expected = []
+    for action in actions:
+        meta, source = expand_action(action)
+        expected += [meta] if source is None else [meta, source]
+    body = bulk_body(actions)
+    assert body.endswith(b"\n")
+    assert [json.loads(line) for line in body.decode("utf-8").splitlines()] == expected
+
+
+def test_a_document_that_cannot_be_serialized_raises_the_clients_error() -> None:
+    with pytest.raises(SerializationError):
+        bulk_body([{"_op_type": "index", "_index": "posts", "_id": "1", "_source": {"x": object()}}])
