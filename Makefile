@@ -62,7 +62,7 @@ test-images: setup images
 	$(PY) -m pytest -m images
 
 test-fast: setup deploy-tools
-	$(PY) -m pytest -m "not integration and not slow"
+	$(PY) -m pytest -m "not integration and not slow" -n auto
 
 # What mypy checks is `files` in pyproject.toml; tests/test_lint.py runs these same lines on a broken copy.
 lint: setup

@@ -9,6 +9,7 @@
 # k8s.io/kubernetes and etcd pin their sibling modules with `replace => ./staging/...` / `=> ../api`: the module zips
 # do not carry those folders, so each is built in a copy whose relative replaces point at the published versions.
 # KEDA's own replaces are absolute, but `go install` refuses any: it is built in a copy too.
+# k8s.io/kubernetes also ships a go.work (its staging workspace): builds run with GOWORK=off.
 #
 # Steps: etcd + API server (server-side validation and defaulting) → KEDA's CRDs → `helm install` the chart (workers
 # autoscaled from 0, so KEDA's operator itself activates them: its external-metrics adapter is not run, because the
@@ -38,7 +39,7 @@ import json, sys
 for r in json.load(sys.stdin).get("Replace") or []:
     if r["New"]["Path"].startswith("."):
         print(r["Old"]["Path"])' | while read -r path; do go mod edit -replace="$path=$path@$replaced"; done
-   for package in "$@"; do GOFLAGS=-mod=mod go build -trimpath -o "$TOOLS/bin/" "$package"; done)
+   for package in "$@"; do GOWORK=off GOFLAGS=-mod=mod go build -trimpath -o "$TOOLS/bin/" "$package"; done)
   rm -rf "$copy"
 }
 
