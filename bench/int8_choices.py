@@ -39,7 +39,7 @@ from trainer.evaluate import build_report, predict_all
 from trainer.export import export_model
 from trainer.model.checkpoint import load_checkpoint
 from trainer.predict import ExportedPredictor
-from trainer.quantize import DEFAULT_SCHEME, Int8Scheme, quantize_network
+from trainer.quantize import DEFAULT_SCHEME, Int8Scheme, quantize_network, without_recorded_shapes
 
 REPORT = Path(__file__).resolve().parent.parent / "reports" / "int8_choices.md"
 SPLITS = ("twitter2015", "twitter2017")
@@ -165,11 +165,7 @@ class TweetReader(CalibrationDataReader):
 def quantize_static_qdq(
     fp32: Path, out: Path, nodes: Sequence[str], batches: Sequence[dict[str, np.ndarray]], names: Sequence[str]
 ) -> None:
-    model = onnx.load(str(fp32))
-    del model.graph.value_info[:]
-    with tempfile.TemporaryDirectory(prefix="postlens-static-") as tmp:
-        plain = Path(tmp) / "network.onnx"
-        onnx.save(model, str(plain))
+    with without_recorded_shapes(fp32) as plain:
         quantize_static(
             plain,
             out,

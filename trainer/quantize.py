@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,13 +89,7 @@ def quantize_nodes(fp32: Path, int8: Path, nodes: Sequence[str], scheme: Int8Sch
     ``scheme`` says (its selection is not consulted)."""
     if not nodes:  # ONNX Runtime's quantizer takes an empty selection as every node
         raise ValueError("no MatMul to quantize")
-    model = onnx.load(str(fp32))
-    # The torch exporter's recorded intermediate shapes disagree with ONNX's own shape inference, which the
-    # quantizer runs; dropping them lets it infer them afresh (the graph itself is unchanged).
-    del model.graph.value_info[:]
-    with tempfile.TemporaryDirectory(prefix="postlens-quantize-") as tmp:
-        plain = Path(tmp) / "network.onnx"
-        onnx.save(model, str(plain))
+    with without_recorded_shapes(fp32) as plain:
         quantize_dynamic(
             plain,
             int8,
@@ -104,3 +99,16 @@ def quantize_nodes(fp32: Path, int8: Path, nodes: Sequence[str], scheme: Int8Sch
             reduce_range=scheme.reduce_range,
             weight_type=QuantType.QInt8,
         )
+
+
+@contextmanager
+def without_recorded_shapes(network: Path) -> Iterator[Path]:
+    """A temporary copy of ``network`` for ONNX Runtime's quantizers: the torch exporter's recorded intermediate shapes
+    disagree with ONNX's own shape inference, which the quantizers run; dropping them lets it infer them afresh (the
+    graph itself is unchanged)."""
+    model = onnx.load(str(network))
+    del model.graph.value_info[:]
+    with tempfile.TemporaryDirectory(prefix="postlens-quantize-") as tmp:
+        plain = Path(tmp) / "network.onnx"
+        onnx.save(model, str(plain))
+        yield plain
