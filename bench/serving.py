@@ -10,7 +10,8 @@ The model is the default served one (the ``twitter`` preset's checkpoint that ``
    time) and concurrent (``--concurrency`` posts in flight, the dynamic batcher forming batches), through the
    stream's client, one request per post; posts/s (median over rounds), p50/p99 latency, mean executed batch.
    The configurations form a ladder from the fp32 export served as before (padded batches, one instance using all
-   cores) through int8 and length batching to the shipped ``config.pbtxt``, plus instances × threads alternatives.
+   cores) through int8 and length batching, the shipped ``config.pbtxt`` among them, plus instances × threads
+   alternatives.
 2. In-process, the same version through ``ExportedModel.predict`` (tokenize, network, decode) on batches of 32 with
    the cores this process may use — the ceiling Triton's figures are divided by; the padding each batching leaves;
    each stage's time per post; and the network alone (ONNX Runtime fp32, int8, PyTorch; one thread each).
@@ -108,9 +109,10 @@ class ServingConfig:
 
 
 def cpu_configs() -> list[ServingConfig]:
-    """From the fp32 export served as before (padded batches, one instance on all cores), one step at a time to
-    the shipped configuration (int8, then length batching, then both), then its alternatives: one single-threaded
-    instance per usable core, one instance on one thread, and no queue delay."""
+    """From the fp32 export served as before (padded batches, one instance on all cores), one step at a time (int8,
+    then length batching, then both), the shipped configuration (the committed config.pbtxt: fp32 with length
+    batching), then its alternatives: one single-threaded instance per usable core, one instance on one thread, and
+    no queue delay."""
     shipped = ServingConfig.committed()
     before = replace(shipped, precision="fp32", length_batching=False, instances=1, intra_op_threads=0)
     return list(
@@ -119,6 +121,7 @@ def cpu_configs() -> list[ServingConfig]:
                 before,
                 replace(before, precision="int8"),
                 replace(before, length_batching=True),
+                replace(before, precision="int8", length_batching=True),
                 shipped,
                 replace(shipped, instances=usable_cores(), intra_op_threads=0),
                 replace(shipped, instances=1, intra_op_threads=1),
