@@ -417,44 +417,43 @@ async def outage_beyond_poll_interval(phase: Phase) -> tuple[float, float]:
     return await _es_cut(phase, 3 * POLL_INTERVAL_S)
 
 
-async def triton_restart(phase: Phase) -> tuple[float, float]:
+async def _down_then_up(
+    phase: Phase, down: Callable[[], Awaitable[object]], down_s: float, up: Callable[[], Awaitable[object]], up_s: float
+) -> tuple[float, float]:
+    """One worker under load, then a service taken down (``down``, load for ``down_s`` meanwhile) and brought up again
+    (``up``, load for ``up_s``): the fault spans both."""
     await phase.start_worker()
     await phase.load(10)
     start = time.time()
-    triton = phase.world.triton
-    await asyncio.gather(asyncio.to_thread(triton.stop), phase.load(5))
-    await asyncio.gather(asyncio.to_thread(triton.start), phase.load(5))
+    await asyncio.gather(down(), phase.load(down_s))
+    await asyncio.gather(up(), phase.load(up_s))
     return start, time.time()
+
+
+async def triton_restart(phase: Phase) -> tuple[float, float]:
+    triton = phase.world.triton
+    return await _down_then_up(
+        phase, lambda: asyncio.to_thread(triton.stop), 5, lambda: asyncio.to_thread(triton.start), 5
+    )
 
 
 async def model_unload_load(phase: Phase) -> tuple[float, float]:
-    await phase.start_worker()
-    await phase.load(10)
-    start = time.time()
     triton = phase.world.triton
-    await asyncio.gather(asyncio.to_thread(triton.control, "unload"), phase.load(20))
-    await asyncio.gather(asyncio.to_thread(triton.control, "load"), phase.load(2))
-    return start, time.time()
+    return await _down_then_up(
+        phase,
+        lambda: asyncio.to_thread(triton.control, "unload"),
+        20,
+        lambda: asyncio.to_thread(triton.control, "load"),
+        2,
+    )
 
 
 async def redis_down(phase: Phase) -> tuple[float, float]:
-    await phase.start_worker()
-    await phase.load(10)
-    start = time.time()
-    redis = phase.world.redis
-    await asyncio.gather(redis.stop(), phase.load(30))
-    await asyncio.gather(redis.start(), phase.load(1))
-    return start, time.time()
+    return await _down_then_up(phase, phase.world.redis.stop, 30, phase.world.redis.start, 1)
 
 
 async def kafka_restart(phase: Phase) -> tuple[float, float]:
-    await phase.start_worker()
-    await phase.load(10)
-    start = time.time()
-    kafka = phase.world.kafka
-    await asyncio.gather(kafka.stop(), phase.load(3))
-    await asyncio.gather(kafka.start(), phase.load(5))
-    return start, time.time()
+    return await _down_then_up(phase, phase.world.kafka.stop, 3, phase.world.kafka.start, 5)
 
 
 async def dlq_refusing_writes(phase: Phase) -> tuple[float, float]:

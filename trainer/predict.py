@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,17 +103,12 @@ class Predictor:
         self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None
     ) -> list[PostPrediction]:
         """Predictions in the order of ``posts``. Without ``images``, each post's ``images`` are read as local files."""
-        accepted, pixels, predictions = self._accept(posts, images)
-        if accepted:
-            batch, mask = stack_images([pixels[i] for i in accepted], self.preprocessor.image_size)
-            texts = [posts[i].text for i in accepted]
+
+        def run(texts: list[str], batch: np.ndarray, mask: np.ndarray) -> list[PostPrediction]:
             inputs, words = self.preprocessor.encode(texts, batch, mask)
-            decoded = self.raw({k: torch.from_numpy(v) for k, v in inputs.items()}, texts, words).decode(self.decoder)
-            for index, prediction in zip(accepted, decoded, strict=True):
-                predictions[index] = prediction
-        for post, prediction in zip(posts, predictions, strict=True):
-            prediction.id = post.id
-        return predictions
+            return self.raw({k: torch.from_numpy(v) for k, v in inputs.items()}, texts, words).decode(self.decoder)
+
+        return predict_posts(posts, images, self.preprocessor.image_size, self.max_images, self.decoder.model, run)
 
     def embed(
         self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None
@@ -156,17 +151,30 @@ class ExportedPredictor:
     def predict(
         self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None = None
     ) -> list[PostPrediction]:
-        accepted, pixels, predictions = accept_posts(
-            posts, images, self.model.image_size, self.max_images, self.model.decoder.model
+        return predict_posts(
+            posts, images, self.model.image_size, self.max_images, self.model.decoder.model, self.model.predict
         )
-        if accepted:
-            batch, mask = stack_images([pixels[i] for i in accepted], self.model.image_size)
-            decoded = self.model.predict([posts[i].text for i in accepted], batch, mask)
-            for index, prediction in zip(accepted, decoded, strict=True):
-                predictions[index] = prediction
-        for post, prediction in zip(posts, predictions, strict=True):
-            prediction.id = post.id
-        return predictions
+
+
+def predict_posts(
+    posts: Sequence[Post],
+    images: Sequence[Sequence[Image.Image]] | None,
+    size: int,
+    max_images: int,
+    model: ModelRef,
+    run: Callable[[list[str], np.ndarray, np.ndarray], list[PostPrediction]],
+) -> list[PostPrediction]:
+    """Predictions in the order of ``posts``: a refusal for each post :func:`accept_posts` refuses, ``run`` (texts,
+    stacked images, their mask) on the rest as one batch; every prediction carries its post's id."""
+    accepted, pixels, predictions = accept_posts(posts, images, size, max_images, model)
+    if accepted:
+        batch, mask = stack_images([pixels[i] for i in accepted], size)
+        decoded = run([posts[i].text for i in accepted], batch, mask)
+        for index, prediction in zip(accepted, decoded, strict=True):
+            predictions[index] = prediction
+    for post, prediction in zip(posts, predictions, strict=True):
+        prediction.id = post.id
+    return predictions
 
 
 def accept_posts(
