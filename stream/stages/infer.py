@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
-from tritonclient.grpc import InferInput, InferResult
-from tritonclient.grpc import aio as grpc_aio
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions, service_pb2, service_pb2_grpc
 
 from postlens.failures import InferFailure
 from postlens.io.fetch import FetchedImage
@@ -37,12 +37,12 @@ from postlens.schemas import MAX_MODEL_IMAGES, ModelRef, Post, PostPrediction, R
 from postlens.settings import Settings
 
 # Status codes that mean "this input is at fault": answered per post, never retried.
-_PER_POST_CODES = frozenset({"StatusCode.INVALID_ARGUMENT"})
+_PER_POST_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT})
 # Status codes that mean "the server is (re)starting or the model is between versions": worth waiting for.
-_TRANSIENT_CODES = frozenset({"StatusCode.UNAVAILABLE", "StatusCode.NOT_FOUND"})
+_TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND})
 # A timed-out request: the post (asked again alone) or the server (when it answers nothing else either).
-_TIMEOUT_CODE = "StatusCode.DEADLINE_EXCEEDED"
-_AVAILABILITY_CODES = _TRANSIENT_CODES | {"StatusCode.CANCELLED"}
+_TIMEOUT_CODE = grpc.StatusCode.DEADLINE_EXCEEDED
+_AVAILABILITY_CODES = _TRANSIENT_CODES | {grpc.StatusCode.CANCELLED}
 # Faults that may be another post's (a shared execution) or the server's: asked again alone, then judged.
 _ASK_ALONE = frozenset({InferFailure.MODEL_ERROR, InferFailure.TIMEOUT})
 _CANARY_TEXT = "PostLens checks that the model answers"
@@ -95,50 +95,81 @@ class Model(Protocol):
     async def close(self) -> None: ...
 
 
-class TritonInferer:
-    """An async client of the entry model; one per worker process."""
+def _channel(url: str) -> grpc.aio.Channel:
+    """A channel with tritonclient's own options (messages of any size, its keepalive defaults)."""
+    keepalive = KeepAliveOptions()
+    return grpc.aio.insecure_channel(
+        url,
+        options=[
+            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ],
+    )
 
-    def __init__(self, client: grpc_aio.InferenceServerClient, settings: Settings, image_size: int, version: str):
-        self._client = client
+
+def _status(error: grpc.aio.AioRpcError) -> str:
+    return f"{error.code()} {error.details()}"
+
+
+class TritonInferer:
+    """An async client of the entry model; one per worker process.
+
+    It speaks Triton's gRPC protocol through the generated stub (``tritonclient.grpc.service_pb2``) and builds each
+    request's protobuf itself: tritonclient's ``InferInput`` and ``InferResult`` go through NumPy for every tensor,
+    which cost more of a worker's CPU than the rest of the request (reports/bench.md, "Worker profile").
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, settings: Settings, image_size: int, version: str):
+        self._channel = channel
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        # Requests go out as bytes serialized here (:meth:`_request`), answers come back parsed by protobuf.
+        self._model_infer = channel.unary_unary(
+            _MODEL_INFER, request_serializer=None, response_deserializer=service_pb2.ModelInferResponse.FromString
+        )
         self._model = settings.triton_model
         self._timeout_s = settings.triton_timeout_s
         self._retries = settings.triton_retries
         self.image_size = image_size
         self._version = version  # the newest version at connect; named on errors the model never answered
-        # A text-only post's image tensors are always the same: built once, shared by every request (read-only).
-        self._no_images = _tensors(
-            {
-                "IMAGES": empty_images(MAX_MODEL_IMAGES, image_size)[np.newaxis],
-                "IMAGE_MASK": np.zeros((1, MAX_MODEL_IMAGES), dtype=np.bool_),
-            }
-        )
+        # A text-only post's request is always the same but for its text: the rest is serialized once.
+        self._no_images = self._image_parts(empty_images(MAX_MODEL_IMAGES, image_size), 0)
 
     @classmethod
     async def connect(cls, settings: Settings) -> TritonInferer:
         """Wait (up to ``triton_timeout_s``) until the model is ready, then read the image size it expects."""
-        client = grpc_aio.InferenceServerClient(settings.triton_url)
+        channel = _channel(settings.triton_url)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         deadline = time.monotonic() + settings.triton_timeout_s
         delay = _BACKOFF_FIRST_S
         last_problem = "not ready"
         while True:
             try:
-                if await client.is_model_ready(settings.triton_model, client_timeout=settings.triton_timeout_s):
+                ready = await stub.ModelReady(
+                    service_pb2.ModelReadyRequest(name=settings.triton_model), timeout=settings.triton_timeout_s
+                )
+                if ready.ready:
                     break
-            except InferenceServerException as error:
-                last_problem = error.message()
+            except grpc.aio.AioRpcError as error:
+                last_problem = _status(error)
             if time.monotonic() + delay > deadline:
-                await client.close()
+                await channel.close()
                 raise InferenceUnavailable(
                     f"Triton model {settings.triton_model!r} at {settings.triton_url} is not ready after "
                     f"{settings.triton_timeout_s:g}s: {last_problem}"
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX_S)
-        metadata = await client.get_model_metadata(settings.triton_model, as_json=True)
-        images_shape = next(tensor["shape"] for tensor in metadata["inputs"] if tensor["name"] == "IMAGES")
+        metadata = await stub.ModelMetadata(
+            service_pb2.ModelMetadataRequest(name=settings.triton_model), timeout=settings.triton_timeout_s
+        )
+        images_shape = next(tensor.shape for tensor in metadata.inputs if tensor.name == "IMAGES")
         image_size = int(images_shape[-2])  # [batch, 4, S, S, 3]
-        version = max(metadata["versions"], key=int)
-        return cls(client, settings, image_size, version)
+        version = max(metadata.versions, key=int)
+        return cls(channel, settings, image_size, version)
 
     async def infer(self, batch: Sequence[InferRequest]) -> list[InferOutcome]:
         """Results in the order of ``batch``: predictions (refused posts carry ``error``) and :class:`ModelFault`
@@ -172,10 +203,12 @@ class TritonInferer:
         """Raise :class:`InferenceUnavailable` unless the model is ready and answers a plain post (a circuit
         breaker: a version that fails every request, or a server too slow for any, is an outage, not the posts')."""
         try:
-            ready = await self._client.is_model_ready(self._model, client_timeout=self._timeout_s)
-        except InferenceServerException as error:
-            raise InferenceUnavailable(f"Triton model {self._model!r}: {error.message()}") from error
-        if not ready:
+            ready = await self._stub.ModelReady(
+                service_pb2.ModelReadyRequest(name=self._model), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            raise InferenceUnavailable(f"Triton model {self._model!r}: {_status(error)}") from error
+        if not ready.ready:
             raise InferenceUnavailable(f"Triton model {self._model!r} is not ready")
         plain = InferRequest(text=_CANARY_TEXT, images=empty_images(0, self.image_size))
         # Patient: it may queue behind an execution the timed-out posts still hold.
@@ -186,67 +219,90 @@ class TritonInferer:
             )
 
     async def close(self) -> None:
-        await self._client.close()
+        await self._channel.close()
 
     async def _infer_one(self, request: InferRequest, timeout_s: float | None = None) -> InferOutcome:
         timeout_s = timeout_s or self._timeout_s
         try:
-            inputs = self._inputs(request)
+            serialized = self._request(request)
         except UnicodeEncodeError as error:  # lone surrogates, e.g. from a "\ud800" JSON escape
             return self._refused(f"text is not valid Unicode: {error}")
         delay = _BACKOFF_FIRST_S
         attempt = 1
         while True:
             try:
-                result = await self._client.infer(self._model, inputs, client_timeout=timeout_s)
-            except InferenceServerException as error:
-                status = error.status()
+                answer = await self._model_infer(serialized, timeout=timeout_s)
+            except grpc.aio.AioRpcError as error:
+                status = error.code()
                 if status in _PER_POST_CODES:
-                    return self._refused(error.message())
+                    return self._refused(error.details() or str(status))
                 if status == _TIMEOUT_CODE:
-                    return ModelFault(InferFailure.TIMEOUT, f"no answer in {timeout_s:g} s: {error.message()}")
+                    return ModelFault(InferFailure.TIMEOUT, f"no answer in {timeout_s:g} s: {error.details()}")
                 if status not in _AVAILABILITY_CODES:
-                    return ModelFault(InferFailure.MODEL_ERROR, f"{status} {error.message()}")
+                    return ModelFault(InferFailure.MODEL_ERROR, _status(error))
                 if status not in _TRANSIENT_CODES or attempt > self._retries:
                     raise InferenceUnavailable(
-                        f"Triton model {self._model!r} failed after {attempt} attempt(s): {status} {error.message()}"
+                        f"Triton model {self._model!r} failed after {attempt} attempt(s): {_status(error)}"
                     ) from error
                 # Full jitter, so workers that lost the server together do not come back in lockstep.
                 await asyncio.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 attempt += 1
             else:
-                return self._answer(result)
-
-    @staticmethod
-    def _answer(result: InferResult) -> InferOutcome:
-        try:
-            return PostPrediction.model_validate_json(result.as_numpy("RESULT")[0][0])
-        except (ValueError, TypeError, IndexError) as error:  # pydantic's ValidationError is a ValueError
-            return ModelFault(InferFailure.BAD_ANSWER, f"the model's answer is not a prediction: {error}")
+                return _answer(answer)
 
     def _refused(self, reason: str) -> PostPrediction:
         return PostPrediction(model=ModelRef(name=self._model, version=self._version), error=reason)
 
-    def _inputs(self, request: InferRequest) -> list[InferInput]:
-        [text] = _tensors({"TEXT": np.array([[request.text.encode("utf-8")]], dtype=np.object_)})
+    def _request(self, request: InferRequest) -> bytes:
+        """The serialized ``ModelInferRequest``. A serialized message is its fields' encodings one after another, a
+        repeated field's elements possibly in several runs: the tensors' descriptions, the text, then the images (all
+        but the text serialized once per connection for text-only posts)."""
+        text = request.text.encode("utf-8")
         count = request.images.shape[0]
-        if not count:
-            return [text, *self._no_images]
-        # Padded with slots of the images' own shape: a wrong size is the model's to refuse, per post.
-        padding = np.zeros((MAX_MODEL_IMAGES - count, *request.images.shape[1:]), dtype=np.uint8)
-        images = np.concatenate([request.images, padding])
+        if count:
+            # Padded with slots of the images' own shape: a wrong size is the model's to refuse, per post.
+            padding = np.zeros((MAX_MODEL_IMAGES - count, *request.images.shape[1:]), dtype=np.uint8)
+            head, images = self._image_parts(np.concatenate([request.images, padding]), count)
+        else:
+            head, images = self._no_images
+        raw_text = service_pb2.ModelInferRequest(raw_input_contents=[_BYTES_LENGTH.pack(len(text)) + text])
+        return head + raw_text.SerializeToString() + images
+
+    def _image_parts(self, slots: np.ndarray, count: int) -> tuple[bytes, bytes]:
+        """The serialized request's parts around the text for one post's image slots (its ``count`` images first):
+        the model's name and the tensors' descriptions; the raw IMAGES ([1, 4, S, S, 3]) and IMAGE_MASK ([1, 4])."""
+        tensor = service_pb2.ModelInferRequest.InferInputTensor
+        head = service_pb2.ModelInferRequest(
+            model_name=self._model,
+            inputs=[
+                tensor(name="TEXT", datatype="BYTES", shape=[1, 1]),
+                tensor(name="IMAGES", datatype="UINT8", shape=[1, *slots.shape]),
+                tensor(name="IMAGE_MASK", datatype="BOOL", shape=[1, MAX_MODEL_IMAGES]),
+            ],
+        )
         mask = np.arange(MAX_MODEL_IMAGES) < count
-        return [text, *_tensors({"IMAGES": images[np.newaxis], "IMAGE_MASK": mask[np.newaxis]})]
+        images = service_pb2.ModelInferRequest(raw_input_contents=[slots.tobytes(), mask.tobytes()])
+        return head.SerializeToString(), images.SerializeToString()
 
 
-def _tensors(arrays: dict[str, np.ndarray]) -> list[InferInput]:
-    inputs = []
-    for name, array in arrays.items():
-        tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
+# A BYTES tensor's raw contents: each element as its length (4 bytes, little-endian), then its bytes.
+_BYTES_LENGTH = struct.Struct("<I")
+_MODEL_INFER = f"/{service_pb2.DESCRIPTOR.services_by_name['GRPCInferenceService'].full_name}/ModelInfer"
+
+
+def _answer(answer: service_pb2.ModelInferResponse) -> InferOutcome:
+    """The prediction in the RESULT tensor (one BYTES element: a PostPrediction's JSON)."""
+    try:
+        [raw] = [
+            content
+            for output, content in zip(answer.outputs, answer.raw_output_contents, strict=True)
+            if output.name == "RESULT"
+        ]
+        (length,) = _BYTES_LENGTH.unpack_from(raw)
+        return PostPrediction.model_validate_json(raw[_BYTES_LENGTH.size : _BYTES_LENGTH.size + length])
+    except (ValueError, struct.error) as error:  # pydantic's ValidationError is a ValueError
+        return ModelFault(InferFailure.BAD_ANSWER, f"the model's answer is not a prediction: {error}")
 
 
 def _failing(results: list[InferOutcome]) -> list[int]:
