@@ -79,6 +79,8 @@ class BatchFlow:
         self._broken: BaseException | None = None
         self._forming: asyncio.Task | None = None
         self._last_progress = time.monotonic()
+        # Read when /metrics is, not written for every message.
+        metrics.in_flight.set_function(lambda: self._ledger.in_flight)
 
     async def put(self, raw: RawMessage) -> None:
         if self._broken is not None:
@@ -86,7 +88,6 @@ class BatchFlow:
         received = self._ledger.received((raw.topic, raw.partition or 0), raw.offset or 0)
         self._progress()
         await self._queue.put((raw, received))
-        self._metrics.in_flight.set(self._ledger.in_flight)
 
     @property
     def full(self) -> bool:
@@ -199,7 +200,6 @@ class BatchFlow:
             for _, received in batch.messages:
                 self._ledger.finished(received)
             self._progress()
-            self._metrics.in_flight.set(self._ledger.in_flight)
         finally:
             self._slots.release()
 

@@ -74,16 +74,18 @@ def _load_json(value: bytes, max_depth: int) -> Any:
         raise InvalidPost(
             IngestFailure.TOO_DEEP, f"JSON nested deeper than the parser allows ({len(value)} bytes)"
         ) from error
-    if (depth := _depth(document)) > max_depth:
+    # Both checks below walk the whole document; the text itself shows when neither can fail (most posts).
+    if text.count("[") + text.count("{") >= max_depth and (depth := _depth(document)) > max_depth:
         raise InvalidPost(IngestFailure.TOO_DEEP, f"JSON nested {depth} deep; the limit is {max_depth}")
-    try:
-        # Valid JSON may still escape lone surrogates ("\ud800"): no UTF-8 encoder (Triton's, Elasticsearch's) takes
-        # them.
-        json.dumps(document, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise InvalidPost(
-            IngestFailure.INVALID_UNICODE, f"message has text that is not valid Unicode: {error.reason}"
-        ) from error
+    if "\\ud" in text or "\\uD" in text:  # strict UTF-8 holds no surrogate: only a \uD800–\uDFFF escape makes one
+        try:
+            # Valid JSON may still escape lone surrogates ("\ud800"): no UTF-8 encoder (Triton's, Elasticsearch's)
+            # takes them.
+            json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidPost(
+                IngestFailure.INVALID_UNICODE, f"message has text that is not valid Unicode: {error.reason}"
+            ) from error
     return document
 
 

@@ -121,3 +121,22 @@ def test_an_integer_cpython_refuses_to_convert_is_invalid_input(value: bytes) ->
         parse_post(value, Settings())
     assert refused.value.kind == "invalid_number"
     assert "digits" in str(refused.value)
+
+
+def test_nesting_is_refused_only_past_the_limit() -> None:
+    limits = Settings(max_post_depth=4)  # the post object is depth 1, its "meta" value 2
+    parse_post(b'{"id": "p", "text": "x", "meta": {"a": [1]}}', limits)  # 4 deep: at the limit
+    with pytest.raises(InvalidPost) as refused:
+        parse_post(b'{"id": "p", "text": "x", "meta": {"a": [[1]]}}', limits)
+    assert refused.value.kind == "too_deep"
+
+
+@pytest.mark.parametrize("escape", [b"\\ud800", b"\\uDFFF", b"\\udbff x"])
+def test_an_escaped_lone_surrogate_is_refused(limits: Settings, escape: bytes) -> None:
+    with pytest.raises(InvalidPost) as refused:
+        parse_post(b'{"id": "p", "text": "a ' + escape + b' b"}', limits)
+    assert refused.value.kind == "invalid_unicode"
+
+
+def test_an_escaped_surrogate_pair_is_the_character_it_encodes(limits: Settings) -> None:
+    assert parse_post(b'{"id": "p", "text": "smile \\ud83d\\ude00"}', limits).text == "smile \U0001f600"
