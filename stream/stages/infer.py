@@ -190,14 +190,44 @@ class TritonInferer:
         return results
 
     async def _all_at_once(self, batch: Sequence[InferRequest]) -> list[InferOutcome]:
-        requests = [asyncio.ensure_future(self._infer_one(request)) for request in batch]
+        """Every post's request in flight at once. grpc.aio runs each call as a task of its own, so the first
+        answers are awaited in order with no task of ours; the posts Triton could not take then (it is between
+        states) are asked again together, each waiting it out in :meth:`_infer_one`."""
+        calls = [
+            serialized
+            if isinstance(serialized, PostPrediction)
+            else self._model_infer(serialized, timeout=self._timeout_s)
+            for serialized in map(self._serialized, batch)
+        ]
         try:
-            return list(await asyncio.gather(*requests))
+            results = [await self._first_outcome(call) for call in calls]
         except BaseException:
-            for request in requests:
-                request.cancel()
-            await asyncio.gather(*requests, return_exceptions=True)
+            for call in calls:
+                if not isinstance(call, PostPrediction):
+                    call.cancel()
             raise
+        retried = [
+            asyncio.ensure_future(self._infer_one(request, failed_attempts=1))
+            for request, outcome in zip(batch, results, strict=True)
+            if outcome is None
+        ]
+        try:
+            answers = iter(await asyncio.gather(*retried))
+        except BaseException:
+            for request in retried:
+                request.cancel()
+            await asyncio.gather(*retried, return_exceptions=True)
+            raise
+        return [next(answers) if outcome is None else outcome for outcome in results]
+
+    async def _first_outcome(self, call: grpc.aio.UnaryUnaryCall | PostPrediction) -> InferOutcome | None:
+        """The outcome of a post's first call; None when it is worth asking again."""
+        if isinstance(call, PostPrediction):
+            return call
+        try:
+            return _answer(await call)
+        except grpc.aio.AioRpcError as error:
+            return self._judged(error, 1, self._timeout_s)
 
     async def _ensure_answers(self, fault: InferOutcome) -> None:
         """Raise :class:`InferenceUnavailable` unless the model is ready and answers a plain post (a circuit
@@ -221,35 +251,48 @@ class TritonInferer:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def _infer_one(self, request: InferRequest, timeout_s: float | None = None) -> InferOutcome:
+    async def _infer_one(
+        self, request: InferRequest, timeout_s: float | None = None, failed_attempts: int = 0
+    ) -> InferOutcome:
+        """Ask about one post, again while Triton is between states (``failed_attempts`` already made)."""
         timeout_s = timeout_s or self._timeout_s
+        serialized = self._serialized(request)
+        if isinstance(serialized, PostPrediction):
+            return serialized
+        attempt = failed_attempts
+        while True:
+            if attempt:
+                # Full jitter, so workers that lost the server together do not come back in lockstep.
+                await asyncio.sleep(random.uniform(0, min(_BACKOFF_FIRST_S * 2 ** (attempt - 1), _BACKOFF_MAX_S)))
+            attempt += 1
+            try:
+                return _answer(await self._model_infer(serialized, timeout=timeout_s))
+            except grpc.aio.AioRpcError as error:
+                if (outcome := self._judged(error, attempt, timeout_s)) is not None:
+                    return outcome
+
+    def _judged(self, error: grpc.aio.AioRpcError, attempt: int, timeout_s: float) -> InferOutcome | None:
+        """What a failed call means for its post: its outcome, or None to ask again (Triton is between states);
+        raises :class:`InferenceUnavailable` when it cannot answer (out of attempts, or its channel closed)."""
+        status = error.code()
+        if status in _PER_POST_CODES:
+            return self._refused(error.details() or str(status))
+        if status == _TIMEOUT_CODE:
+            return ModelFault(InferFailure.TIMEOUT, f"no answer in {timeout_s:g} s: {error.details()}")
+        if status not in _AVAILABILITY_CODES:
+            return ModelFault(InferFailure.MODEL_ERROR, _status(error))
+        if status not in _TRANSIENT_CODES or attempt > self._retries:
+            raise InferenceUnavailable(
+                f"Triton model {self._model!r} failed after {attempt} attempt(s): {_status(error)}"
+            ) from error
+        return None
+
+    def _serialized(self, request: InferRequest) -> bytes | PostPrediction:
+        """The request's bytes, or the post's refusal when its text cannot be sent."""
         try:
-            serialized = self._request(request)
+            return self._request(request)
         except UnicodeEncodeError as error:  # lone surrogates, e.g. from a "\ud800" JSON escape
             return self._refused(f"text is not valid Unicode: {error}")
-        delay = _BACKOFF_FIRST_S
-        attempt = 1
-        while True:
-            try:
-                answer = await self._model_infer(serialized, timeout=timeout_s)
-            except grpc.aio.AioRpcError as error:
-                status = error.code()
-                if status in _PER_POST_CODES:
-                    return self._refused(error.details() or str(status))
-                if status == _TIMEOUT_CODE:
-                    return ModelFault(InferFailure.TIMEOUT, f"no answer in {timeout_s:g} s: {error.details()}")
-                if status not in _AVAILABILITY_CODES:
-                    return ModelFault(InferFailure.MODEL_ERROR, _status(error))
-                if status not in _TRANSIENT_CODES or attempt > self._retries:
-                    raise InferenceUnavailable(
-                        f"Triton model {self._model!r} failed after {attempt} attempt(s): {_status(error)}"
-                    ) from error
-                # Full jitter, so workers that lost the server together do not come back in lockstep.
-                await asyncio.sleep(random.uniform(0, delay))
-                delay = min(delay * 2, _BACKOFF_MAX_S)
-                attempt += 1
-            else:
-                return _answer(answer)
 
     def _refused(self, reason: str) -> PostPrediction:
         return PostPrediction(model=ModelRef(name=self._model, version=self._version), error=reason)
