@@ -69,7 +69,7 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     (
-        "gRPC request build and answer parse (tritonclient)",
+        "gRPC calls, request bytes, answer parse (stream.stages.infer)",
         ("tritonclient/", "grpc/", "google/protobuf", "stream/stages/infer.py"),
     ),
     ("bulk bodies (documents, actions)", ("stream/stages/index.py",)),

@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from tritonclient.grpc import service_pb2
 
 from deploy.process import free_port
 from postlens.runtime.exported import read_model_config
@@ -167,3 +169,31 @@ async def test_a_model_that_fails_every_request_is_an_outage_not_the_posts_fault
         healed = await inferer.infer([plain])  # the model's state is shared by the session's other tests
         await inferer.close()
     assert not isinstance(healed[0], ModelFault)
+
+
+@pytest.mark.parametrize("images", [0, 1, 4])
+async def test_a_request_is_the_post_text_and_images_as_triton_tensors(images: int) -> None:
+    size = 8
+    inferer = TritonInferer(grpc.aio.insecure_channel("localhost:1"), Settings(), size, "1")
+    try:
+        pixels = np.random.default_rng(images).integers(0, 256, (images, size, size, 3), dtype=np.uint8)
+        text = "Lyon ☀ \U0001f600"
+        serialized = inferer._request(InferRequest(text=text, images=pixels))  # noqa: SLF001  # the bytes sent
+        sent = service_pb2.ModelInferRequest.FromString(serialized)
+    finally:
+        await inferer.close()
+    slots = np.concatenate([pixels, np.zeros((4 - images, size, size, 3), np.uint8)])
+    tensor = service_pb2.ModelInferRequest.InferInputTensor
+    assert sent == service_pb2.ModelInferRequest(
+        model_name="postlens",
+        inputs=[
+            tensor(name="TEXT", datatype="BYTES", shape=[1, 1]),
+            tensor(name="IMAGES", datatype="UINT8", shape=[1, 4, size, size, 3]),
+            tensor(name="IMAGE_MASK", datatype="BOOL", shape=[1, 4]),
+        ],
+        raw_input_contents=[
+            len(text.encode()).to_bytes(4, "little") + text.encode(),  # a BYTES element: its length, then it
+            slots.tobytes(),
+            bytes([1] * images + [0] * (4 - images)),
+        ],
+    )
