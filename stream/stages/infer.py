@@ -118,9 +118,9 @@ def _status(error: grpc.aio.AioRpcError) -> str:
 class TritonInferer:
     """An async client of the entry model; one per worker process.
 
-    It speaks Triton's gRPC protocol through the generated stub (``tritonclient.grpc.service_pb2``) and builds each
-    request's protobuf itself: tritonclient's ``InferInput`` and ``InferResult`` go through NumPy for every tensor,
-    which cost more of a worker's CPU than the rest of the request (reports/bench.md, "Worker profile").
+    It speaks Triton's gRPC protocol through the generated stub (``tritonclient.grpc.service_pb2``) and serializes
+    each request itself: tritonclient's ``InferInput`` and ``InferResult`` go through NumPy for every tensor, which
+    cost a worker more CPU than the rest of the request (reports/bench.md, "Worker profile").
     """
 
     def __init__(self, channel: grpc.aio.Channel, settings: Settings, image_size: int, version: str):
