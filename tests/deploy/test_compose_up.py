@@ -77,7 +77,8 @@ class HealthChecks:
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
-            names = podman("ps", "--filter", f"label=com.docker.compose.project={self.project}", "--format", "{{.Names}}")
+            project = f"label=com.docker.compose.project={self.project}"
+            names = podman("ps", "--filter", project, "--format", "{{.Names}}")
             for name in names.stdout.split():
                 podman("healthcheck", "run", name, timeout=60)  # a container without a health check: an error, ignored
 
