@@ -109,7 +109,7 @@ chaos: setup
 # module. Compose's go.mod has exclude directives, which `go install module@version` refuses: it is built in a copy.
 HELM_VERSION := v3.21.4
 COMPOSE_VERSION := v5.6.0
-KEDA_VERSION := v2.18.3
+KEDA_VERSION := v2.20.2
 KUBERNETES_VALIDATE_VERSION := 1.37.0
 DEPLOY_TOOLS := $(POSTLENS_HOME)/deploy-tools
 
