@@ -63,6 +63,7 @@ k8s_minor="${KUBERNETES_VERSION#v1.}"; k8s_minor="${k8s_minor%%.*}"; k8s_version
 LDFLAGS="-X $k8s_version.gitVersion=$KUBERNETES_VERSION -X $k8s_version.gitMajor=1 -X $k8s_version.gitMinor=$k8s_minor"
 built "kubernetes-$KUBERNETES_VERSION" || { time build "k8s.io/kubernetes@$KUBERNETES_VERSION" "$STAGING_VERSION" \
   ./cmd/kube-apiserver ./cmd/kube-controller-manager && touch "$TOOLS/.built-kubernetes-$KUBERNETES_VERSION"; }
+# The scheduler has a stamp of its own: it came after the API server's (long) build, which it did not redo.
 built "kube-scheduler-$KUBERNETES_VERSION" || { time build "k8s.io/kubernetes@$KUBERNETES_VERSION" "$STAGING_VERSION" \
   ./cmd/kube-scheduler && touch "$TOOLS/.built-kube-scheduler-$KUBERNETES_VERSION"; }
 LDFLAGS=""
