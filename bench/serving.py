@@ -730,8 +730,9 @@ def report(
         f"**{speedup_sentence(results)}.** The first rows add one step at a time (int8, then length batching, then "
         "both: each row's *vs first row* is that step's share); the last rows are alternatives of the shipped "
         "configuration: int8, one instance on all cores, one single-threaded instance per usable core (the shipped "
-        "one on 2 cores), one instance on one ONNX Runtime thread, and no queue delay. *cores*: CPU cores busy with the client and Triton (+ busy with other processes). "
-        "*÷ in-process*: Triton's concurrent posts/s over the same network and batching in this process (below).",
+        "one on 2 cores), one instance on one ONNX Runtime thread, and no queue delay. *cores*: CPU cores busy with "
+        "the client and Triton (+ busy with other processes). *÷ in-process*: Triton's concurrent posts/s over the "
+        "same network and batching in this process (below).",
         "",
         "## int8 against fp32 on the valid splits (as served: `python -m trainer.evaluate --model VERSION "
         "--precision P`)",

@@ -1,5 +1,5 @@
-"""The entry model's configs as exported: on CPU two instances sharing the usable cores (or the instances asked for); the
-GPU variant the same model on a GPU instance, TensorRT fp16, for ``tritonserver --model-config-name gpu``."""
+"""The entry model's configs as exported: on CPU two instances sharing the usable cores (or the instances asked
+for); the GPU variant the same model on a GPU instance, TensorRT fp16, for ``tritonserver --model-config-name gpu``."""
 
 from __future__ import annotations
 
