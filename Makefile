@@ -109,7 +109,7 @@ chaos: setup
 # module. Compose's go.mod has exclude directives, which `go install module@version` refuses: it is built in a copy.
 HELM_VERSION := v3.21.4
 COMPOSE_VERSION := v5.6.0
-KEDA_VERSION := v2.18.3
+KEDA_VERSION := v2.20.2
 KUBERNETES_VALIDATE_VERSION := 1.37.0
 DEPLOY_TOOLS := $(POSTLENS_HOME)/deploy-tools
 
@@ -129,8 +129,8 @@ $(DEPLOY_TOOLS)/.compose-$(COMPOSE_VERSION):
 
 $(DEPLOY_TOOLS)/.keda-$(KEDA_VERSION):
 	src=$$(GOFLAGS=-mod=mod go mod download -json github.com/kedacore/keda/v2@$(KEDA_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p') && test -n "$$src" && \
-	mkdir -p $(DEPLOY_TOOLS)/keda && cp "$$src"/config/crd/bases/keda.sh_*.yaml $(DEPLOY_TOOLS)/keda/ && \
-	cp "$$src"/pkg/scalers/kafka_scaler.go $(DEPLOY_TOOLS)/keda/  # the trigger metadata names KEDA reads
+	dir=$(DEPLOY_TOOLS)/keda-$(KEDA_VERSION) && mkdir -p $$dir && cp "$$src"/config/crd/bases/keda.sh_*.yaml $$dir/ && \
+	cp "$$src"/pkg/scalers/kafka_scaler.go $$dir/  # the trigger metadata names KEDA reads
 	touch $@
 
 # The images, built with podman on a Debian base made here (deploy/images.sh; needs root): worker, triton-cpu, trainer.

@@ -111,8 +111,8 @@ class ServingConfig:
 def cpu_configs() -> list[ServingConfig]:
     """From the fp32 export served as before (padded batches, one instance on all cores), one step at a time (int8,
     then length batching, then both), the shipped configuration (the committed config.pbtxt: fp32 with length
-    batching), then its alternatives: one single-threaded instance per usable core, one instance on one thread, and
-    no queue delay."""
+    batching, two instances), then its alternatives: int8, one instance on all cores, one single-threaded instance
+    per usable core, one instance on one thread, and no queue delay."""
     shipped = ServingConfig.committed()
     before = replace(shipped, precision="fp32", length_batching=False, instances=1, intra_op_threads=0)
     return list(
@@ -123,6 +123,8 @@ def cpu_configs() -> list[ServingConfig]:
                 replace(before, length_batching=True),
                 replace(before, precision="int8", length_batching=True),
                 shipped,
+                replace(shipped, precision="int8"),
+                replace(shipped, instances=1, intra_op_threads=0),
                 replace(shipped, instances=usable_cores(), intra_op_threads=0),
                 replace(shipped, instances=1, intra_op_threads=1),
                 replace(shipped, max_queue_delay_us=0),
@@ -727,9 +729,10 @@ def report(
         "",
         f"**{speedup_sentence(results)}.** The first rows add one step at a time (int8, then length batching, then "
         "both: each row's *vs first row* is that step's share); the last rows are alternatives of the shipped "
-        "configuration: one single-threaded instance per usable core, one instance on one ONNX Runtime thread, and "
-        "no queue delay. *cores*: CPU cores busy with the client and Triton (+ busy with other processes). "
-        "*÷ in-process*: Triton's concurrent posts/s over the same network and batching in this process (below).",
+        "configuration: int8, one instance on all cores, one single-threaded instance per usable core (the shipped "
+        "one on 2 cores), one instance on one ONNX Runtime thread, and no queue delay. *cores*: CPU cores busy with "
+        "the client and Triton (+ busy with other processes). *÷ in-process*: Triton's concurrent posts/s over the "
+        "same network and batching in this process (below).",
         "",
         "## int8 against fp32 on the valid splits (as served: `python -m trainer.evaluate --model VERSION "
         "--precision P`)",

@@ -121,7 +121,7 @@ def export_model(
 
     ``precision`` "int8" also writes the quantized network and has the CPU config serve it ("fp32": the network as
     trained); ``device`` "gpu" also writes the GPU config (:mod:`trainer.serving_config`). ``cpu_instances``: the
-    CPU config's instance count (default: the config's own, one instance on all usable cores)."""
+    CPU config's instance count (default: the config's own, two instances sharing the usable cores)."""
     if precision not in ("fp32", "int8"):
         raise ExportError(f"precision is fp32 or int8 (a GPU runs fp16 from the fp32 network), not {precision!r}")
     model_root = repo / (name or get_settings().triton_model)
@@ -428,8 +428,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--cpu-instances",
         type=int,
-        help="model instances of the CPU config, sharing the usable cores (default: the config's, one instance on "
-        "all of them: measured fastest on a loaded 2-core machine, reports/serving.md)",
+        help="model instances of the CPU config, sharing the usable cores (default: the config's, two: measured "
+        "fastest on a quiet 2-core machine, reports/serving.md)",
     )
     args = parser.parse_args(argv)
 

@@ -3,8 +3,8 @@ the export chose (its instance count if asked), and a GPU variant of the same mo
 ``tritonserver --model-config-name gpu``.
 
 On CPU the instances share the cores the cgroup quota allows (:func:`postlens.runtime.cores.usable_cores`):
-``intra_op_threads`` 0 gives each instance the usable cores ÷ the instances. One instance on all of them ships; one
-single-threaded instance per core is the measured alternative (``bench.serving``, ``reports/serving.md``).
+``intra_op_threads`` 0 gives each instance the usable cores ÷ the instances. Two instances ship (on 2 cores, one
+thread each: the best measured, ``bench.serving``, ``reports/serving.md``); ``--cpu-instances`` writes another count.
 
 Triton reads ``<model>/configs/<name>.pbtxt`` instead of ``config.pbtxt`` when started with
 ``--model-config-name <name>``: one repository, one set of versions, a configuration per kind of machine. The GPU

@@ -16,11 +16,27 @@ if ls "$model_root" 2>/dev/null | grep -qx '[0-9][0-9]*'; then
 fi
 if [ ! -f "$seed/config.yaml" ] && [ -n "${SEED_URL:-}" ]; then
   echo "fetching the seed checkpoint from $SEED_URL into $seed"
-  mkdir -p "$seed"
+  # Unpacked beside the seed, then renamed: a fetch cut short leaves no half a checkpoint that looks whole. A
+  # checkpoint is files and folders only; anything else, or a path leading out, refuses the archive. Written out
+  # because tarfile's filter="data" needs Python 3.11.4 and the images' Debian Python is 3.11.2.
   python - "$SEED_URL" "$seed" <<'PY'
-import sys, tarfile, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=60) as response, tarfile.open(fileobj=response, mode="r|gz") as tar:
-    tar.extractall(sys.argv[2], filter="data")
+import os, shutil, sys, tarfile, tempfile, urllib.request
+url, seed = sys.argv[1], os.path.abspath(sys.argv[2])
+os.makedirs(os.path.dirname(seed), exist_ok=True)
+unpacked = tempfile.mkdtemp(prefix=".seed-", dir=os.path.dirname(seed))
+try:
+    with urllib.request.urlopen(url, timeout=60) as response, tarfile.open(fileobj=response, mode="r|gz") as tar:
+        for member in tar:
+            inside = os.path.realpath(os.path.join(unpacked, member.name))
+            if not (member.isfile() or member.isdir()) or os.path.commonpath([unpacked, inside]) != unpacked:
+                sys.exit(f"{url}: refusing {member.name!r}: a checkpoint archive holds only files and folders")
+            tar.extract(member, unpacked, set_attrs=False)
+except BaseException:
+    shutil.rmtree(unpacked)
+    raise
+if os.path.isdir(seed):
+    os.rmdir(seed)  # an empty folder made for it (a volume's mount point keeps its parent)
+os.rename(unpacked, seed)
 PY
 fi
 if [ ! -f "$seed/config.yaml" ]; then

@@ -61,6 +61,12 @@ def host_names(config: dict[str, Any]) -> set[str]:
     return names
 
 
+def triton_service(config: dict[str, Any]) -> str:
+    """The name of the profile's one Triton service (GPU image or CPU image)."""
+    (name,) = [name for name, s in config["services"].items() if s.get("image", "").startswith("postlens-triton")]
+    return name
+
+
 def test_every_postlens_variable_in_the_env_file_is_a_setting() -> None:
     # Settings ignore unknown variables, so a misspelt name would silently fall back to the default.
     unknown = {key for key in env_file() if key.startswith("POSTLENS_")} - settings_fields()
@@ -78,7 +84,7 @@ def test_workers_reach_services_of_this_file(config: dict[str, Any]) -> None:
     retrain = worker_settings(config, "retrain")
     assert re.match(r"https?://([^:/]+)", retrain.triton_http_url)[1] == triton_host
     # The repository retrain exports into is the one Triton serves.
-    triton = next(s for s in config["services"].values() if s.get("image") == "postlens-triton:local")
+    triton = config["services"][triton_service(config)]
     served = {v["source"] for v in triton["volumes"] if v["target"] == "/models"}
     written = {
         v["source"] for v in config["services"]["retrain"]["volumes"] if v["target"] == str(retrain.model_repository)
@@ -112,6 +118,15 @@ def test_long_running_services_have_health_checks_that_dependents_wait_for(confi
         for dependency, condition in (service.get("depends_on") or {}).items():
             if condition["condition"] == "service_healthy" and dependency in services:
                 assert services[dependency].get("healthcheck"), f"{name} waits for {dependency}, which has none"
+
+
+def test_health_checks_run_the_same_under_podman(config: dict[str, Any]) -> None:
+    # podman's Docker-compatible API joins a CMD check's arguments and splits them again at spaces: an argument with
+    # a space (a `python -c` program) runs as several. CMD-SHELL keeps its one command line.
+    for name, service in config["services"].items():
+        kind, *arguments = service.get("healthcheck", {}).get("test") or ["NONE"]
+        if kind == "CMD":
+            assert not [arg for arg in arguments if re.search(r"\s", arg)], f"{name}: use CMD-SHELL for {arguments}"
 
 
 def test_redis_is_a_bounded_evicting_cache(config: dict[str, Any]) -> None:
@@ -159,6 +174,7 @@ IMAGE_DOCKERFILES = {
     "postlens-worker:local": "worker",
     "postlens-trainer:local": "trainer",
     "postlens-triton:local": "triton",
+    "postlens-triton-cpu:local": "triton-cpu",
 }
 
 
@@ -191,8 +207,7 @@ def test_unauthenticated_interfaces_are_published_on_this_host_only(config: dict
 
 def test_the_first_model_is_bootstrapped_before_triton_starts(config: dict[str, Any]) -> None:
     services = config["services"]
-    (triton_name,) = [name for name, s in services.items() if s.get("image") == "postlens-triton:local"]
-    triton = services[triton_name]
+    triton = services[triton_service(config)]
     (bootstrap_name,) = [
         name
         for name, condition in triton["depends_on"].items()

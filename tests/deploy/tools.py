@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from postlens.settings import get_settings
+from tests.test_extras import makefile_variable
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -17,7 +18,8 @@ HELM = TOOLS / "bin" / "helm"
 KUBERNETES_VALIDATE = TOOLS / "bin" / "kubernetes-validate"
 # kubernetes-validate's own environment has jsonschema, which checks custom resources against their CRDs.
 TOOLS_PYTHON = TOOLS / "uv-tools" / "kubernetes-validate" / "bin" / "python"
-KEDA = TOOLS / "keda"  # its CRDs and the Kafka scaler source (which trigger metadata names it reads)
+# KEDA's CRDs and its Kafka scaler's source (which trigger metadata names it reads), of the release the Makefile pins.
+KEDA = TOOLS / f"keda-{makefile_variable('KEDA_VERSION')}"
 # Holds cli-plugins/docker-compose: with DOCKER_CONFIG pointing here, `docker compose` is the build from its module.
 DOCKER_CONFIG = TOOLS / "docker"
 

@@ -1,5 +1,5 @@
-"""The entry model's configs as exported: on CPU one instance on the usable cores (or the instances asked for); the
-GPU variant the same model on a GPU instance, TensorRT fp16, for ``tritonserver --model-config-name gpu``."""
+"""The entry model's configs as exported: on CPU two instances sharing the usable cores (or the instances asked
+for); the GPU variant the same model on a GPU instance, TensorRT fp16, for ``tritonserver --model-config-name gpu``."""
 
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ def test_export_for_a_gpu_writes_both_configs_of_the_exported_model(tiny_checkpo
     assert gpu.parameters["precision"].string_value == "fp16"
 
 
-def test_the_cpu_config_runs_one_instance_on_all_usable_cores(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_the_cpu_config_runs_two_instances_sharing_the_usable_cores(tiny_checkpoint: Path, tmp_path: Path) -> None:
     cpu = parse((export_model(tiny_checkpoint, tmp_path, precision="fp32").parent / "config.pbtxt").read_text())
     assert [(group.kind, group.count) for group in cpu.instance_group] == [
-        (model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)
+        (model_config_pb2.ModelInstanceGroup.KIND_CPU, 2)
     ]
     assert cpu.parameters["intra_op_threads"].string_value == "0"  # the usable cores ÷ the instances
 
