@@ -21,6 +21,7 @@ from postlens.schemas import Post, PostPrediction
 from postlens.settings import Settings
 from stream.stages.infer import InferRequest, TritonInferer
 from tests.fixtures_model import SEED_STRATEGIES
+from tests.support.triton_stats import counts, counts_once_recorded
 from trainer.predict import Predictor, read_posts
 
 if TYPE_CHECKING:
@@ -108,9 +109,9 @@ async def test_concurrent_requests_are_batched_without_changing_results(
     try:
         requests = requests_for(posts, inferer.image_size)
         one_by_one = [(await inferer.infer([request]))[0] for request in requests]
-        before = await _counts(statistics_client)
+        before = await counts(statistics_client, "postlens")
         together = await inferer.infer(requests)
-        after = await _counts(statistics_client)
+        after = await counts_once_recorded(statistics_client, "postlens", before[0] + len(posts))
     finally:
         await inferer.close()
         await statistics_client.close()
@@ -120,16 +121,6 @@ async def test_concurrent_requests_are_batched_without_changing_results(
     assert executions < inferences, f"{inferences} requests took {executions} model executions: nothing was batched"
     for post, alone, batched in zip(posts, one_by_one, together, strict=True):
         assert_same_prediction(alone, batched, post)
-
-
-async def _counts(client: grpc_aio.InferenceServerClient) -> tuple[int, int]:
-    """(inference_count, execution_count) of the entry model, over its versions."""
-    statistics = await client.get_inference_statistics("postlens", as_json=True)
-    models = statistics["model_stats"]
-    return (
-        sum(int(model.get("inference_count", 0)) for model in models),
-        sum(int(model.get("execution_count", 0)) for model in models),
-    )
 
 
 def _raw_inputs(text: bytes, images: np.ndarray, mask: np.ndarray) -> list[InferInput]:
