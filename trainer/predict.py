@@ -115,7 +115,9 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Alignment embeddings (text [n, d], image [n, d]) of the accepted posts, in order; image rows are zero
         when the strategy ignores images."""
-        accepted, pixels, _ = self._accept(posts, images)
+        accepted, pixels, _ = accept_posts(
+            posts, images, self.preprocessor.image_size, self.max_images, self.decoder.model
+        )
         if not accepted:
             return np.zeros((0, ALIGNMENT_DIM), np.float32), np.zeros((0, ALIGNMENT_DIM), np.float32)
         batch, mask = stack_images([pixels[i] for i in accepted], self.preprocessor.image_size)
@@ -125,11 +127,6 @@ class Predictor:
         text = output.text_embedding.numpy()
         image = output.image_embedding.numpy() if output.image_embedding is not None else np.zeros_like(text)
         return text, image
-
-    def _accept(
-        self, posts: Sequence[Post], images: Sequence[Sequence[Image.Image]] | None
-    ) -> tuple[list[int], dict[int, np.ndarray], list[PostPrediction]]:
-        return accept_posts(posts, images, self.preprocessor.image_size, self.max_images, self.decoder.model)
 
 
 class ExportedPredictor:
