@@ -85,7 +85,8 @@ def markdown(runs: list[SeedRun], command: str) -> str:
         "",
         f"Command: `{command}` (each seed: `python -m trainer.train --preset {PRESET} --set seed=N --out DIR`)",
         "",
-        f"Recipe (the `{PRESET}` preset's default, one training run): {settings.epochs} epochs on "
+        f"Recipe (the `{PRESET}` preset's default, one training run): {settings.epochs} epochs"
+        f"{' (forward passes under bf16 autocast)' if settings.bf16_autocast else ''} on "
         f"{', '.join(str(p) for p in config.named_data.train)} less a {settings.dev_share:.0%} dev slice "
         f"({runs[0].metrics['selection_posts']} posts, by a hash of their words; trained on "
         f"{runs[0].metrics['trained_posts']}), which selects the epoch, stops early and calibrates; the mean of the "

@@ -1,8 +1,8 @@
 """Serving benchmark: ``python -m bench.serving [--model DIR] [--device cpu|gpu]`` (``make bench`` runs it).
 
 The model is the default served one (the ``twitter`` preset's checkpoint that ``make demo`` trains and caches; or
-``--model``), exported once with both networks (fp32 and int8), and the posts are the Twitter valid tweets (or
-``--posts``).
+``--model``), exported once with both networks (fp32, also run at bf16 by OpenVINO, and int8), and the posts are the
+Twitter valid tweets (or ``--posts``).
 
 1. Triton: ONE server of its own (a temporary repository, free ports — the shared one is never touched) serves the
    exported version under every configuration tried, each as a model of its own; rounds alternate over the
@@ -10,13 +10,13 @@ The model is the default served one (the ``twitter`` preset's checkpoint that ``
    time) and concurrent (``--concurrency`` posts in flight, the dynamic batcher forming batches), through the
    stream's client, one request per post; posts/s (median over rounds), p50/p99 latency, mean executed batch.
    The configurations form a ladder from the fp32 export served as before (padded batches, one instance using all
-   cores) through int8 and length batching, the shipped ``config.pbtxt`` among them, plus instances × threads
+   cores) through int8, bf16 and length batching, the shipped ``config.pbtxt`` among them, plus instances × threads
    alternatives.
 2. In-process, the same version through ``ExportedModel.predict`` (tokenize, network, decode) on batches of 32 with
    the cores this process may use — the ceiling Triton's figures are divided by; the padding each batching leaves;
-   each stage's time per post; and the network alone (ONNX Runtime fp32, int8, PyTorch; one thread each).
-3. Quality: entity F1 of fp32 and int8 as served on the Twitter-2015 and 2017 valid splits, and the share of
-   entities both precisions find (``--no-quality`` skips it).
+   each stage's time per post; and the network alone (each CPU precision, PyTorch; one thread each).
+3. Quality: entity F1 of each CPU precision as served on the Twitter-2015 and 2017 valid splits, and the share of
+   entities it and fp32 both find (``--no-quality`` skips it).
 
 ``--device gpu`` (a machine with a GPU, onnxruntime-gpu installed): the version exported with its GPU config,
 served by Triton with ``--model-config-name gpu``; posts/s and latency at 1, 8, 32 and 64 posts in flight.
@@ -53,7 +53,13 @@ from deploy.demo import default_checkpoint as default_model_checkpoint
 from deploy.local import triton_command
 from deploy.process import descendants, free_port, is_alive, spawn, stop, tail
 from postlens.runtime.cores import usable_cores
-from postlens.runtime.exported import ExportedModel, execution_providers, length_buckets, read_model_config
+from postlens.runtime.exported import (
+    CPU_PRECISIONS,
+    ExportedModel,
+    execution_providers,
+    length_buckets,
+    read_model_config,
+)
 from postlens.runtime.images import empty_images, load_images, stack_images
 from postlens.schemas import ModelRef
 from postlens.settings import Settings, get_settings
@@ -110,23 +116,20 @@ class ServingConfig:
 
 def cpu_configs() -> list[ServingConfig]:
     """From the fp32 export served as before (padded batches, one instance on all cores), one step at a time (int8,
-    then length batching, then both), the shipped configuration (the committed config.pbtxt: fp32 with length
-    batching, two instances), then its alternatives: int8, one instance on all cores, one single-threaded instance
-    per usable core, one instance on one thread, and no queue delay."""
+    bf16, then length batching), the shipped configuration (the committed config.pbtxt), then its alternatives: each
+    other precision, one instance on all cores, one single-threaded instance per usable core, and no queue delay."""
     shipped = ServingConfig.committed()
     before = replace(shipped, precision="fp32", length_batching=False, instances=1, intra_op_threads=0)
     return list(
         dict.fromkeys(
             [
                 before,
-                replace(before, precision="int8"),
+                *(replace(before, precision=precision) for precision in CPU_PRECISIONS),
                 replace(before, length_batching=True),
-                replace(before, precision="int8", length_batching=True),
                 shipped,
-                replace(shipped, precision="int8"),
+                *(replace(shipped, precision=precision) for precision in CPU_PRECISIONS),
                 replace(shipped, instances=1, intra_op_threads=0),
                 replace(shipped, instances=usable_cores(), intra_op_threads=0),
-                replace(shipped, instances=1, intra_op_threads=1),
                 replace(shipped, max_queue_delay_us=0),
             ]
         )
@@ -508,7 +511,7 @@ def stage_times(
 def in_process(
     checkpoint: Path, version_dir: Path, requests: Sequence[InferRequest], seconds: float
 ) -> list[InProcessResult]:
-    """Median time per batch of the network alone, ONNX Runtime (fp32, int8) and PyTorch timed alternately, one
+    """Median time per batch of the network alone, at each CPU precision and in PyTorch, timed alternately, one
     thread each (as one serving instance runs; on this shared machine PyTorch's two-thread OpenMP pool collapses
     whenever another process holds a core)."""
     threads = 1
@@ -518,7 +521,7 @@ def in_process(
         precision: ExportedModel.load(
             version_dir, ModelRef(name="bench", version="1"), execution_providers("cpu"), threads, precision
         )
-        for precision in ("fp32", "int8")
+        for precision in CPU_PRECISIONS
     }
     results = []
     for batch in (1, 32):
@@ -533,7 +536,7 @@ def in_process(
 
         calls: dict[str, Callable[[], object]] = {
             **{
-                f"ONNX Runtime {precision}": functools.partial(model.run, inputs)
+                f"{precision} ({model.engine})": functools.partial(model.run, inputs)
                 for precision, model in exported.items()
             },
             "PyTorch": run_torch,
@@ -570,7 +573,7 @@ def ceilings(version_dir: Path, requests: Sequence[InferRequest], seconds: float
         (precision, grouped): ExportedModel.load(
             version_dir, ModelRef(name="bench", version="1"), precision=precision, length_batching=grouped
         )
-        for precision in ("fp32", "int8")
+        for precision in CPU_PRECISIONS
         for grouped in (False, True)
     }
     image_size = next(iter(variants.values())).image_size
@@ -592,25 +595,29 @@ def ceilings(version_dir: Path, requests: Sequence[InferRequest], seconds: float
 
 @dataclass(frozen=True)
 class Quality:
-    """Entity F1 of the served network at each precision on one valid split, and how many entities they share."""
+    """Entity F1 of the served network at each precision on one valid split, and how many entities each shares with
+    fp32."""
 
     split: str
     f1: dict[str, float]  # by precision
-    agreement: float  # entities both find ÷ entities either finds
+    agreement: dict[str, float]  # by precision: entities it and fp32 both find ÷ entities either finds
 
 
 def quality(version_dir: Path, settings: Settings) -> list[Quality]:
-    """fp32 against int8, as served (``trainer.evaluate --model VERSION --precision P``), on both valid splits."""
+    """Each CPU precision against fp32, as served (``trainer.evaluate --model VERSION --precision P``), on both valid
+    splits."""
     results = []
     for split in VALID_SPLITS:
         examples = load_examples(settings.shared_data_dir / split / "valid.txt")
         f1, found = {}, {}
-        for precision in ("fp32", "int8"):
+        for precision in CPU_PRECISIONS:
             predictions = predict_all(ExportedPredictor.load(version_dir, precision), examples, 32)
             f1[precision] = build_report(examples, predictions).report.entity.f1
             found[precision] = [{(e.start, e.end, e.type) for e in p.entities} for p in predictions]
-        pairs = list(zip(found["fp32"], found["int8"], strict=True))
-        agreement = sum(len(a & b) for a, b in pairs) / max(sum(len(a | b) for a, b in pairs), 1)
+        agreement = {}
+        for precision in CPU_PRECISIONS[1:]:
+            pairs = list(zip(found["fp32"], found[precision], strict=True))
+            agreement[precision] = sum(len(a & b) for a, b in pairs) / max(sum(len(a | b) for a, b in pairs), 1)
         results.append(Quality(split, f1, agreement))
     return results
 
@@ -697,7 +704,7 @@ def report(
     in_flight: int,
 ) -> str:
     host = machine()
-    flags = ", ".join(host["int8_flags"]) or "none"  # type: ignore[arg-type]
+    flags = ", ".join(host["dot_product_flags"]) or "none"  # type: ignore[arg-type]
     before = results[0].concurrent.throughput
     roof = {ceiling.label: ceiling.posts_per_s for ceiling in roofs}
     lines = [
@@ -705,7 +712,7 @@ def report(
         "",
         f"`{command}` — checkpoint `{checkpoint}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. CPU: "
         f"{host['cpu_model']}, {host['cpus']} cores ({host['usable_cores']} usable by the cgroup quota and "
-        f"affinity), int8 dot-product flags: **{flags}**; shared with other jobs (1-min load average "
+        f"affinity), int8/bf16 dot-product flags: **{flags}**; shared with other jobs (1-min load average "
         f"{host['load_average_1m_at_end']} at the end). Posts/s are medians over rounds that alternate over the "
         "configurations, all served by one Triton.",
         "",
@@ -727,22 +734,23 @@ def report(
         )
     lines += [
         "",
-        f"**{speedup_sentence(results)}.** The first rows add one step at a time (int8, then length batching, then "
-        "both: each row's *vs first row* is that step's share); the last rows are alternatives of the shipped "
-        "configuration: int8, one instance on all cores, one single-threaded instance per usable core (the shipped "
-        "one on 2 cores), one instance on one ONNX Runtime thread, and no queue delay. *cores*: CPU cores busy with "
-        "the client and Triton (+ busy with other processes). *÷ in-process*: Triton's concurrent posts/s over the "
-        "same network and batching in this process (below).",
+        f"**{speedup_sentence(results)}.** The first rows add one step at a time (int8, bf16, then length "
+        "batching: each row's *vs first row* is that step's share); the last rows are alternatives of the shipped "
+        "configuration: each other precision, one instance on all cores, one single-threaded instance per usable "
+        "core (the shipped one on 2 cores), and no queue delay. *cores*: CPU cores busy with the client and Triton "
+        "(+ busy with other processes). *÷ in-process*: Triton's concurrent posts/s over the same network and "
+        "batching in this process (below).",
         "",
-        "## int8 against fp32 on the valid splits (as served: `python -m trainer.evaluate --model VERSION "
+        "## Each precision against fp32 on the valid splits (as served: `python -m trainer.evaluate --model VERSION "
         "--precision P`)",
         "",
-        "| split | fp32 entity F1 | int8 entity F1 | int8 − fp32 (pt) | entities both find ÷ either finds |",
-        "|---|---:|---:|---:|---:|",
+        "| split | precision | entity F1 | − fp32 (pt) | entities it and fp32 both find ÷ either finds |",
+        "|---|---|---:|---:|---:|",
         *(
-            f"| {q.split} | {q.f1['fp32']:.4f} | {q.f1['int8']:.4f} | {(q.f1['int8'] - q.f1['fp32']) * 100:+.2f} | "
-            f"{q.agreement:.2%} |"
+            f"| {q.split} | {precision} | {q.f1[precision]:.4f} | {(q.f1[precision] - q.f1['fp32']) * 100:+.2f} | "
+            f"{q.agreement[precision]:.2%} |"
             for q in scores
+            for precision in q.agreement
         ),
         "",
         *int8_choices(),
@@ -822,7 +830,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="posts in flight under concurrent load")
     parser.add_argument("--in-process-seconds", type=float, default=3.0)
     parser.add_argument(
-        "--no-quality", dest="quality", action="store_false", help="skip int8 vs fp32 F1 on the Twitter valid splits"
+        "--no-quality", dest="quality", action="store_false", help="skip each precision's F1 on the valid splits"
     )
     args = parser.parse_args(argv)
 
@@ -870,7 +878,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"in-process {ceiling.label:<28} {ceiling.posts_per_s:7.1f} posts/s")
         scores = quality(version_dir, settings) if args.quality else []
         for q in scores:
-            print(f"{q.split}: entity F1 fp32 {q.f1['fp32']:.4f}, int8 {q.f1['int8']:.4f}, agreement {q.agreement:.2%}")
+            for precision, agreement in q.agreement.items():
+                print(
+                    f"{q.split}: entity F1 fp32 {q.f1['fp32']:.4f}, {precision} {q.f1[precision]:.4f}, "
+                    f"agreement {agreement:.2%}"
+                )
         pads = padding(version_dir, requests)
         print(
             f"sub-tokens per post: padded {pads.padded:.1f}, length batches {pads.length_batched:.1f}, "
@@ -880,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             precision: [
                 stage_times(version_dir, requests, batch, args.in_process_seconds, precision) for batch in (1, 32)
             ]
-            for precision in ("fp32", "int8")
+            for precision in CPU_PRECISIONS
         }
         local = in_process(checkpoint, version_dir, requests, args.in_process_seconds)
         for entry in local:

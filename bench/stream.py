@@ -381,7 +381,8 @@ def markdown(figures: dict, command: str) -> str:
         "",
         f"`{command}` — workers at commit {figures['commit']}, {figures['date']}; "
         f"machine: {figures['machine']['cpus']} CPUs "
-        f"({figures['machine']['cpu_model']}; int8 flags: {', '.join(figures['machine']['int8_flags']) or 'none'}), "
+        f"({figures['machine']['cpu_model']}; int8/bf16 flags: "
+        f"{', '.join(figures['machine']['dot_product_flags']) or 'none'}), "
         f"{figures['machine']['memory_gb']} GB, shared by Triton, Kafka, "
         "Elasticsearch, Redis, the workers and this load generator.",
         "",

@@ -46,11 +46,12 @@ spec = importlib.util.spec_from_file_location("served_model", sys.argv[2])
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
 from postlens.runtime.exported import ExportedModel
 from postlens.schemas import ModelRef
-model = ExportedModel.load(Path(sys.argv[3]), ModelRef(name="postlens", version="1"))
-size = model.image_size
-[prediction] = model.predict(["George Zimmerman visited Lake Como"], np.zeros((1, 4, size, size, 3), np.uint8),
-                             np.zeros((1, 4), bool))
-assert prediction.error is None, prediction.error
+for precision in ("fp32", "bf16"):  # bf16: OpenVINO, which the serving extra carries
+    model = ExportedModel.load(Path(sys.argv[3]), ModelRef(name="postlens", version="1"), precision=precision)
+    size = model.image_size
+    [prediction] = model.predict(["George Zimmerman visited Lake Como"], np.zeros((1, 4, size, size, 3), np.uint8),
+                                 np.zeros((1, 4), bool))
+    assert prediction.error is None, prediction.error
 heavy = sorted(name for name in ("torch", "transformers") if name in sys.modules)
 assert not heavy, f"serving imported {heavy}"
 print("served", len(prediction.entities), "entities")

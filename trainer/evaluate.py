@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from postlens.runtime.exported import ONNX_FILE
+from postlens.runtime.exported import CPU_PRECISIONS, ONNX_FILE
 from postlens.runtime.schemes import Span, spans_from_tags
 from postlens.schemas import ENTITY_TYPES, Post, PostPrediction, canonical_type
 from trainer.data.examples import Example, covering_words
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "int8"),
+        choices=CPU_PRECISIONS,
         help="an exported version's network to score (default: the one it was exported to serve)",
     )
     parser.add_argument("--data", type=Path, required=True, help="labeled JSONL or CoNLL .txt")

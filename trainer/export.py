@@ -38,6 +38,7 @@ from postlens.runtime.config import ModelConfig
 from postlens.runtime.exported import (
     CARD_FILE,
     CONFIG_FILE,
+    CPU_PRECISIONS,
     CRF_FILE,
     INPUT_NAMES,
     INT8_ONNX_FILE,
@@ -120,10 +121,12 @@ def export_model(
     labels, audit, gates, decision) goes into the model card beside the parent version.
 
     ``precision`` "int8" also writes the quantized network and has the CPU config serve it ("fp32": the network as
-    trained); ``device`` "gpu" also writes the GPU config (:mod:`trainer.serving_config`). ``cpu_instances``: the
-    CPU config's instance count (default: the config's own, two instances sharing the usable cores)."""
-    if precision not in ("fp32", "int8"):
-        raise ExportError(f"precision is fp32 or int8 (a GPU runs fp16 from the fp32 network), not {precision!r}")
+    trained; "bf16": the same network, run by OpenVINO in bfloat16); ``device`` "gpu" also writes the GPU config
+    (:mod:`trainer.serving_config`). ``cpu_instances``: the CPU config's instance count (default: the config's own,
+    two instances sharing the usable cores)."""
+    if precision not in CPU_PRECISIONS:
+        choices = ", ".join(CPU_PRECISIONS)
+        raise ExportError(f"precision is one of {choices} (a GPU runs fp16 from the fp32 network), not {precision!r}")
     model_root = repo / (name or get_settings().triton_model)
     network, tokenizer, config, checkpoint_version = load_checkpoint(model_dir)
     model_root.mkdir(parents=True, exist_ok=True)
@@ -415,9 +418,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-load", action="store_true", help="only write the version; do not contact Triton")
     parser.add_argument(
         "--precision",
-        choices=("int8", "fp32"),
+        choices=CPU_PRECISIONS,
         default=DEFAULT_PRECISION,
-        help=f"the network the CPU config serves (default {DEFAULT_PRECISION}; fp32 is always written too)",
+        help=f"the precision the CPU config serves (default {DEFAULT_PRECISION}; the fp32 network is always written; "
+        "bf16 runs it in OpenVINO)",
     )
     parser.add_argument(
         "--device",

@@ -45,6 +45,9 @@ class TrainConfig(BaseModel):
     average_last: int = Field(0, ge=0)
     eval_batch_size: int = Field(64, ge=1)
     threads: int = Field(2, ge=1)  # torch CPU threads
+    # Run the training forward pass under bfloat16 autocast (the losses stay fp32): about 1.5x the steps per second
+    # on a CPU with avx512_bf16 or AMX. Selection, calibration and the saved weights stay fp32.
+    bf16_autocast: bool = False
     # Shuffled examples are sorted by length within windows of this many batches, so a batch pads little
     # (tweets vary 5–70 sub-tokens); the batches are then shuffled. 1 = plain shuffled batches.
     length_window: int = Field(1, ge=1)

@@ -26,7 +26,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from trainer.model.batching import Batch, ExampleEncoder
 from trainer.model.checkpoint import load_checkpoint, save_checkpoint
 from trainer.model.fusion import fusion_names
 from trainer.model.losses import total_loss
-from trainer.model.network import NerNetwork
+from trainer.model.network import NerNetwork, NetworkOutput
 from trainer.model.tokenizer import subword_tokenizer
 from trainer.plots import plot_training_curve
 from trainer.predict import Predictor, RawBatch
@@ -133,6 +133,18 @@ def epoch_batches(examples: Sequence[Example], settings: TrainConfig, rng: np.ra
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def in_fp32(output: NetworkOutput) -> NetworkOutput:
+    """``output`` with its tensors in fp32, so that the losses (the CRF's log-partition above all) are computed in
+    full precision after a bfloat16 forward pass."""
+
+    def fp32(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.float()
+        return {name: fp32(item) for name, item in value.items()} if isinstance(value, dict) else value
+
+    return NetworkOutput(**{field.name: fp32(getattr(output, field.name)) for field in fields(output)})
+
+
 def _train_epoch(
     network: NerNetwork, encoder: ExampleEncoder, batches: tqdm, optimizer, scheduler, config: RunConfig, last_f1: float
 ) -> tuple[float, dict[str, float]]:
@@ -142,7 +154,9 @@ def _train_epoch(
     parts_sum: dict[str, float] = {}
     for chunk in batches:
         batch = encoder.encode(chunk)
-        output = network.encode(**batch.inputs)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.bf16_autocast):
+            output = network.encode(**batch.inputs)
+        output = in_fp32(output)
         masks = batch.inputs["word_mask"], batch.inputs["image_mask"]
         loss, parts = total_loss(config.loss, network, output, batch.gold_targets, *masks)
         optimizer.zero_grad()
@@ -231,6 +245,12 @@ def train(
     if not fit_examples or not selection_examples:
         raise ValueError(f"train.dev_share {settings.dev_share} leaves no training or no dev posts")
     seed_everything(config.seed, settings.threads)
+    if settings.bf16_autocast and not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # noqa: SLF001 (no public check)
+        # Without bf16 arithmetic (avx512_bf16, AMX) autocast emulates it, slower than fp32: train in fp32, and the
+        # configuration saved with the checkpoint says so.
+        log.warning("this CPU has no bf16 arithmetic: train.bf16_autocast is ignored, training in fp32")
+        settings = settings.model_copy(update={"bf16_autocast": False})
+        config = config.model_copy(update={"train": settings})
     started = time.perf_counter()
 
     if init_from is None:

@@ -56,7 +56,7 @@ class TritonPythonModel:
         )
         self.max_text_chars = get_settings().max_text_chars
         pb_utils.Logger.log_info(
-            f"{args['model_instance_name']}: version {args['model_version']} on {provider} at {precision}, "
+            f"{args['model_instance_name']}: version {args['model_version']} at {precision} on {self.model.engine}, "
             f"{threads} threads, {self.model.image_size}px images, ready in {time.perf_counter() - started:.1f}s"
         )
 

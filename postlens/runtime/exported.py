@@ -2,8 +2,9 @@
 
 A version folder (written by ``trainer.export``; the Triton entry model serves it) holds:
 
-- ``network.onnx`` — the fusion network (dynamic batch, sub-token length, word count and image count 0–4), and
-  ``network.int8.onnx`` — the same with int8 weights and dynamically quantized activations (CPU serving);
+- ``network.onnx`` — the fusion network (dynamic batch, sub-token length, word count and image count 0–4), run at
+  fp32 by ONNX Runtime or at bf16 by OpenVINO (:mod:`postlens.runtime.openvino`), and ``network.int8.onnx`` — the
+  same with int8 weights and dynamically quantized activations (CPU serving);
 - ``crf.npz`` — the label list and the constrained CRF scores (start, transitions, end) the decoder uses;
 - ``tokenizer/`` and ``config.yaml`` — the sub-word tokenizer and resolved configuration, so preprocessing and
   decoding are exactly the training ones;
@@ -20,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import onnxruntime as ort
@@ -46,9 +47,11 @@ INPUT_NAMES = ("input_ids", "attention_mask", "word_index", "word_mask", "pixel_
 # Plus word_shape [B, W] and word_chars [B, W, C] when the model config enables those word features.
 # word_region_attention [B, W, N, P] over each image's P regions, whose boxes are region_boxes [B, N, P, 4].
 OUTPUT_NAMES = ("emissions", "word_region_attention", "image_relevance", "region_boxes")
-# How the network runs: fp32; int8 (CPU: the quantized file); fp16 (GPU: TensorRT builds fp16 kernels from fp32).
-Precision = Literal["fp32", "int8", "fp16"]
+# How the network runs: fp32; int8 (CPU: the quantized file); bf16 (CPU: OpenVINO, postlens.runtime.openvino);
+# fp16 (GPU: TensorRT builds fp16 kernels from fp32).
+Precision = Literal["fp32", "int8", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+CPU_PRECISIONS = ("fp32", "int8", "bf16")  # what a version can be exported to serve on CPU
 # One ONNX Runtime call costs about as much as this many sub-tokens of a post (a few hundred graph nodes' dispatch,
 # the decoder's per-batch work): a length bucket is split off only when the padding it saves outweighs that.
 RUN_COST_SUBTOKENS = 24
@@ -61,7 +64,7 @@ def version_precision(version_dir: Path, configured: str) -> str:
         exported = json.loads((version_dir / CARD_FILE).read_text()).get("precision")
     except (OSError, ValueError):
         exported = None
-    return exported if exported in ("fp32", "int8") else configured
+    return exported if exported in CPU_PRECISIONS else configured
 
 
 def network_file(precision: str) -> str:
@@ -120,14 +123,34 @@ def execution_providers(name: str, device_id: int = 0, fp16: bool = False, cache
     return chain
 
 
+class NetworkSession(Protocol):
+    """What runs the network: an ONNX Runtime session, or :class:`postlens.runtime.openvino.OpenVinoSession`."""
+
+    def run(self, names: Sequence[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+def onnxruntime_session(network: Path, providers: Sequence[Any], threads: int) -> tuple[ort.InferenceSession, set[str]]:
+    """``network`` in ONNX Runtime on ``providers``, and its output names."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle ONNX Runtime threads would spin for the next batch on cores that the tokenizer, the decoder and
+    # other model instances need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(network), options, providers=list(providers))
+    return session, {output.name for output in session.get_outputs()}
+
+
 @dataclass
 class ExportedModel:
-    """A version folder, runnable: preprocessing, the ONNX network in ONNX Runtime, and the NumPy decoder."""
+    """A version folder, runnable: preprocessing, the ONNX network (ONNX Runtime, or OpenVINO at bf16), and the
+    NumPy decoder."""
 
     preprocessor: Preprocessor
-    session: ort.InferenceSession
+    session: NetworkSession
     decoder: Decoder
     length_batching: bool = True  # run a batch's posts in groups by length (length_buckets)
+    engine: str = "ONNX Runtime"  # what runs the network, for the serving log
 
     @classmethod
     def load(
@@ -139,7 +162,8 @@ class ExportedModel:
         precision: str = "fp32",
         length_batching: bool = True,
     ) -> ExportedModel:
-        """``intra_op_threads`` 0: as many as this process may use (:func:`usable_cores`, the cgroup quota)."""
+        """``intra_op_threads`` 0: as many as this process may use (:func:`usable_cores`, the cgroup quota).
+        ``precision`` bf16 runs on the CPU through OpenVINO, whatever ``providers`` says."""
         config = read_model_config(version_dir)
         tokenizer = SubwordTokenizer.load(version_dir / TOKENIZER_DIR)
         network = version_dir / network_file(precision)
@@ -148,14 +172,17 @@ class ExportedModel:
                 f"{version_dir} has no {network.name} to run at {precision}: export it with "
                 f"python -m trainer.export --precision {precision}"
             )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads or usable_cores()
-        options.inter_op_num_threads = 1
-        # Idle ONNX Runtime threads would spin for the next batch on cores that the tokenizer, the decoder and
-        # other model instances need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(network), options, providers=list(providers))
-        missing = set(OUTPUT_NAMES) - {output.name for output in session.get_outputs()}
+        threads = intra_op_threads or usable_cores()
+        session: NetworkSession
+        if precision == "bf16":
+            from postlens.runtime.openvino import OpenVinoSession  # OpenVINO is imported only where bf16 runs
+
+            session = OpenVinoSession(network, threads)
+            outputs, engine = session.output_names, f"OpenVINO CPU at {session.inference_precision}"
+        else:
+            onnxruntime, outputs = onnxruntime_session(network, providers, threads)
+            session, engine = onnxruntime, f"ONNX Runtime {onnxruntime.get_providers()[0]}"
+        missing = set(OUTPUT_NAMES) - outputs
         if missing:  # an export of an earlier PostLens (region_boxes came with the DETR family)
             raise ValueError(
                 f"{version_dir} lacks the outputs {sorted(missing)} this PostLens serves: re-export its checkpoint "
@@ -164,7 +191,7 @@ class ExportedModel:
         with np.load(version_dir / CRF_FILE) as arrays:
             crf = CrfParams(start=arrays["start"], transitions=arrays["transitions"], end=arrays["end"])
         decoder = Decoder.from_config(config, crf, model)
-        return cls(Preprocessor.from_config(config, tokenizer), session, decoder, length_batching)
+        return cls(Preprocessor.from_config(config, tokenizer), session, decoder, length_batching, engine)
 
     @property
     def image_size(self) -> int:
@@ -200,7 +227,7 @@ class ExportedModel:
         skips the vision encoder); and, with ``length_batching``, in groups by sub-token length, so short posts are
         not padded to the longest of the batch. Masking makes each post's result independent of its group in fp32
         (int8's dynamic quantization scales activations per batch: trainer.quantize.DEFAULT_PRECISION says what that
-        costs).
+        costs; bf16 rounds each value alone, so its entities do not move with the batch, its confidences by ~1e-3).
         """
         images = np.asarray(images)
         image_mask = np.asarray(image_mask, dtype=bool)

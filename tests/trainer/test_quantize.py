@@ -12,9 +12,10 @@ import onnx
 import pytest
 
 from postlens.runtime.exported import CARD_FILE, INT8_ONNX_FILE, ONNX_FILE, ExportedModel
-from postlens.runtime.images import load_images, stack_images
-from postlens.schemas import ModelRef, Post, PostPrediction
+from postlens.runtime.images import load_images
+from postlens.schemas import ModelRef, Post
 from stream.stages.infer import InferRequest, TritonInferer
+from tests.support.predictions import AGREEMENT, agreement, entities, predict
 from trainer.evaluate import main as evaluate_main
 from trainer.export import export_model
 from trainer.predict import read_posts
@@ -22,8 +23,6 @@ from trainer.quantize import DEFAULT_SCHEME
 
 if TYPE_CHECKING:
     from tests.fixtures_model import ServedModel
-
-AGREEMENT = 0.99  # of the entities either precision finds, both must find this share
 
 
 @pytest.fixture(scope="module")
@@ -36,26 +35,6 @@ def int8_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def valid_posts(model_data: Path) -> list[Post]:
     return read_posts(model_data / "valid.jsonl")
-
-
-def predict(model: ExportedModel, posts: list[Post]) -> list[PostPrediction]:
-    predictions = []
-    for first in range(0, len(posts), 32):
-        chunk = posts[first : first + 32]
-        images, mask = stack_images(
-            [load_images(post.model_images, model.image_size, 4) for post in chunk], model.image_size
-        )
-        predictions += model.predict([post.text for post in chunk], images, mask)
-    return predictions
-
-
-def entities(predictions: list[PostPrediction]) -> list[set[tuple[int, int, str]]]:
-    return [{(entity.start, entity.end, entity.type) for entity in prediction.entities} for prediction in predictions]
-
-
-def agreement(first: list[set], second: list[set]) -> float:
-    found = sum(len(a | b) for a, b in zip(first, second, strict=True))
-    return sum(len(a & b) for a, b in zip(first, second, strict=True)) / found
 
 
 def test_the_int8_version_serves_int8_and_keeps_the_fp32_network(int8_repo: Path) -> None:

@@ -59,6 +59,18 @@ def test_cross_attention_settles_what_text_cannot(reports: dict[str, tuple[Path,
 
 
 @pytest.mark.slow
+def test_a_bf16_forward_pass_trains_as_well_and_saves_fp32_weights(
+    synthetic: Path, tmp_path: Path, reports: dict[str, tuple[Path, EvaluationReport]]
+) -> None:
+    model_dir = train_tiny(synthetic, tmp_path, "cross", "train.bf16_autocast=true")
+    bf16, fp32 = evaluate(model_dir, synthetic), reports["cross"][1]
+    assert bf16.subsets["ambiguous"].entity.f1 >= fp32.subsets["ambiguous"].entity.f1 - 0.05
+    assert bf16.grounding.accuracy >= 0.8
+    network = load_checkpoint(model_dir)[0]
+    assert {parameter.dtype for parameter in network.parameters()} == {torch.float32}
+
+
+@pytest.mark.slow
 def test_checkpoint_rebuilds_without_the_training_setup(reports: dict[str, tuple[Path, EvaluationReport]]) -> None:
     model_dir = reports["cross"][0]
     config = yaml.safe_load((model_dir / "config.yaml").read_text())

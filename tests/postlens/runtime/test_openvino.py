@@ -1,0 +1,86 @@
+"""bf16 through OpenVINO: a version exported to serve it says so, finds the entities fp32 finds on held-out posts,
+answers a post alone as in a batch, and Triton serves it as this process runs it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from postlens.runtime.exported import CARD_FILE, INT8_ONNX_FILE, ExportedModel, version_precision
+from postlens.runtime.images import load_images
+from postlens.schemas import ModelRef, Post
+from stream.stages.infer import InferRequest, TritonInferer
+from tests.support.predictions import AGREEMENT, agreement, entities, predict
+from trainer.export import export_model
+from trainer.predict import read_posts
+
+if TYPE_CHECKING:
+    from tests.fixtures_model import ServedModel
+
+MODEL = ModelRef(name="postlens", version="1")
+
+
+@pytest.fixture(scope="module")
+def bf16_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("bf16-repository")
+    export_model(tiny_checkpoint, repo, precision="bf16")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def valid_posts(model_data: Path) -> list[Post]:
+    return read_posts(model_data / "valid.jsonl")
+
+
+def test_a_bf16_version_says_so_and_runs_its_fp32_network_in_openvino(bf16_repo: Path) -> None:
+    version_dir = bf16_repo / "postlens" / "1"
+    assert json.loads((version_dir / CARD_FILE).read_text())["precision"] == "bf16"
+    assert (
+        '{ key: "precision" value: { string_value: "bf16" } }' in (bf16_repo / "postlens" / "config.pbtxt").read_text()
+    )
+    assert not (version_dir / INT8_ONNX_FILE).exists()
+    assert version_precision(version_dir, "fp32") == "bf16"  # the version's card wins over the model's config
+    assert ExportedModel.load(version_dir, MODEL, intra_op_threads=1, precision="bf16").engine.startswith("OpenVINO")
+
+
+def test_bf16_finds_the_entities_fp32_finds_on_held_out_posts(bf16_repo: Path, valid_posts: list[Post]) -> None:
+    version_dir = bf16_repo / "postlens" / "1"
+    fp32 = entities(predict(ExportedModel.load(version_dir, MODEL, precision="fp32"), valid_posts))
+    bf16 = entities(predict(ExportedModel.load(version_dir, MODEL, precision="bf16"), valid_posts))
+    assert sum(map(len, fp32)) >= 20, "the tiny model finds too few entities for agreement to mean anything"
+    assert agreement(fp32, bf16) >= AGREEMENT
+
+
+def test_bf16_answers_a_post_alone_as_in_any_batch(bf16_repo: Path, valid_posts: list[Post]) -> None:
+    """No per-batch scale (int8's dynamic quantization has one): a post's entities do not depend on its batch-mates;
+    its confidences move only by bf16 rounding in a differently shaped computation."""
+    model = ExportedModel.load(bf16_repo / "postlens" / "1", MODEL, intra_op_threads=1, precision="bf16")
+    posts = valid_posts[:24]
+    together = predict(model, posts)
+    alone = [predict(model, [post])[0] for post in posts]
+    assert entities(together) == entities(alone)
+    for in_batch, by_itself in zip(together, alone, strict=True):
+        assert [e.confidence for e in in_batch.entities] == pytest.approx(
+            [e.confidence for e in by_itself.entities], abs=0.01
+        )
+
+
+@pytest.mark.integration
+async def test_triton_serves_the_bf16_version_as_this_process_runs_it(
+    bf16_repo: Path, start_triton: Callable[[Path], ServedModel], valid_posts: list[Post]
+) -> None:
+    served = start_triton(bf16_repo)
+    in_process = ExportedModel.load(bf16_repo / "postlens" / "1", MODEL, precision="bf16")
+    posts = valid_posts[:40]
+    inferer = await TritonInferer.connect(served.settings())
+    try:
+        requests = [InferRequest(text=p.text, images=load_images(p.model_images, inferer.image_size, 4)) for p in posts]
+        actual = await inferer.infer(requests)
+    finally:
+        await inferer.close()
+    assert entities(actual) == entities(predict(in_process, posts))
+    assert "at bf16 on OpenVINO CPU" in served.log.read_text()  # each instance logs what runs its network

@@ -1,0 +1,29 @@
+"""An exported version's predictions on labeled posts, in process, and how much two sets of predictions agree."""
+
+from __future__ import annotations
+
+from postlens.runtime.exported import ExportedModel
+from postlens.runtime.images import load_images, stack_images
+from postlens.schemas import Post, PostPrediction
+
+AGREEMENT = 0.99  # of the entities either precision finds, both must find this share (the issue's gate)
+
+
+def predict(model: ExportedModel, posts: list[Post], batch: int = 32) -> list[PostPrediction]:
+    predictions = []
+    for first in range(0, len(posts), batch):
+        chunk = posts[first : first + batch]
+        images, mask = stack_images(
+            [load_images(post.model_images, model.image_size, 4) for post in chunk], model.image_size
+        )
+        predictions += model.predict([post.text for post in chunk], images, mask)
+    return predictions
+
+
+def entities(predictions: list[PostPrediction]) -> list[set[tuple[int, int, str]]]:
+    return [{(entity.start, entity.end, entity.type) for entity in prediction.entities} for prediction in predictions]
+
+
+def agreement(first: list[set], second: list[set]) -> float:
+    found = sum(len(a | b) for a, b in zip(first, second, strict=True))
+    return sum(len(a & b) for a, b in zip(first, second, strict=True)) / found
