@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -54,6 +55,7 @@ from deploy.local import triton_command
 from deploy.process import descendants, free_port, is_alive, spawn, stop, tail
 from postlens.runtime.cores import usable_cores
 from postlens.runtime.exported import (
+    CARD_FILE,
     CPU_PRECISIONS,
     ExportedModel,
     execution_providers,
@@ -359,6 +361,18 @@ def triton_serving(version_dir: Path, config: ServingConfig, workdir: Path) -> I
         yield server
 
 
+def serving_at(version_dir: Path, precision: str, target: Path) -> None:
+    """``version_dir`` as a version folder exported to serve ``precision`` at ``target``: its files linked, its card
+    saying so. A version's card wins over the config's precision (``postlens.runtime.exported.version_precision``),
+    so each configuration's precision needs a version of its own."""
+    target.mkdir()
+    for item in version_dir.resolve().iterdir():
+        if item.name != CARD_FILE:
+            (target / item.name).symlink_to(item, target_is_directory=item.is_dir())
+    card = json.loads((version_dir / CARD_FILE).read_text())
+    (target / CARD_FILE).write_text(json.dumps({**card, "precision": precision}, indent=2) + "\n")
+
+
 @contextmanager
 def triton_repository(
     version_dir: Path, configs: Mapping[str, ServingConfig | None], workdir: Path, config_name: str | None = None
@@ -370,10 +384,11 @@ def triton_repository(
     for name, config in configs.items():
         model_root = repo / name
         model_root.mkdir()
-        (model_root / "1").symlink_to(version_dir.resolve(), target_is_directory=True)
         if config is None:
+            (model_root / "1").symlink_to(version_dir.resolve(), target_is_directory=True)
             shutil.copytree(version_dir.parent / GPU_CONFIG.parent, model_root / GPU_CONFIG.parent)
         else:
+            serving_at(version_dir, config.precision, model_root / "1")
             write_config(version_dir.parent / "config.pbtxt", model_root / "config.pbtxt", config, name)
     grpc_port, http_port = free_port(), free_port()
     log = repo / "tritonserver.log"

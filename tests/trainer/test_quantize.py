@@ -19,7 +19,7 @@ from tests.support.predictions import AGREEMENT, agreement, entities, predict
 from trainer.evaluate import main as evaluate_main
 from trainer.export import export_model
 from trainer.predict import read_posts
-from trainer.quantize import DEFAULT_SCHEME
+from trainer.quantize import DEFAULT_PRECISION, DEFAULT_SCHEME
 
 if TYPE_CHECKING:
     from tests.fixtures_model import ServedModel
@@ -115,14 +115,16 @@ def test_evaluate_scores_an_exported_version_as_served(int8_repo: Path, model_da
 def test_the_default_export_answers_a_post_alone_as_in_any_batch(
     tiny_checkpoint: Path, valid_posts: list[Post], tmp_path: Path
 ) -> None:
-    """What a post is batched with (traffic, length buckets) must not change its entities or confidences: the reason
-    the default precision is fp32 (dynamic int8 scales activations per batch)."""
+    """What a post is batched with (traffic, length buckets) must not change its entities, and its confidences only
+    by rounding: why the default precision is bf16, not int8 (dynamic int8 scales activations per batch)."""
     version_dir = export_model(tiny_checkpoint, tmp_path / "repo")
-    assert json.loads((version_dir / CARD_FILE).read_text())["precision"] == "fp32"
-    model = ExportedModel.load(version_dir, ModelRef(name="postlens", version="1"))
+    assert json.loads((version_dir / CARD_FILE).read_text())["precision"] == DEFAULT_PRECISION == "bf16"
+    model = ExportedModel.load(version_dir, ModelRef(name="postlens", version="1"), precision=DEFAULT_PRECISION)
     posts = valid_posts[:24]
     together = predict(model, posts)
     alone = [predict(model, [post])[0] for post in posts]
     assert entities(together) == entities(alone)
-    for in_batch, by_itself in zip(together, alone, strict=True):  # the same up to float summation order
-        assert [e.confidence for e in in_batch.entities] == pytest.approx([e.confidence for e in by_itself.entities])
+    for in_batch, by_itself in zip(together, alone, strict=True):  # bf16 rounding in differently shaped batches
+        assert [e.confidence for e in in_batch.entities] == pytest.approx(
+            [e.confidence for e in by_itself.entities], abs=0.01
+        )

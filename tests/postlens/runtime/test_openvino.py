@@ -1,5 +1,6 @@
 """bf16 through OpenVINO: a version exported to serve it says so, finds the entities fp32 finds on held-out posts,
-answers a post alone as in a batch, and Triton serves it as this process runs it."""
+and Triton serves it as this process runs it (that it answers a post alone as in a batch: tests/trainer/test_quantize,
+the default export)."""
 
 from __future__ import annotations
 
@@ -53,20 +54,6 @@ def test_bf16_finds_the_entities_fp32_finds_on_held_out_posts(bf16_repo: Path, v
     bf16 = entities(predict(ExportedModel.load(version_dir, MODEL, precision="bf16"), valid_posts))
     assert sum(map(len, fp32)) >= 20, "the tiny model finds too few entities for agreement to mean anything"
     assert agreement(fp32, bf16) >= AGREEMENT
-
-
-def test_bf16_answers_a_post_alone_as_in_any_batch(bf16_repo: Path, valid_posts: list[Post]) -> None:
-    """No per-batch scale (int8's dynamic quantization has one): a post's entities do not depend on its batch-mates;
-    its confidences move only by bf16 rounding in a differently shaped computation."""
-    model = ExportedModel.load(bf16_repo / "postlens" / "1", MODEL, intra_op_threads=1, precision="bf16")
-    posts = valid_posts[:24]
-    together = predict(model, posts)
-    alone = [predict(model, [post])[0] for post in posts]
-    assert entities(together) == entities(alone)
-    for in_batch, by_itself in zip(together, alone, strict=True):
-        assert [e.confidence for e in in_batch.entities] == pytest.approx(
-            [e.confidence for e in by_itself.entities], abs=0.01
-        )
 
 
 @pytest.mark.integration
