@@ -12,6 +12,7 @@ the old one keeps answering (version policy "latest 1").
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import re
@@ -339,6 +340,7 @@ def _model_card(
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": ort.__version__,
+            "openvino": importlib.metadata.version("openvino"),  # runs bf16 versions (postlens.runtime.openvino)
             "transformers": transformers.__version__,
         },
         "parity": {"tolerance": PARITY_TOLERANCE, "cases": [case.__dict__ for case in cases]},
