@@ -72,6 +72,14 @@ def model_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def valid_posts(model_data: Path) -> list:
+    """The synthetic set's valid posts (``postlens.schemas.Post``): held out from the tiny models' training."""
+    from trainer.predict import read_posts  # imports torch: only for the tests that use it
+
+    return read_posts(model_data / "valid.jsonl")
+
+
 def _train_tiny(model_data: Path, strategy: str, out: Path) -> Path:
     """The tiny preset with ``strategy`` trained TRAIN_EPOCHS on ``model_data`` (a ``trainer.train`` process)."""
     _run(

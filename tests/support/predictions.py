@@ -1,10 +1,13 @@
-"""An exported version's predictions on labeled posts, in process, and how much two sets of predictions agree."""
+"""An exported version's predictions on labeled posts, in process or from a Triton serving it, and how much two sets
+of predictions agree."""
 
 from __future__ import annotations
 
 from postlens.runtime.exported import ExportedModel
 from postlens.runtime.images import load_images, stack_images
 from postlens.schemas import Post, PostPrediction
+from postlens.settings import Settings
+from stream.stages.infer import InferOutcome, InferRequest, TritonInferer
 
 AGREEMENT = 0.99  # of the entities either precision finds, both must find this share (the issue's gate)
 
@@ -27,3 +30,14 @@ def entities(predictions: list[PostPrediction]) -> list[set[tuple[int, int, str]
 def agreement(first: list[set], second: list[set]) -> float:
     found = sum(len(a | b) for a, b in zip(first, second, strict=True))
     return sum(len(a & b) for a, b in zip(first, second, strict=True)) / found
+
+
+async def served(settings: Settings, posts: list[Post]) -> list[InferOutcome]:
+    """What the Triton of ``settings`` answers for ``posts``, through the stream's client."""
+    inferer = await TritonInferer.connect(settings)
+    try:
+        return await inferer.infer(
+            [InferRequest(text=p.text, images=load_images(p.model_images, inferer.image_size, 4)) for p in posts]
+        )
+    finally:
+        await inferer.close()

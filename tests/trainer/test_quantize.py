@@ -12,13 +12,10 @@ import onnx
 import pytest
 
 from postlens.runtime.exported import CARD_FILE, INT8_ONNX_FILE, ONNX_FILE, ExportedModel
-from postlens.runtime.images import load_images
 from postlens.schemas import ModelRef, Post
-from stream.stages.infer import InferRequest, TritonInferer
-from tests.support.predictions import AGREEMENT, agreement, entities, predict
+from tests.support.predictions import AGREEMENT, agreement, entities, predict, served
 from trainer.evaluate import main as evaluate_main
 from trainer.export import export_model
-from trainer.predict import read_posts
 from trainer.quantize import DEFAULT_PRECISION, DEFAULT_SCHEME
 
 if TYPE_CHECKING:
@@ -30,11 +27,6 @@ def int8_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     repo = tmp_path_factory.mktemp("int8-repository")
     export_model(tiny_checkpoint, repo, precision="int8")
     return repo
-
-
-@pytest.fixture(scope="module")
-def valid_posts(model_data: Path) -> list[Post]:
-    return read_posts(model_data / "valid.jsonl")
 
 
 def test_the_int8_version_serves_int8_and_keeps_the_fp32_network(int8_repo: Path) -> None:
@@ -84,18 +76,11 @@ def test_length_batching_changes_no_prediction(int8_repo: Path, valid_posts: lis
 async def test_triton_serves_the_int8_network(
     int8_repo: Path, start_triton: Callable[[Path], ServedModel], valid_posts: list[Post]
 ) -> None:
-    served = start_triton(int8_repo)
-    in_process = ExportedModel.load(
-        int8_repo / "postlens" / "1", ModelRef(name="postlens", version="1"), precision="int8"
-    )
+    triton = start_triton(int8_repo)
+    model = ModelRef(name="postlens", version="1")
+    in_process = ExportedModel.load(int8_repo / "postlens" / "1", model, precision="int8")
     posts = valid_posts[:40]
-    inferer = await TritonInferer.connect(served.settings())
-    try:
-        requests = [InferRequest(text=p.text, images=load_images(p.model_images, inferer.image_size, 4)) for p in posts]
-        actual = await inferer.infer(requests)
-    finally:
-        await inferer.close()
-    assert entities(actual) == entities(predict(in_process, posts))
+    assert entities(await served(triton.settings(), posts)) == entities(predict(in_process, posts))
 
 
 def test_evaluate_scores_an_exported_version_as_served(int8_repo: Path, model_data: Path, tmp_path: Path) -> None:

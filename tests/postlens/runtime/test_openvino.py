@@ -12,12 +12,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 from postlens.runtime.exported import CARD_FILE, INT8_ONNX_FILE, ExportedModel, version_precision
-from postlens.runtime.images import load_images
 from postlens.schemas import ModelRef, Post
-from stream.stages.infer import InferRequest, TritonInferer
-from tests.support.predictions import AGREEMENT, agreement, entities, predict
+from tests.support.predictions import AGREEMENT, agreement, entities, predict, served
 from trainer.export import export_model
-from trainer.predict import read_posts
 
 if TYPE_CHECKING:
     from tests.fixtures_model import ServedModel
@@ -30,11 +27,6 @@ def bf16_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     repo = tmp_path_factory.mktemp("bf16-repository")
     export_model(tiny_checkpoint, repo, precision="bf16")
     return repo
-
-
-@pytest.fixture(scope="module")
-def valid_posts(model_data: Path) -> list[Post]:
-    return read_posts(model_data / "valid.jsonl")
 
 
 def test_a_bf16_version_says_so_and_runs_its_fp32_network_in_openvino(bf16_repo: Path) -> None:
@@ -60,14 +52,8 @@ def test_bf16_finds_the_entities_fp32_finds_on_held_out_posts(bf16_repo: Path, v
 async def test_triton_serves_the_bf16_version_as_this_process_runs_it(
     bf16_repo: Path, start_triton: Callable[[Path], ServedModel], valid_posts: list[Post]
 ) -> None:
-    served = start_triton(bf16_repo)
+    triton = start_triton(bf16_repo)
     in_process = ExportedModel.load(bf16_repo / "postlens" / "1", MODEL, precision="bf16")
     posts = valid_posts[:40]
-    inferer = await TritonInferer.connect(served.settings())
-    try:
-        requests = [InferRequest(text=p.text, images=load_images(p.model_images, inferer.image_size, 4)) for p in posts]
-        actual = await inferer.infer(requests)
-    finally:
-        await inferer.close()
-    assert entities(actual) == entities(predict(in_process, posts))
-    assert "at bf16 on OpenVINO CPU" in served.log.read_text()  # each instance logs what runs its network
+    assert entities(await served(triton.settings(), posts)) == entities(predict(in_process, posts))
+    assert "at bf16 on OpenVINO CPU" in triton.log.read_text()  # each instance logs what runs its network
