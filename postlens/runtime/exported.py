@@ -151,6 +151,7 @@ class ExportedModel:
     decoder: Decoder
     length_batching: bool = True  # run a batch's posts in groups by length (length_buckets)
     engine: str = "ONNX Runtime"  # what runs the network, for the serving log
+    shape_multiple: int = 1  # lengths a batch is padded to are rounded up to this (Preprocessor.select)
 
     @classmethod
     def load(
@@ -174,11 +175,13 @@ class ExportedModel:
             )
         threads = intra_op_threads or usable_cores()
         session: NetworkSession
+        shape_multiple = 1
         if precision == "bf16":
-            from postlens.runtime.openvino import OpenVinoSession  # OpenVINO is imported only where bf16 runs
+            from postlens.runtime.openvino import SHAPE_MULTIPLE, OpenVinoSession  # imported only where bf16 runs
 
             session = OpenVinoSession(network, threads)
             outputs, engine = session.output_names, f"OpenVINO CPU at {session.inference_precision}"
+            shape_multiple = SHAPE_MULTIPLE
         else:
             onnxruntime, outputs = onnxruntime_session(network, providers, threads)
             session, engine = onnxruntime, f"ONNX Runtime {onnxruntime.get_providers()[0]}"
@@ -191,7 +194,8 @@ class ExportedModel:
         with np.load(version_dir / CRF_FILE) as arrays:
             crf = CrfParams(start=arrays["start"], transitions=arrays["transitions"], end=arrays["end"])
         decoder = Decoder.from_config(config, crf, model)
-        return cls(Preprocessor.from_config(config, tokenizer), session, decoder, length_batching, engine)
+        preprocessor = Preprocessor.from_config(config, tokenizer)
+        return cls(preprocessor, session, decoder, length_batching, engine, shape_multiple)
 
     @property
     def image_size(self) -> int:
@@ -241,7 +245,7 @@ class ExportedModel:
             inputs, words = self.preprocessor.encode(group_texts, images[rows, :slots], image_mask[rows, :slots])
             lengths = inputs["attention_mask"].sum(axis=1)
             for part in length_buckets(lengths) if self.length_batching else [np.arange(len(rows))]:
-                part_inputs = self.preprocessor.select(inputs, part)
+                part_inputs = self.preprocessor.select(inputs, part, self.shape_multiple)
                 part_texts, part_words = [group_texts[i] for i in part], [words[i] for i in part]
                 decoded = self.decode(part_texts, part_words, part_inputs, self.run(part_inputs))
                 by_row.update(zip(rows[part].tolist(), decoded, strict=True))

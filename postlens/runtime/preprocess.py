@@ -139,14 +139,16 @@ class Preprocessor:
         return inputs, kept
 
     @staticmethod
-    def select(inputs: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The given rows of an encoded batch, padded only to their own longest post (sub-tokens and words)."""
-        subtokens = max(1, int(inputs["attention_mask"][rows].sum(axis=1).max(initial=0)))
-        words = max(1, int(inputs["word_mask"][rows].sum(axis=1).max(initial=0)))
+    def select(inputs: dict[str, np.ndarray], rows: np.ndarray, multiple: int = 1) -> dict[str, np.ndarray]:
+        """The given rows of an encoded batch, padded only to their own longest post (sub-tokens and words), that
+        length rounded up to a ``multiple`` (an engine that prepares its kernels per input shape then sees fewer
+        shapes). The padding is masked, as the batch's own is, so it changes no post's result."""
+        subtokens = _round_up(int(inputs["attention_mask"][rows].sum(axis=1).max(initial=0)), multiple)
+        words = _round_up(int(inputs["word_mask"][rows].sum(axis=1).max(initial=0)), multiple)
         return {
-            name: value[rows, :subtokens]
+            name: _fit_width(value[rows], subtokens)
             if name in SUBTOKEN_AXIS
-            else value[rows, :words]
+            else _fit_width(value[rows], words)
             if name in WORD_AXIS
             else value[rows]
             for name, value in inputs.items()
@@ -168,3 +170,15 @@ class Preprocessor:
         normalized = (scaled - self.mean) / self.std
         normalized *= mask[:, :, None, None, None]
         return {"pixel_values": normalized.astype(np.float32), "image_mask": mask}
+
+
+def _round_up(length: int, multiple: int) -> int:
+    """``length`` (at least 1) rounded up to a multiple of ``multiple``."""
+    return -(-max(1, length) // multiple) * multiple
+
+
+def _fit_width(array: np.ndarray, width: int) -> np.ndarray:
+    """``array`` cut or zero-padded (masked padding: mask, ids and features are all 0 there) to ``width`` on axis 1."""
+    if array.shape[1] >= width:
+        return array[:, :width]
+    return np.pad(array, [(0, 0), (0, width - array.shape[1])] + [(0, 0)] * (array.ndim - 2))

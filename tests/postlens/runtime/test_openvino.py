@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,13 @@ def test_bf16_finds_the_entities_fp32_finds_on_held_out_posts(bf16_repo: Path, v
     bf16 = entities(predict(ExportedModel.load(version_dir, MODEL, precision="bf16"), valid_posts))
     assert sum(map(len, fp32)) >= 20, "the tiny model finds too few entities for agreement to mean anything"
     assert agreement(fp32, bf16) >= AGREEMENT
+
+
+def test_rounding_lengths_up_for_openvino_changes_no_posts_entities(bf16_repo: Path, valid_posts: list[Post]) -> None:
+    rounded = ExportedModel.load(bf16_repo / "postlens" / "1", MODEL, precision="bf16")
+    assert rounded.shape_multiple > 1
+    exact = replace(rounded, shape_multiple=1)
+    assert entities(predict(rounded, valid_posts)) == entities(predict(exact, valid_posts))
 
 
 @pytest.mark.integration

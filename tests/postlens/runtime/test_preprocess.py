@@ -115,3 +115,18 @@ def test_selected_rows_are_encoded_as_if_batched_alone(tokenizer) -> None:
     assert selected.keys() == alone.keys()
     for name in alone:
         np.testing.assert_array_equal(selected[name], alone[name], err_msg=name)
+
+
+def test_lengths_rounded_up_to_a_multiple_pad_with_masked_columns_only(tokenizer) -> None:
+    features = WordFeaturesConfig(shape=True, chars=True)
+    preprocessor = Preprocessor(tokenizer, 8, MEAN, STD, 64, 64, features)
+    texts = ["a very much longer post about Zimmerman in #NewYork today", "ok", "hi there @Jay"]
+    batch, _ = preprocessor.encode(texts, *no_images(3))
+    rows = np.array([1, 2])
+    exact = preprocessor.select(batch, rows)
+    rounded = preprocessor.select(batch, rows, multiple=8)
+    assert rounded["input_ids"].shape[1] == 8 and rounded["word_mask"].shape[1] == 8
+    for name, value in exact.items():
+        width = value.shape[1] if value.ndim > 1 else 0
+        np.testing.assert_array_equal(rounded[name][:, :width], value, err_msg=name)
+        assert not rounded[name][:, width:].any(), f"{name}: the padding is masked (zero)"
