@@ -13,8 +13,8 @@ as a Kafka backlog:
    of its own per post: no cache hits), drained by one worker, then by two;
 4. ``latency_p50_s`` / ``latency_p99_s``: publish → indexed while tweets arrive at half of ``pipeline_posts_s``
    (Kafka's record time to the post document's ``indexed_at``, stamped as its bulk request is built);
-5. ``by_precision``: steps 1–2 again with the network the shipped config does not serve (fp32 beside int8), so
-   both precisions' Triton alone, pipeline, their ratio and ``worker_cpu_ms_per_post`` are side by side.
+5. ``by_precision``: steps 1–2 again at each CPU precision the shipped config does not serve (fp32, int8, bf16), so
+   their Triton alone, pipeline, its ratio and ``worker_cpu_ms_per_post`` are side by side.
 
 Throughputs are the 10 %→90 % slope of the indexed count, so start-up and the last stragglers do not count. Workers
 start on an empty topic and are ready (partitions assigned) before the backlog is published. Writes
@@ -52,6 +52,7 @@ from deploy.demo import default_checkpoint as default_model_checkpoint
 from deploy.process import LaunchSpec, descendants, free_port, is_alive, rss_mb, spawn, stop, tail
 from postlens.io.connections import es_client, kafka_client_options
 from postlens.io.kafka import ensure_topics
+from postlens.runtime.exported import CPU_PRECISIONS
 from postlens.runtime.images import empty_images
 from postlens.settings import Settings, get_settings
 from stream.stages.infer import InferRequest, TritonInferer
@@ -394,7 +395,7 @@ def markdown(figures: dict, command: str) -> str:
         "|---|---:|---|---|",
         *(f"| `{name}` | {figures[name]:.2f} | {what} | {verdict(name)} |" for name, what in rows),
         "",
-        f"## fp32 and int8 side by side ({figures['posts']} text-only tweets each)",
+        f"## Each precision side by side ({figures['posts']} text-only tweets each; the shipped one first)",
         "",
         "| network | Triton alone posts/s | pipeline posts/s | pipeline ÷ Triton | worker CPU ms/post |",
         "|---|---:|---:|---:|---:|",
@@ -598,7 +599,6 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
                     if name == "images1":
                         figures["worker_cpu_ms_per_post_images"] = phase.worker_cpu_ms_per_post
                     await phase.cleanup()
-        other = "fp32" if shipped.precision != "fp32" else "int8"
         figures["by_precision"] = {
             shipped.precision: {
                 "triton_only_posts_s": figures["triton_only_posts_s"],
@@ -606,20 +606,22 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[dict, list[float
                 "worker_cpu_ms_per_post": figures["worker_cpu_ms_per_post"],
             }
         }
-        with triton_serving(version_dir, replace(shipped, precision=other), workdir) as (triton_url, triton_pid):
-            alone, _ = await triton_only(triton_url, triton_pid, texts[:count], args.in_flight)
-            phase = Phase.create(settings, run_id, f"text-{other}")
-            phases.append(phase)
-            await phase.start_workers(1, triton_url, workdir, args.worker_checkout)
-            posts = [{"id": f"text-{other}-{n}", "text": texts[n]} for n in range(count)]
-            drained = await phase.drain(posts, producer, triton_pid)
-            figures["cores"][phase.name] = phase.cores
-            figures["by_precision"][other] = {
-                "triton_only_posts_s": alone,
-                "pipeline_posts_s": drained,
-                "worker_cpu_ms_per_post": phase.worker_cpu_ms_per_post,
-            }
-            await phase.cleanup()
+        for other in (precision for precision in CPU_PRECISIONS if precision != shipped.precision):
+            config = replace(shipped, precision=other)
+            with triton_serving(version_dir, config, workdir) as (triton_url, triton_pid):
+                alone, _ = await triton_only(triton_url, triton_pid, texts[:count], args.in_flight)
+                phase = Phase.create(settings, run_id, f"text-{other}")
+                phases.append(phase)
+                await phase.start_workers(1, triton_url, workdir, args.worker_checkout)
+                posts = [{"id": f"text-{other}-{n}", "text": texts[n]} for n in range(count)]
+                drained = await phase.drain(posts, producer, triton_pid)
+                figures["cores"][phase.name] = phase.cores
+                figures["by_precision"][other] = {
+                    "triton_only_posts_s": alone,
+                    "pipeline_posts_s": drained,
+                    "worker_cpu_ms_per_post": phase.worker_cpu_ms_per_post,
+                }
+                await phase.cleanup()
         for row in figures["by_precision"].values():
             row["pipeline_over_triton"] = row["pipeline_posts_s"] / row["triton_only_posts_s"]
     finally:
