@@ -104,27 +104,29 @@ def test_any_post_tags_the_same_words_with_or_without_the_placeholder(tokenizer,
     assert inputs["word_mask"].sum() == len(words[0])
 
 
-def test_selected_rows_are_encoded_as_if_batched_alone(tokenizer) -> None:
-    features = WordFeaturesConfig(shape=True, chars=True)
-    preprocessor = Preprocessor(tokenizer, 8, MEAN, STD, 64, 64, features)
-    texts = ["a very much longer post about Zimmerman in #NewYork today", "ok", "hi there @Jay"]
-    batch, _ = preprocessor.encode(texts, *no_images(3))
-    rows = np.array([1, 2])
-    alone, _ = preprocessor.encode([texts[1], texts[2]], *no_images(2))
-    selected = preprocessor.select(batch, rows)
+# A long post batched with the two short ones selected from it: selecting must drop the long post's padding.
+MIXED_POSTS = ["a very much longer post about Zimmerman in #NewYork today", "ok", "hi there @Jay"]
+SHORT_ROWS = np.array([1, 2])
+
+
+@pytest.fixture(scope="module")
+def featured(tokenizer) -> Preprocessor:
+    return Preprocessor(tokenizer, 8, MEAN, STD, 64, 64, WordFeaturesConfig(shape=True, chars=True))
+
+
+def test_selected_rows_are_encoded_as_if_batched_alone(featured: Preprocessor) -> None:
+    batch, _ = featured.encode(MIXED_POSTS, *no_images(3))
+    alone, _ = featured.encode([MIXED_POSTS[row] for row in SHORT_ROWS], *no_images(2))
+    selected = featured.select(batch, SHORT_ROWS)
     assert selected.keys() == alone.keys()
     for name in alone:
         np.testing.assert_array_equal(selected[name], alone[name], err_msg=name)
 
 
-def test_lengths_rounded_up_to_a_multiple_pad_with_masked_columns_only(tokenizer) -> None:
-    features = WordFeaturesConfig(shape=True, chars=True)
-    preprocessor = Preprocessor(tokenizer, 8, MEAN, STD, 64, 64, features)
-    texts = ["a very much longer post about Zimmerman in #NewYork today", "ok", "hi there @Jay"]
-    batch, _ = preprocessor.encode(texts, *no_images(3))
-    rows = np.array([1, 2])
-    exact = preprocessor.select(batch, rows)
-    rounded = preprocessor.select(batch, rows, multiple=8)
+def test_lengths_rounded_up_to_a_multiple_pad_with_masked_columns_only(featured: Preprocessor) -> None:
+    batch, _ = featured.encode(MIXED_POSTS, *no_images(3))
+    exact = featured.select(batch, SHORT_ROWS)
+    rounded = featured.select(batch, SHORT_ROWS, multiple=8)
     assert rounded["input_ids"].shape[1] == 8 and rounded["word_mask"].shape[1] == 8
     for name, value in exact.items():
         width = value.shape[1] if value.ndim > 1 else 0
