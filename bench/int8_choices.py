@@ -31,11 +31,11 @@ from tqdm import tqdm
 from deploy.demo import default_checkpoint
 from postlens.runtime.exported import INT8_ONNX_FILE, ONNX_FILE, ExportedModel
 from postlens.runtime.images import empty_images, stack_images
-from postlens.schemas import ModelRef, PostPrediction
+from postlens.schemas import ModelRef
 from postlens.settings import get_settings
 from trainer.data.conll import read_conll
 from trainer.data.load import load_examples
-from trainer.evaluate import build_report, predict_all
+from trainer.evaluate import build_report, entity_agreement, entity_sets, predict_all
 from trainer.export import export_model
 from trainer.model.checkpoint import load_checkpoint
 from trainer.predict import ExportedPredictor
@@ -179,16 +179,6 @@ def quantize_static_qdq(
         )
 
 
-def entity_sets(predictions: Sequence[PostPrediction]) -> list[set[tuple[int, int, str]]]:
-    return [{(e.start, e.end, e.type) for e in p.entities} for p in predictions]
-
-
-def agreement(first: Sequence[set], second: Sequence[set]) -> float:
-    """Entities both find ÷ entities either finds."""
-    pairs = list(zip(first, second, strict=True))
-    return sum(len(a & b) for a, b in pairs) / max(sum(len(a | b) for a, b in pairs), 1)
-
-
 def version_with(version_dir: Path, network: Path, workdir: Path, name: str) -> Path:
     """A version folder like ``version_dir`` whose int8 network is ``network``."""
     folder = workdir / "versions" / name
@@ -211,7 +201,7 @@ def score(candidates: Sequence[Candidate], version_dir: Path, workdir: Path) -> 
         for candidate, folder in zip(candidates, folders, strict=True):
             int8 = predict_all(ExportedPredictor.load(folder, "int8"), examples, BATCH)
             f1 = build_report(examples, int8).report.entity.f1
-            shared = agreement(entity_sets(fp32), entity_sets(int8))
+            shared = entity_agreement(entity_sets(fp32), entity_sets(int8))
             candidate.agreement = {**(candidate.agreement or {}), split: shared}
             candidate.f1_delta_pt = {**(candidate.f1_delta_pt or {}), split: (f1 - fp32_f1) * 100}
             print(f"{split} {candidate.label}: agreement {candidate.agreement[split]:.2%}, "

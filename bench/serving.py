@@ -68,7 +68,7 @@ from postlens.settings import Settings, get_settings
 from stream.stages.infer import InferRequest, TritonInferer
 from trainer.data.conll import read_conll
 from trainer.data.load import load_examples
-from trainer.evaluate import build_report, predict_all
+from trainer.evaluate import build_report, entity_agreement, entity_sets, predict_all
 from trainer.export import MODEL_SOURCE, export_model
 from trainer.model.checkpoint import load_checkpoint
 from trainer.plots import LoadFigures, plot_serving
@@ -628,11 +628,8 @@ def quality(version_dir: Path, settings: Settings) -> list[Quality]:
         for precision in CPU_PRECISIONS:
             predictions = predict_all(ExportedPredictor.load(version_dir, precision), examples, 32)
             f1[precision] = build_report(examples, predictions).report.entity.f1
-            found[precision] = [{(e.start, e.end, e.type) for e in p.entities} for p in predictions]
-        agreement = {}
-        for precision in CPU_PRECISIONS[1:]:
-            pairs = list(zip(found["fp32"], found[precision], strict=True))
-            agreement[precision] = sum(len(a & b) for a, b in pairs) / max(sum(len(a | b) for a, b in pairs), 1)
+            found[precision] = entity_sets(predictions)
+        agreement = {precision: entity_agreement(found["fp32"], found[precision]) for precision in CPU_PRECISIONS[1:]}
         results.append(Quality(split, f1, agreement))
     return results
 

@@ -88,6 +88,17 @@ def predicted_spans(prediction: PostPrediction) -> list[Span]:
     return [(e.start, e.end, canonical_type(e.type)) for e in prediction.entities]
 
 
+def entity_sets(predictions: Sequence[PostPrediction]) -> list[set[Span]]:
+    """Each post's predicted entities, as a set: what two runs of a model (precisions, batchings) are compared on."""
+    return [set(predicted_spans(prediction)) for prediction in predictions]
+
+
+def entity_agreement(first: Sequence[set[Span]], second: Sequence[set[Span]]) -> float:
+    """Entities both runs find ÷ entities either finds, over the same posts (0 when neither finds any)."""
+    pairs = list(zip(first, second, strict=True))
+    return sum(len(a & b) for a, b in pairs) / max(sum(len(a | b) for a, b in pairs), 1)
+
+
 def entity_correctness(gold: Sequence[Sequence[Span]], predicted: Sequence[Sequence[Span]]) -> list[bool]:
     """Whether each predicted entity (posts in order, then their entities) exactly matches a gold span and type:
     the outcome the confidences are calibrated against."""

@@ -23,12 +23,11 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 QUANTIZED_OPS = ("MatMul",)
 # What trainer.export serves on CPU unless told otherwise: bf16 (the fp32 network run by OpenVINO in bfloat16,
-# postlens.runtime.openvino). On the default model it served 1.19x fp32's posts/s in Triton (1.96x the fp32 export
-# as served before), found 99.56 % / 99.85 % of fp32's entities on the Twitter-2015 / 2017 valid splits at -0.10 /
-# +0.06 pt entity F1, and gives a post the same entities alone as in a batch (reports/serving.md). Not int8: dynamic
-# int8 quantizes each activation tensor with one scale for the whole batch, so a post's confidences (and, rarely,
-# its entities) depend on the posts it is batched with: 2 of 115 entities and confidences by up to 0.049 changed
-# between a post alone and in a batch of 64. `--precision int8` or `fp32` remain for who wants them.
+# postlens.runtime.openvino). On the default model it is faster than fp32 in Triton, finds ≥ 99.5 % of fp32's
+# entities on both valid splits, and gives a post the same entities alone as in a batch (figures: reports/serving.md).
+# Not int8: dynamic int8 quantizes each activation tensor with one scale for the whole batch, so a post's confidences
+# (and, rarely, its entities) depend on the posts it is batched with: 2 of 115 entities and confidences by up to
+# 0.049 changed between a post alone and in a batch of 64. `--precision int8` or `fp32` remain for who wants them.
 DEFAULT_PRECISION = "bf16"
 
 

@@ -1,5 +1,5 @@
-"""An exported version's predictions on labeled posts, in process or from a Triton serving it, and how much two sets
-of predictions agree."""
+"""An exported version's predictions on labeled posts, in process or from a Triton serving it (how much two sets of
+predictions agree: trainer.evaluate.entity_agreement)."""
 
 from __future__ import annotations
 
@@ -21,15 +21,6 @@ def predict(model: ExportedModel, posts: list[Post], batch: int = 32) -> list[Po
         )
         predictions += model.predict([post.text for post in chunk], images, mask)
     return predictions
-
-
-def entities(predictions: list[PostPrediction]) -> list[set[tuple[int, int, str]]]:
-    return [{(entity.start, entity.end, entity.type) for entity in prediction.entities} for prediction in predictions]
-
-
-def agreement(first: list[set], second: list[set]) -> float:
-    found = sum(len(a | b) for a, b in zip(first, second, strict=True))
-    return sum(len(a & b) for a, b in zip(first, second, strict=True)) / found
 
 
 async def served(settings: Settings, posts: list[Post]) -> list[InferOutcome]:

@@ -13,7 +13,8 @@ import pytest
 
 from postlens.runtime.exported import CARD_FILE, INT8_ONNX_FILE, ONNX_FILE, ExportedModel
 from postlens.schemas import ModelRef, Post
-from tests.support.predictions import AGREEMENT, agreement, entities, predict, served
+from tests.support.predictions import AGREEMENT, predict, served
+from trainer.evaluate import entity_agreement, entity_sets
 from trainer.evaluate import main as evaluate_main
 from trainer.export import export_model
 from trainer.quantize import DEFAULT_PRECISION, DEFAULT_SCHEME
@@ -57,17 +58,17 @@ def test_only_the_text_encoder_runs_in_int8_and_its_most_sensitive_layers_stay_f
 
 def test_int8_finds_the_entities_fp32_finds_on_held_out_posts(int8_repo: Path, valid_posts: list[Post]) -> None:
     version_dir, model = int8_repo / "postlens" / "1", ModelRef(name="postlens", version="1")
-    fp32 = entities(predict(ExportedModel.load(version_dir, model, precision="fp32"), valid_posts))
-    int8 = entities(predict(ExportedModel.load(version_dir, model, precision="int8"), valid_posts))
+    fp32 = entity_sets(predict(ExportedModel.load(version_dir, model, precision="fp32"), valid_posts))
+    int8 = entity_sets(predict(ExportedModel.load(version_dir, model, precision="int8"), valid_posts))
     assert sum(map(len, fp32)) >= 20, "the tiny model finds too few entities for agreement to mean anything"
-    assert agreement(fp32, int8) >= AGREEMENT
+    assert entity_agreement(fp32, int8) >= AGREEMENT
 
 
 def test_length_batching_changes_no_prediction(int8_repo: Path, valid_posts: list[Post]) -> None:
     version_dir, model = int8_repo / "postlens" / "1", ModelRef(name="postlens", version="1")
     padded = predict(ExportedModel.load(version_dir, model, precision="fp32", length_batching=False), valid_posts)
     grouped = predict(ExportedModel.load(version_dir, model, precision="fp32"), valid_posts)
-    assert entities(grouped) == entities(padded)
+    assert entity_sets(grouped) == entity_sets(padded)
     for want, got in zip(padded, grouped, strict=True):
         assert [e.confidence for e in got.entities] == pytest.approx([e.confidence for e in want.entities], abs=1e-4)
 
@@ -80,7 +81,7 @@ async def test_triton_serves_the_int8_network(
     model = ModelRef(name="postlens", version="1")
     in_process = ExportedModel.load(int8_repo / "postlens" / "1", model, precision="int8")
     posts = valid_posts[:40]
-    assert entities(await served(triton.settings(), posts)) == entities(predict(in_process, posts))
+    assert entity_sets(await served(triton.settings(), posts)) == entity_sets(predict(in_process, posts))
 
 
 def test_evaluate_scores_an_exported_version_as_served(int8_repo: Path, model_data: Path, tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_the_default_export_answers_a_post_alone_as_in_any_batch(
     posts = valid_posts[:24]
     together = predict(model, posts)
     alone = [predict(model, [post])[0] for post in posts]
-    assert entities(together) == entities(alone)
+    assert entity_sets(together) == entity_sets(alone)
     for in_batch, by_itself in zip(together, alone, strict=True):  # bf16 rounding in differently shaped batches
         assert [e.confidence for e in in_batch.entities] == pytest.approx(
             [e.confidence for e in by_itself.entities], abs=0.01

@@ -14,7 +14,8 @@ import pytest
 
 from postlens.runtime.exported import CARD_FILE, INT8_ONNX_FILE, ExportedModel, version_precision
 from postlens.schemas import ModelRef, Post
-from tests.support.predictions import AGREEMENT, agreement, entities, predict, served
+from tests.support.predictions import AGREEMENT, predict, served
+from trainer.evaluate import entity_agreement, entity_sets
 from trainer.export import export_model
 
 if TYPE_CHECKING:
@@ -43,17 +44,17 @@ def test_a_bf16_version_says_so_and_runs_its_fp32_network_in_openvino(bf16_repo:
 
 def test_bf16_finds_the_entities_fp32_finds_on_held_out_posts(bf16_repo: Path, valid_posts: list[Post]) -> None:
     version_dir = bf16_repo / "postlens" / "1"
-    fp32 = entities(predict(ExportedModel.load(version_dir, MODEL, precision="fp32"), valid_posts))
-    bf16 = entities(predict(ExportedModel.load(version_dir, MODEL, precision="bf16"), valid_posts))
+    fp32 = entity_sets(predict(ExportedModel.load(version_dir, MODEL, precision="fp32"), valid_posts))
+    bf16 = entity_sets(predict(ExportedModel.load(version_dir, MODEL, precision="bf16"), valid_posts))
     assert sum(map(len, fp32)) >= 20, "the tiny model finds too few entities for agreement to mean anything"
-    assert agreement(fp32, bf16) >= AGREEMENT
+    assert entity_agreement(fp32, bf16) >= AGREEMENT
 
 
 def test_rounding_lengths_up_for_openvino_changes_no_posts_entities(bf16_repo: Path, valid_posts: list[Post]) -> None:
     rounded = ExportedModel.load(bf16_repo / "postlens" / "1", MODEL, precision="bf16")
     assert rounded.shape_multiple > 1
     exact = replace(rounded, shape_multiple=1)
-    assert entities(predict(rounded, valid_posts)) == entities(predict(exact, valid_posts))
+    assert entity_sets(predict(rounded, valid_posts)) == entity_sets(predict(exact, valid_posts))
 
 
 @pytest.mark.integration
@@ -63,5 +64,5 @@ async def test_triton_serves_the_bf16_version_as_this_process_runs_it(
     triton = start_triton(bf16_repo)
     in_process = ExportedModel.load(bf16_repo / "postlens" / "1", MODEL, precision="bf16")
     posts = valid_posts[:40]
-    assert entities(await served(triton.settings(), posts)) == entities(predict(in_process, posts))
+    assert entity_sets(await served(triton.settings(), posts)) == entity_sets(predict(in_process, posts))
     assert "at bf16 on OpenVINO CPU" in triton.log.read_text()  # each instance logs what runs its network
